@@ -1,0 +1,1 @@
+"""Carrier-facing HTTP API: authenticate, validate, publish scan events to Kafka."""

@@ -1,0 +1,124 @@
+"""The one home of every shared name: Kafka topics and headers, Redis keys, counter fields.
+
+The Lua scripts name keys and fields through ``${...}`` placeholders that :func:`lua_names` fills
+when a script is loaded, so each name is spelled here and nowhere else.
+
+Redis layout (``{p}`` is ``REDIS_KEY_PREFIX``, default ``lm``; ``{code}`` a division code,
+``CN`` for the nation):
+
+=================================  ======  ===================================================
+key                                type    holds
+=================================  ======  ===================================================
+``{p}:reg:kind``                   hash    division code -> unit kind (the registry index)
+``{p}:reg:unit:{code}``            hash    name, level, parent, population of one unit
+``{p}:reg:children:{code}``        set     codes one level below (``CN`` -> provinces)
+``{p}:reg:meta``                   hash    last registry load: counts per kind, source, time
+``{p}:region:{code}``              hash    villages_total, villages_reached[:dim], as_of_ms,
+                                           parcel counters (see ``field``)
+``{p}:loc:{code}``                 hash    per village or township: reach flags, first/last
+                                           reach time, parcel counters
+``{p}:seen:{carrier}:{event_id}``  string  dedup marker, expires after the dedup window
+``{p}:offsets``                    hash    ``{topic}:{partition}`` -> last applied offset
+``{p}:stats``                      hash    events applied / duplicate / records replayed ...
+=================================  ======  ===================================================
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from lastmile.divisions import KIND_VILLAGE
+
+# -- Kafka -----------------------------------------------------------------------------------------
+
+SCAN_TOPIC: Final = "lastmile.scans.v1"
+DEAD_LETTER_TOPIC: Final = "lastmile.scans.v1.deadletter"
+CONSUMER_GROUP: Final = "lastmile-coverage"
+
+# Record headers written by ingest and read by the worker and by people debugging the topic.
+HEADER_SCHEMA: Final = "lastmile-schema"
+HEADER_CARRIER: Final = "lastmile-carrier"
+HEADER_REQUEST_ID: Final = "lastmile-request-id"
+HEADER_DEAD_LETTER_REASON: Final = "lastmile-deadletter-reason"
+SCHEMA_BATCH_V1: Final = "scan-batch/1"
+
+# -- Redis ----------------------------------------------------------------------------------------
+
+NATIONAL: Final = "CN"
+
+REG_KIND: Final = "reg:kind"
+REG_UNIT: Final = "reg:unit:"
+REG_CHILDREN: Final = "reg:children:"
+REG_META: Final = "reg:meta"
+REGION: Final = "region:"
+LOCATION: Final = "loc:"
+SEEN: Final = "seen:"
+OFFSETS: Final = "offsets"
+STATS: Final = "stats"
+
+
+def key(prefix: str, suffix: str, code: str = "") -> str:
+    return f"{prefix}:{suffix}{code}"
+
+
+def offset_field(topic: str, partition: int) -> str:
+    return f"{topic}:{partition}"
+
+
+# -- Hash fields ----------------------------------------------------------------------------------
+
+
+class field:  # noqa: N801 - a namespace of constants, read as field.VILLAGES_TOTAL
+    """Hash fields of the ``region:`` and ``loc:`` hashes."""
+
+    VILLAGES_TOTAL: Final = "villages_total"
+    VILLAGES_REACHED: Final = "villages_reached"
+    AS_OF_MS: Final = "as_of_ms"
+    # Per location (village): "reached" plus one flag per dimension, e.g. "reached|carrier:sf".
+    REACHED: Final = "reached"
+    FIRST_REACH_MS: Final = "first_reach_ms"
+    LAST_REACH_MS: Final = "last_reach_ms"
+    # Counter families: "type:delivered", "carrier:sf", "dir:inbound", "model:postal_express".
+    TYPE: Final = "type:"
+    CARRIER: Final = "carrier:"
+    DIRECTION: Final = "dir:"
+    MODEL: Final = "model:"
+    # Dimension separator for per-carrier / per-model reach flags and counts.
+    DIM_SEP: Final = "|"
+
+
+class stat:  # noqa: N801
+    """Fields of the ``stats`` hash, kept by the apply script."""
+
+    EVENTS_APPLIED: Final = "events_applied"
+    EVENTS_DUPLICATE: Final = "events_duplicate"
+    EVENTS_UNKNOWN_LOCATION: Final = "events_unknown_location"
+    RECORDS_APPLIED: Final = "records_applied"
+    RECORDS_REPLAYED: Final = "records_replayed"
+    VILLAGES_NEWLY_REACHED: Final = "villages_newly_reached"
+    APPLIED_AT_MS: Final = "applied_at_ms"
+    DEAD_LETTERS: Final = "dead_letters"
+
+
+def lua_names(prefix: str) -> dict[str, str]:
+    """The values of the ``${...}`` placeholders in the Lua scripts."""
+    return {
+        "reg_kind": key(prefix, REG_KIND),
+        "reg_unit": key(prefix, REG_UNIT),
+        "reg_children": key(prefix, REG_CHILDREN),
+        "region": key(prefix, REGION),
+        "loc": key(prefix, LOCATION),
+        "seen": key(prefix, SEEN),
+        "offsets": key(prefix, OFFSETS),
+        "stats": key(prefix, STATS),
+        "national": NATIONAL,
+        "kind_village": KIND_VILLAGE,
+        "villages_total": field.VILLAGES_TOTAL,
+        "villages_reached": field.VILLAGES_REACHED,
+        "as_of_ms": field.AS_OF_MS,
+        "reached": field.REACHED,
+        "first_reach_ms": field.FIRST_REACH_MS,
+        "last_reach_ms": field.LAST_REACH_MS,
+        "dim_sep": field.DIM_SEP,
+        **{f"stat_{name.lower()}": value for name, value in vars(stat).items() if name.isupper()},
+    }

@@ -1,0 +1,88 @@
+"""Problem details for HTTP APIs (RFC 9457), shared by both services."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+MEDIA_TYPE = "application/problem+json"
+TYPE_BASE = "https://lastmile-coverage.readthedocs.io/problems/"
+
+
+class Problem(Exception):
+    """Raise to answer with a problem document; ``type_`` is a short slug documented in the README."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        *,
+        type_: str | None = None,
+        headers: dict[str, str] | None = None,
+        **extensions: Any,
+    ) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+        self.type_ = type_
+        self.headers = headers or {}
+        self.extensions = extensions
+
+
+def response(
+    status: int, detail: str, *, type_: str | None = None, headers: dict[str, str] | None = None, **extensions: Any
+) -> JSONResponse:
+    phrase = HTTPStatus(status).phrase
+    body = {
+        "type": TYPE_BASE + type_ if type_ else "about:blank",
+        "title": phrase,
+        "status": status,
+        "detail": detail,
+        **extensions,
+    }
+    return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
+
+
+def install(app: FastAPI) -> None:
+    """Every error the app can produce, including the framework's own, becomes problem+json."""
+
+    async def on_problem(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, Problem)
+        return response(exc.status, exc.detail, type_=exc.type_, headers=exc.headers, **exc.extensions)
+
+    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        return response(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
+
+    async def on_validation(_: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        errors = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return response(400, "; ".join(errors), type_="invalid-request", errors=errors)
+
+    async def on_unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return response(500, "internal error; it has been logged", type_="internal")
+
+    app.add_exception_handler(Problem, on_problem)
+    app.add_exception_handler(StarletteHTTPException, on_http)
+    app.add_exception_handler(RequestValidationError, on_validation)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def openapi_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` entries declaring problem+json bodies for the given statuses."""
+    schema = {
+        "type": "object",
+        "properties": {
+            "type": {"type": "string"},
+            "title": {"type": "string"},
+            "status": {"type": "integer"},
+            "detail": {"type": "string"},
+        },
+        "required": ["type", "title", "status", "detail"],
+    }
+    return {s: {"description": HTTPStatus(s).phrase, "content": {MEDIA_TYPE: {"schema": schema}}} for s in statuses}

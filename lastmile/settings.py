@@ -1,0 +1,152 @@
+"""Every setting, read from the environment in one place.
+
+Each field's metadata names its environment variable and says what it does; the README's settings
+table and the docker-compose test are generated from / checked against :func:`documented`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lastmile import names
+
+
+class SettingsError(ValueError):
+    """A setting is present but unusable; the message names the variable."""
+
+
+def _env(name: str, help: str) -> dict[str, str]:
+    return {"env": name, "help": help}
+
+
+@dataclass(frozen=True)
+class Settings:
+    kafka_bootstrap_servers: str = field(
+        default="localhost:9092", metadata=_env("KAFKA_BOOTSTRAP_SERVERS", "Kafka bootstrap servers, host:port[,...]")
+    )
+    redis_url: str = field(default="redis://localhost:6379/0", metadata=_env("REDIS_URL", "Redis URL of the read model"))
+    redis_key_prefix: str = field(default="lm", metadata=_env("REDIS_KEY_PREFIX", "Prefix of every Redis key"))
+    scan_topic: str = field(default=names.SCAN_TOPIC, metadata=_env("SCAN_TOPIC", "Topic the scan events go to"))
+    dead_letter_topic: str = field(
+        default=names.DEAD_LETTER_TOPIC, metadata=_env("DEAD_LETTER_TOPIC", "Topic for records the worker cannot use")
+    )
+    scan_topic_partitions: int = field(
+        default=8, metadata=_env("SCAN_TOPIC_PARTITIONS", "Partitions of the scan topic when it is created")
+    )
+    kafka_replication_factor: int = field(
+        default=1, metadata=_env("KAFKA_REPLICATION_FACTOR", "Replication factor of topics created by lastmile")
+    )
+    kafka_enable_idempotence: bool = field(
+        default=False,
+        metadata=_env("KAFKA_ENABLE_IDEMPOTENCE", "Idempotent producer (Apache Kafka yes; the embedded Tansu has none)"),
+    )
+    consumer_group: str = field(
+        default=names.CONSUMER_GROUP, metadata=_env("WORKER_GROUP_ID", "Consumer group (Faust app id) of the workers")
+    )
+    worker_batch_max: int = field(
+        default=500, metadata=_env("WORKER_BATCH_MAX", "Most records the worker folds in one Redis call")
+    )
+    worker_batch_within_seconds: float = field(
+        default=0.05, metadata=_env("WORKER_BATCH_WITHIN_SECONDS", "Longest wait to fill a worker batch")
+    )
+    dedup_window_hours: float = field(
+        default=72.0, metadata=_env("DEDUP_WINDOW_HOURS", "How long a (carrier, event_id) is remembered to drop repeats")
+    )
+    ingest_host: str = field(default="127.0.0.1", metadata=_env("INGEST_HOST", "Address the ingest API binds"))
+    ingest_port: int = field(default=8000, metadata=_env("INGEST_PORT", "Port of the ingest API"))
+    coverage_host: str = field(default="127.0.0.1", metadata=_env("COVERAGE_HOST", "Address the coverage API binds"))
+    coverage_port: int = field(default=8001, metadata=_env("COVERAGE_PORT", "Port of the coverage API"))
+    carrier_tokens: str = field(
+        default="",
+        metadata=_env("INGEST_CARRIER_TOKENS", 'Carrier tokens, a JSON object {"<token>": "<carrier>"}'),
+    )
+    carrier_tokens_file: str = field(
+        default="", metadata=_env("INGEST_CARRIER_TOKENS_FILE", "A file holding the same JSON object")
+    )
+    ingest_max_events: int = field(default=1000, metadata=_env("INGEST_MAX_EVENTS", "Most events in one POST"))
+    ingest_max_body_bytes: int = field(
+        default=4 * 1024 * 1024, metadata=_env("INGEST_MAX_BODY_BYTES", "Largest POST body accepted, in bytes")
+    )
+    ingest_publish_timeout_seconds: float = field(
+        default=10.0,
+        metadata=_env("INGEST_PUBLISH_TIMEOUT_SECONDS", "Longest wait for the broker's ack before answering 503"),
+    )
+    ingest_retry_after_seconds: int = field(
+        default=5, metadata=_env("INGEST_RETRY_AFTER_SECONDS", "Retry-After sent with 503")
+    )
+    log_level: str = field(default="INFO", metadata=_env("LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR"))
+    log_format: str = field(default="json", metadata=_env("LOG_FORMAT", "json (one object a line) or console"))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            raw = environ.get(f.metadata["env"])
+            if raw is None or raw == "":
+                continue
+            values[f.name] = _parse(f.metadata["env"], f.type, raw)
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def dedup_window_seconds(self) -> int:
+        return max(1, round(self.dedup_window_hours * 3600))
+
+    def carrier_token_map(self) -> dict[str, str]:
+        """Token -> carrier, from INGEST_CARRIER_TOKENS and INGEST_CARRIER_TOKENS_FILE (both may be set)."""
+        tokens: dict[str, str] = {}
+        sources = [("INGEST_CARRIER_TOKENS", self.carrier_tokens)]
+        if self.carrier_tokens_file:
+            try:
+                text = Path(self.carrier_tokens_file).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise SettingsError(f"INGEST_CARRIER_TOKENS_FILE: cannot read {self.carrier_tokens_file}: {exc}") from exc
+            sources.append(("INGEST_CARRIER_TOKENS_FILE", text))
+        for env, text in sources:
+            if text.strip():
+                tokens.update(parse_token_map(env, text))
+        return tokens
+
+
+def parse_token_map(env: str, text: str) -> dict[str, str]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"{env}: not a JSON object ({exc.msg} at line {exc.lineno})") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in data.items()):
+        raise SettingsError(f'{env}: expected a JSON object of strings, {{"<token>": "<value>"}}')
+    short = [v for k, v in data.items() if len(k) < 16]
+    if short:
+        raise SettingsError(f"{env}: the token for {short[0]!r} is shorter than 16 characters")
+    return data
+
+
+def _parse(env: str, type_: Any, raw: str) -> Any:
+    kind = type_ if isinstance(type_, str) else type_.__name__
+    try:
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind == "bool":
+            lowered = raw.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(raw)
+    except ValueError:
+        raise SettingsError(f"{env}: {raw!r} is not a valid {kind}") from None
+    return raw
+
+
+def documented() -> list[tuple[str, str, str]]:
+    """(variable, default, help) for every setting, for the README and the compose check."""
+    return [(f.metadata["env"], str(f.default), f.metadata["help"]) for f in dataclasses.fields(Settings)]
