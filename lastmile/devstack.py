@@ -116,7 +116,9 @@ class Proc:
             if ready():
                 return
             time.sleep(0.05)
-        raise StackError(f"{self.name} not ready after {timeout:.0f}s ({what}); log {self.log_path}:\n{self.log_tail()}")
+        raise StackError(
+            f"{self.name} not ready after {timeout:.0f}s ({what}); log {self.log_path}:\n{self.log_tail()}"
+        )
 
 
 def tansu_binary() -> str:
@@ -146,7 +148,9 @@ def start_broker(workdir: Path, port: int | None = None, host: str = "127.0.0.1"
 
 
 def redis_server_binary() -> str:
-    found = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    found = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
     if not found:
         raise StackError("redis-server is not installed: `apt-get install redis-server`, or set REDIS_URL")
     return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import logging.config
 import sys
 import time
 from typing import Any
@@ -41,11 +42,19 @@ class ConsoleFormatter(logging.Formatter):
         return line
 
 
+def dict_config(service: str, level: str = "INFO", fmt: str = "json") -> dict[str, Any]:
+    """A logging.config.dictConfig document; Faust's worker takes it as its logging_config."""
+    formatter: dict[str, Any] = {"()": JsonFormatter, "service": service} if fmt == "json" else {"()": ConsoleFormatter}
+    quiet = {"level": max(logging.WARNING, logging.getLevelName(level.upper()))}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"lastmile": formatter},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "stream": sys.stderr, "formatter": "lastmile"}},
+        "root": {"handlers": ["stderr"], "level": level.upper()},
+        "loggers": {"aiokafka": quiet, "kafka": quiet},
+    }
+
+
 def configure(service: str, level: str = "INFO", fmt: str = "json") -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter(service) if fmt == "json" else ConsoleFormatter())
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    for noisy in ("aiokafka", "kafka"):
-        logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    logging.config.dictConfig(dict_config(service, level, fmt))

@@ -68,7 +68,7 @@ def offset_field(topic: str, partition: int) -> str:
 # -- Hash fields ----------------------------------------------------------------------------------
 
 
-class field:  # noqa: N801 - a namespace of constants, read as field.VILLAGES_TOTAL
+class field:
     """Hash fields of the ``region:`` and ``loc:`` hashes."""
 
     VILLAGES_TOTAL: Final = "villages_total"
@@ -87,7 +87,7 @@ class field:  # noqa: N801 - a namespace of constants, read as field.VILLAGES_TO
     DIM_SEP: Final = "|"
 
 
-class stat:  # noqa: N801
+class stat:
     """Fields of the ``stats`` hash, kept by the apply script."""
 
     EVENTS_APPLIED: Final = "events_applied"
@@ -98,6 +98,20 @@ class stat:  # noqa: N801
     VILLAGES_NEWLY_REACHED: Final = "villages_newly_reached"
     APPLIED_AT_MS: Final = "applied_at_ms"
     DEAD_LETTERS: Final = "dead_letters"
+
+
+class unit:
+    """Fields of the ``reg:unit:`` hashes."""
+
+    NAME: Final = "name"
+    POPULATION: Final = "population"
+
+
+class meta:
+    """Fields of the ``reg:meta`` hash, besides one count per kind as in ``reg:kind`` (``county``, ``village`` ...)."""
+
+    LOADED_AT: Final = "loaded_at"
+    SOURCE: Final = "source"
 
 
 def lua_names(prefix: str) -> dict[str, str]:
@@ -120,5 +134,7 @@ def lua_names(prefix: str) -> dict[str, str]:
         "first_reach_ms": field.FIRST_REACH_MS,
         "last_reach_ms": field.LAST_REACH_MS,
         "dim_sep": field.DIM_SEP,
+        "unit_name": unit.NAME,
+        "unit_population": unit.POPULATION,
         **{f"stat_{name.lower()}": value for name, value in vars(stat).items() if name.isupper()},
     }

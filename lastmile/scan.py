@@ -21,7 +21,15 @@ STATION_ID: Final = "station_id"
 COOPERATION_MODEL: Final = "cooperation_model"
 REASON: Final = "reason"
 FIELDS: Final = (
-    EVENT_ID, CARRIER, WAYBILL, EVENT_TYPE, LOCATION_CODE, OCCURRED_AT, STATION_ID, COOPERATION_MODEL, REASON,
+    EVENT_ID,
+    CARRIER,
+    WAYBILL,
+    EVENT_TYPE,
+    LOCATION_CODE,
+    OCCURRED_AT,
+    STATION_ID,
+    COOPERATION_MODEL,
+    REASON,
 )
 
 ARRIVED_AT_HUB: Final = "arrived_at_hub"
@@ -32,7 +40,13 @@ PICKED_UP: Final = "picked_up"
 DELIVERY_FAILED: Final = "delivery_failed"
 COLLECTED: Final = "collected"
 EVENT_TYPES: Final = (
-    ARRIVED_AT_HUB, OUT_FOR_DELIVERY, ARRIVED_AT_STATION, DELIVERED, PICKED_UP, DELIVERY_FAILED, COLLECTED,
+    ARRIVED_AT_HUB,
+    OUT_FOR_DELIVERY,
+    ARRIVED_AT_STATION,
+    DELIVERED,
+    PICKED_UP,
+    DELIVERY_FAILED,
+    COLLECTED,
 )
 # An event of these types at a village means the last mile reached it.
 REACH_TYPES: Final = frozenset({ARRIVED_AT_STATION, DELIVERED, PICKED_UP, COLLECTED})

@@ -30,7 +30,9 @@ class Settings:
     kafka_bootstrap_servers: str = field(
         default="localhost:9092", metadata=_env("KAFKA_BOOTSTRAP_SERVERS", "Kafka bootstrap servers, host:port[,...]")
     )
-    redis_url: str = field(default="redis://localhost:6379/0", metadata=_env("REDIS_URL", "Redis URL of the read model"))
+    redis_url: str = field(
+        default="redis://localhost:6379/0", metadata=_env("REDIS_URL", "Redis URL of the read model")
+    )
     redis_key_prefix: str = field(default="lm", metadata=_env("REDIS_KEY_PREFIX", "Prefix of every Redis key"))
     scan_topic: str = field(default=names.SCAN_TOPIC, metadata=_env("SCAN_TOPIC", "Topic the scan events go to"))
     dead_letter_topic: str = field(
@@ -44,7 +46,9 @@ class Settings:
     )
     kafka_enable_idempotence: bool = field(
         default=False,
-        metadata=_env("KAFKA_ENABLE_IDEMPOTENCE", "Idempotent producer (Apache Kafka yes; the embedded Tansu has none)"),
+        metadata=_env(
+            "KAFKA_ENABLE_IDEMPOTENCE", "Idempotent producer (Apache Kafka yes; the embedded Tansu has none)"
+        ),
     )
     consumer_group: str = field(
         default=names.CONSUMER_GROUP, metadata=_env("WORKER_GROUP_ID", "Consumer group (Faust app id) of the workers")
@@ -55,8 +59,13 @@ class Settings:
     worker_batch_within_seconds: float = field(
         default=0.05, metadata=_env("WORKER_BATCH_WITHIN_SECONDS", "Longest wait to fill a worker batch")
     )
+    worker_session_timeout_seconds: float = field(
+        default=10.0,
+        metadata=_env("WORKER_SESSION_TIMEOUT_SECONDS", "Consumer session timeout: how soon a dead worker's partitions move"),
+    )
     dedup_window_hours: float = field(
-        default=72.0, metadata=_env("DEDUP_WINDOW_HOURS", "How long a (carrier, event_id) is remembered to drop repeats")
+        default=72.0,
+        metadata=_env("DEDUP_WINDOW_HOURS", "How long a (carrier, event_id) is remembered to drop repeats"),
     )
     ingest_host: str = field(default="127.0.0.1", metadata=_env("INGEST_HOST", "Address the ingest API binds"))
     ingest_port: int = field(default=8000, metadata=_env("INGEST_PORT", "Port of the ingest API"))
@@ -107,7 +116,9 @@ class Settings:
             try:
                 text = Path(self.carrier_tokens_file).read_text(encoding="utf-8")
             except OSError as exc:
-                raise SettingsError(f"INGEST_CARRIER_TOKENS_FILE: cannot read {self.carrier_tokens_file}: {exc}") from exc
+                raise SettingsError(
+                    f"INGEST_CARRIER_TOKENS_FILE: cannot read {self.carrier_tokens_file}: {exc}"
+                ) from exc
             sources.append(("INGEST_CARRIER_TOKENS_FILE", text))
         for env, text in sources:
             if text.strip():

@@ -1,0 +1,331 @@
+"""The regulator-facing coverage HTTP API: figures per region and village, health and metrics.
+
+Reads only the Redis read model (see :mod:`coverage_service.views`); Kafka is used for readiness and
+for the consumer lag on ``/metrics``. Clients are created in the lifespan, never at import.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Iterable
+from contextlib import asynccontextmanager
+from typing import Any, Final, TypeVar
+
+import orjson
+import redis.asyncio as aioredis
+import uvicorn
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient
+from fastapi import FastAPI, Path, Request, Response
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from coverage_service import views
+from lastmile import divisions, logs, names, problem
+from lastmile.names import stat
+from lastmile.settings import Settings
+
+log = logging.getLogger("lastmile.coverage")
+T = TypeVar("T")
+
+CHECK_TIMEOUT_S: Final = 2.0
+RETRY_AFTER_S: Final = "5"
+_CODE_DOC: Final = "Division code: 2 (province), 4 (city), 6 (county) or 9 (township) ASCII digits."
+_VILLAGE_DOC: Final = "12-digit village-level division code."
+
+
+class Broker:
+    """Kafka as the API sees it: reachable or not, and a topic's end offsets. Connects lazily, and
+    again after a failed connect, so the API starts and serves figures while the broker is down."""
+
+    def __init__(self, bootstrap_servers: str, timeout_s: float = CHECK_TIMEOUT_S) -> None:
+        self._servers = bootstrap_servers
+        self._timeout = timeout_s
+        self._lock = asyncio.Lock()
+        self._admin: AIOKafkaAdminClient | None = None
+        self._consumer: AIOKafkaConsumer | None = None
+
+    async def _clients(self) -> tuple[AIOKafkaAdminClient, AIOKafkaConsumer]:
+        async with self._lock:
+            if self._admin is None or self._consumer is None:
+                ms = int(self._timeout * 1000)
+                admin = AIOKafkaAdminClient(bootstrap_servers=self._servers, request_timeout_ms=ms)
+                consumer = AIOKafkaConsumer(
+                    bootstrap_servers=self._servers, enable_auto_commit=False, request_timeout_ms=ms
+                )
+                try:
+                    await asyncio.wait_for(admin.start(), self._timeout)  # one at a time: one error when down
+                    await asyncio.wait_for(consumer.start(), self._timeout)
+                except BaseException:
+                    await asyncio.gather(admin.close(), consumer.stop(), return_exceptions=True)
+                    raise
+                self._admin, self._consumer = admin, consumer
+            return self._admin, self._consumer
+
+    async def ping(self) -> None:
+        admin, _ = await self._clients()
+        await asyncio.wait_for(admin.describe_cluster(), self._timeout)
+
+    async def end_offsets(self, topic: str) -> dict[int, int]:
+        """Partition -> offset of the next record; empty when the topic does not exist."""
+        admin, consumer = await self._clients()
+        # All topics: naming the topic would let a broker with auto-creation create it.
+        described = await asyncio.wait_for(admin.describe_topics(None), self._timeout)
+        parts = [
+            TopicPartition(topic, p["partition"]) for t in described if t["topic"] == topic for p in t["partitions"]
+        ]
+        if not parts:
+            return {}
+        ends = await asyncio.wait_for(consumer.end_offsets(parts), self._timeout)
+        return {tp.partition: int(offset) for tp, offset in ends.items()}
+
+    async def close(self) -> None:
+        admin, consumer, self._admin, self._consumer = self._admin, self._consumer, None, None
+        if admin is not None and consumer is not None:
+            await asyncio.gather(admin.close(), consumer.stop(), return_exceptions=True)
+
+
+def _json(body: Any) -> Response:
+    return Response(orjson.dumps(body), media_type="application/json")
+
+
+def _invalid(code: str, expected: str) -> problem.Problem:
+    hint = ""
+    if divisions.is_village_code(code):
+        hint = f"; for a village use /v1/villages/{code}"
+    elif divisions.is_region_code(code):
+        hint = f"; for a region use /v1/coverage/{code}"
+    return problem.Problem(400, f"{code!r} is not {expected}{hint}", type_="invalid-code")
+
+
+def _unknown(code: str) -> problem.Problem:
+    return problem.Problem(404, f"{code} is not in the division registry", type_="unknown-code")
+
+
+async def _check(probe: Awaitable[Any]) -> str:
+    try:
+        await asyncio.wait_for(probe, CHECK_TIMEOUT_S)
+    except Exception as exc:
+        return f"unreachable ({_describe(exc)})"
+    return "ok"
+
+
+def _describe(exc: Exception) -> str:
+    name, text = type(exc).__name__, str(exc)
+    return text if text.startswith(name) else f"{name}: {text}" if text else name
+
+
+class _RequestMetrics:
+    """ASGI middleware counting requests and their latency by route template and status."""
+
+    def __init__(self, app: ASGIApp, requests: Counter, latency: Histogram) -> None:
+        self.app, self.requests, self.latency = app, requests, latency
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.requests.labels(scope["method"], route, str(status)).inc()
+            self.latency.labels(scope["method"], route).observe(time.perf_counter() - start)
+
+
+class _Scraped:
+    """Collector yielding the families computed by the latest ``/metrics`` request."""
+
+    def __init__(self) -> None:
+        self.families: list[Metric] = []
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
+_STAT_HELP: Final = {
+    stat.EVENTS_APPLIED: "Scan events folded into the read model",
+    stat.EVENTS_DUPLICATE: "Scan events dropped as repeats of a (carrier, event_id)",
+    stat.EVENTS_UNKNOWN_LOCATION: "Scan events at a code not in the registry",
+    stat.RECORDS_APPLIED: "Kafka records applied",
+    stat.RECORDS_REPLAYED: "Kafka records skipped as already applied (replays)",
+    stat.VILLAGES_NEWLY_REACHED: "Units reached for the first time",
+    stat.DEAD_LETTERS: "Records sent to the dead-letter topic",
+}
+
+
+async def _scrape(redis: aioredis.Redis, prefix: str, broker: Broker, topic: str) -> list[Metric]:
+    (progress, redis_err), (ends, broker_err) = await asyncio.gather(
+        _attempt(views.progress(redis, prefix)), _attempt(broker.end_offsets(topic))
+    )
+    up = GaugeMetricFamily("lastmile_coverage_dependency_up", "1 if the last scrape reached it", labels=["dependency"])
+    up.add_metric(["redis"], 0 if redis_err else 1)
+    up.add_metric(["broker"], 0 if broker_err else 1)
+    out: list[Metric] = [up]
+    if progress is None:
+        return out
+    now_s = time.time()
+    if ends is not None:
+        lag = GaugeMetricFamily(
+            "lastmile_consumer_lag",
+            "Records on the topic not yet applied to the read model",
+            labels=["topic", "partition"],
+        )
+        for part, end in sorted(ends.items()):
+            applied = progress["offsets"].get(names.offset_field(topic, part), -1)
+            lag.add_metric([topic, str(part)], max(0, end - (applied + 1)))
+        out.append(lag)
+    as_of_ms, applied_ms = progress["national_as_of_ms"], progress["stats"].get(stat.APPLIED_AT_MS)
+    if as_of_ms is not None:
+        help_ = "Seconds since the newest event time applied (national as_of)"
+        out.append(GaugeMetricFamily("lastmile_newest_event_age_seconds", help_, value=now_s - as_of_ms / 1000))
+    if applied_ms is not None:
+        help_ = "Seconds since the worker last applied a batch"
+        out.append(GaugeMetricFamily("lastmile_last_applied_age_seconds", help_, value=now_s - applied_ms / 1000))
+    for name, help_ in _STAT_HELP.items():
+        out.append(CounterMetricFamily(f"lastmile_{name}", help_, value=progress["stats"].get(name, 0)))
+    return out
+
+
+async def _attempt(aw: Awaitable[T]) -> tuple[T | None, Exception | None]:
+    try:
+        return await aw, None
+    except Exception as exc:
+        log.warning("metrics scrape: %s", _describe(exc))
+        return None, exc
+
+
+def create_app(settings: Settings) -> FastAPI:
+    prefix, topic = settings.redis_key_prefix, settings.scan_topic
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.2), retries=2)
+        app.state.redis = aioredis.from_url(
+            settings.redis_url, decode_responses=True, socket_connect_timeout=CHECK_TIMEOUT_S, retry=retry
+        )
+        app.state.broker = Broker(settings.kafka_bootstrap_servers)
+        try:
+            await app.state.broker.ping()
+        except Exception as exc:
+            log.warning("broker not reachable at start (%s); will retry on demand", _describe(exc))
+        try:
+            yield
+        finally:
+            await app.state.broker.close()
+            await app.state.redis.aclose()
+
+    app = FastAPI(
+        title="lastmile coverage",
+        version="1",
+        summary="Express-into-villages (快递进村) coverage figures, live from carriers' last-mile scans.",
+        lifespan=lifespan,
+    )
+    problem.install(app)
+
+    async def on_redis_down(_: Request, exc: Exception) -> Response:
+        log.warning("read model unavailable: %s", exc)
+        detail = "the read model (Redis) is unavailable"
+        return problem.response(503, detail, type_="unavailable", headers={"Retry-After": RETRY_AFTER_S})
+
+    app.add_exception_handler(RedisConnectionError, on_redis_down)
+    app.add_exception_handler(RedisTimeoutError, on_redis_down)
+
+    registry = CollectorRegistry()
+    requests = Counter(
+        "lastmile_coverage_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
+    )
+    latency = Histogram(
+        "lastmile_coverage_http_request_duration_seconds",
+        "HTTP request latency",
+        ["method", "route"],
+        registry=registry,
+    )
+    scraped = _Scraped()
+    registry.register(scraped)
+    app.add_middleware(_RequestMetrics, requests=requests, latency=latency)
+    app.state.registry = registry
+
+    data_errors = problem.openapi_responses(400, 404, 500, 503)
+
+    async def coverage(code: str) -> Response:
+        body = await views.region_figures(app.state.redis, prefix, code)
+        if body is None:
+            raise _unknown(code)
+        return _json(body)
+
+    @app.get("/v1/coverage", response_model=views.Coverage, responses=problem.openapi_responses(500, 503))
+    async def national_coverage() -> Response:
+        """Coverage of the whole country, with each province."""
+        return await coverage(names.NATIONAL)
+
+    @app.get("/v1/coverage/{code}", response_model=views.Coverage, responses=data_errors)
+    async def region_coverage(code: str = Path(description=_CODE_DOC, examples=["14", "140322100"])) -> Response:
+        """Coverage of one region with its children one level down (for a township, its administrative villages)."""
+        if not divisions.is_region_code(code):
+            raise _invalid(code, "a 2, 4, 6 or 9-digit division code")
+        return await coverage(code)
+
+    @app.get("/v1/villages/{code}", response_model=views.Village, responses=data_errors)
+    async def village(code: str = Path(description=_VILLAGE_DOC, examples=["140322100201"])) -> Response:
+        """One village-level unit: whether and when it was reached, and its parcel counts."""
+        if not divisions.is_village_code(code):
+            raise _invalid(code, "a 12-digit village code")
+        body = await views.village_detail(app.state.redis, prefix, code)
+        if body is None:
+            raise _unknown(code)
+        return _json(body)
+
+    @app.get("/healthz", responses=problem.openapi_responses(500))
+    async def healthz() -> dict[str, str]:
+        """The process is up (no I/O)."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", responses=problem.openapi_responses(500, 503))
+    async def readyz() -> dict[str, Any]:
+        """Redis answers PING and the Kafka broker answers a metadata request; 503 names what is down."""
+        results = await asyncio.gather(_check(app.state.redis.ping()), _check(app.state.broker.ping()))
+        checks = dict(zip(("redis", "broker"), results, strict=True))
+        down = [name for name, result in checks.items() if result != "ok"]
+        if down:
+            detail = "not ready: " + "; ".join(f"{name} {checks[name]}" for name in down)
+            raise problem.Problem(503, detail, type_="not-ready", headers={"Retry-After": RETRY_AFTER_S}, checks=checks)
+        return {"status": "ready", "checks": checks}
+
+    @app.get(
+        "/metrics",
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}, **problem.openapi_responses(500)},
+    )
+    async def metrics() -> Response:
+        """Prometheus metrics; consumer lag, event ages and worker counters are computed per scrape."""
+        families = await _scrape(app.state.redis, prefix, app.state.broker, topic)
+        scraped.families = families  # no await between this and rendering: scrapes cannot interleave
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def serve(settings: Settings) -> None:
+    """Run the API under uvicorn on COVERAGE_HOST:COVERAGE_PORT until interrupted."""
+    logs.configure("coverage", settings.log_level, settings.log_format)
+    uvicorn.run(create_app(settings), host=settings.coverage_host, port=settings.coverage_port, log_config=None)

@@ -1,0 +1,120 @@
+"""The aggregation fold's pure half: what one scan event changes in the read model. No I/O.
+
+An event becomes an :class:`Entry`: the counters it increments (at its location and every region
+above it), whether it reaches a village, and the dimensions (carrier, cooperation model) under which
+that reach is counted too. ``apply.lua`` applies entries atomically with deduplication and offsets;
+keeping the decision here lets the rules be unit-tested without Redis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import orjson
+
+from lastmile import names, scan
+from lastmile.names import field
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    seen_id: str  # (carrier, event_id): the dedup identity
+    location_code: str
+    occurred_ms: int
+    reaches: bool
+    counters: tuple[str, ...]
+    dimensions: tuple[str, ...]
+
+    def wire(self) -> list[Any]:
+        return [
+            self.seen_id,
+            self.location_code,
+            self.occurred_ms,
+            1 if self.reaches else 0,
+            list(self.counters),
+            list(self.dimensions),
+        ]
+
+
+def entry(event: scan.ScanEvent) -> Entry:
+    counters = [field.TYPE + event.event_type, field.CARRIER + event.carrier]
+    direction = scan.DIRECTION.get(event.event_type)
+    if direction is not None:
+        counters.append(field.DIRECTION + direction)
+    dimensions = [field.CARRIER + event.carrier]
+    if event.cooperation_model is not None:
+        counters.append(field.MODEL + event.cooperation_model)
+        dimensions.append(field.MODEL + event.cooperation_model)
+    return Entry(
+        seen_id=f"{event.carrier}:{event.event_id}",
+        location_code=event.location_code,
+        occurred_ms=event.occurred_ms,
+        reaches=event.reaches,
+        counters=tuple(counters),
+        dimensions=tuple(dimensions),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """Something in a record that cannot be applied, bound for the dead-letter topic."""
+
+    index: int | None  # position in the record's batch; None when the whole record is unusable
+    reason: str
+    raw: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Decoded:
+    events: list[scan.ScanEvent]
+    rejected: list[Rejected]
+
+
+def decode_record(value: bytes | None, *, now: datetime) -> Decoded:
+    """A topic record's events, each validated again: the topic accepts anything its writers send.
+
+    A record holds one event object or a batch ``{"events": [...]}`` (what ingest publishes).
+    """
+    if value is None:
+        return Decoded([], [Rejected(None, "record has no value", None)])
+    try:
+        body = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        return Decoded([], [Rejected(None, f"not JSON: {exc}", value.decode("utf-8", "replace")[:2000])])
+    if isinstance(body, dict) and "events" in body:
+        items = body["events"]
+        if not isinstance(items, list):
+            return Decoded([], [Rejected(None, "'events' must be an array", body)])
+    else:
+        items = [body]
+    events: list[scan.ScanEvent] = []
+    rejected: list[Rejected] = []
+    for i, raw in enumerate(items):
+        result = scan.validate(raw, now=now)
+        if isinstance(result, scan.ScanEvent):
+            events.append(result)
+        else:
+            rejected.append(Rejected(i, "; ".join(result), raw))
+    return Decoded(events, rejected)
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed record ready for the apply script."""
+
+    topic: str
+    partition: int
+    offset: int
+    entries: list[Entry]
+
+    def wire(self) -> list[Any]:
+        return [names.offset_field(self.topic, self.partition), self.offset, [e.wire() for e in self.entries]]
+
+
+def payload(records: Iterable[Record]) -> bytes:
+    """The apply script's input: records in offset order within each partition."""
+    ordered = sorted(records, key=lambda r: (r.topic, r.partition, r.offset))
+    return orjson.dumps([r.wire() for r in ordered])

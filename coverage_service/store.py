@@ -1,0 +1,61 @@
+"""The read model's writer: runs the apply script, which folds records and stores offsets in one step."""
+
+from __future__ import annotations
+
+import string
+import time
+from dataclasses import dataclass
+from importlib import resources
+
+import redis.asyncio as aioredis
+
+from coverage_service.fold import Record, payload
+from lastmile import names
+
+
+def load_script(filename: str, prefix: str) -> str:
+    """A Lua script of this package with its name placeholders filled for ``prefix``."""
+    text = resources.files("coverage_service").joinpath(filename).read_text(encoding="utf-8")
+    return string.Template(text).substitute(names.lua_names(prefix))
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    events_applied: int
+    events_duplicate: int
+    events_unknown_location: int
+    records_applied: int
+    records_replayed: int
+    villages_newly_reached: int
+
+
+class ReadModelWriter:
+    def __init__(self, redis: aioredis.Redis, prefix: str, dedup_window_seconds: int) -> None:
+        self.redis = redis
+        self.prefix = prefix
+        self.window = dedup_window_seconds
+        self._apply = redis.register_script(load_script("apply.lua", prefix))
+
+    async def apply(self, records: list[Record]) -> Applied:
+        """Fold ``records`` and store their offsets, atomically; records already applied are skipped."""
+        if not records:
+            return Applied(0, 0, 0, 0, 0, 0)
+        now_ms = int(time.time() * 1000)
+        result = await self._apply(args=[self.window, now_ms, payload(records)])
+        return Applied(*(int(x) for x in result))
+
+    async def unknown_locations(self, codes: set[str]) -> set[str]:
+        """The codes the registry does not hold."""
+        if not codes:
+            return set()
+        ordered = sorted(codes)
+        kinds = await self.redis.hmget(names.key(self.prefix, names.REG_KIND), ordered)
+        return {code for code, kind in zip(ordered, kinds, strict=True) if kind is None}
+
+    async def applied_offsets(self) -> dict[str, int]:
+        raw = await self.redis.hgetall(names.key(self.prefix, names.OFFSETS))
+        return {_text(k): int(v) for k, v in raw.items()}
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,174 @@
+"""The Faust stream worker: scan topic in, read model out.
+
+Faust acks an event when the agent moves past it and drops any event whose handling raised, so the
+agent never raises: Redis and broker errors are retried in place until they succeed, which holds the
+partition back instead of losing data. Exactness does not rest on Faust's commits (at least once):
+the apply script stores each partition's offset with the effects of its records and skips replays.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import faust
+import orjson
+import redis.asyncio as aioredis
+from faust.types import EventT
+
+from coverage_service.fold import Record, Rejected, decode_record, entry
+from coverage_service.store import Applied, ReadModelWriter
+from lastmile import logs, names
+from lastmile.settings import Settings
+
+log = logging.getLogger("lastmile.worker")
+T = TypeVar("T")
+
+RETRY_FIRST_SECONDS = 0.2
+RETRY_MAX_SECONDS = 5.0
+
+
+async def retrying(what: str, action: Callable[[], Awaitable[T]]) -> T:
+    """Run ``action`` until it succeeds, backing off; only cancellation (shutdown) stops it."""
+    delay = RETRY_FIRST_SECONDS
+    attempt = 1
+    while True:
+        try:
+            return await action()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "retrying after error", extra={"action": what, "attempt": attempt, "error": repr(exc), "delay": delay}
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+            attempt += 1
+
+
+class Folder:
+    """Turns a batch of consumed records into one apply call, dead-lettering what cannot be used."""
+
+    def __init__(self, settings: Settings, send_dead_letter: Callable[[bytes, bytes], Awaitable[Any]]) -> None:
+        self.settings = settings
+        self.redis = aioredis.from_url(settings.redis_url, decode_responses=True)
+        self.writer = ReadModelWriter(self.redis, settings.redis_key_prefix, settings.dedup_window_seconds)
+        self.send_dead_letter = send_dead_letter
+        self.totals = {"events_applied": 0, "events_duplicate": 0, "records_replayed": 0, "dead_letters": 0}
+        self._last_report = time.monotonic()
+
+    async def handle(self, events: Sequence[EventT]) -> Applied:
+        now = datetime.now(UTC)
+        records: list[Record] = []
+        dead: list[tuple[EventT, Rejected]] = []
+        for event in events:
+            msg = event.message
+            decoded = decode_record(msg.value, now=now)
+            dead.extend((event, r) for r in decoded.rejected)
+            # Every consumed record is passed on, even with nothing left to apply, so that its
+            # offset is stored and a replay recognises it.
+            records.append(Record(msg.topic, msg.partition, msg.offset, [entry(e) for e in decoded.events]))
+
+        codes = {e.location_code for r in records for e in r.entries}
+        unknown = await retrying("registry lookup", lambda: self.writer.unknown_locations(codes))
+        if unknown:
+            for event, record in zip(events, records, strict=True):
+                for e in record.entries:
+                    if e.location_code in unknown:
+                        dead.append(
+                            (
+                                event,
+                                Rejected(
+                                    None,
+                                    f"location_code {e.location_code} is not in the registry",
+                                    {"seen_id": e.seen_id, "location_code": e.location_code},
+                                ),
+                            )
+                        )
+        # Dead letters go out before the batch is applied: once its offsets are stored they are
+        # never read again. A crash in between sends them twice; each names its source offset.
+        for event, rejected in dead:
+            await retrying("dead-letter publish", lambda e=event, r=rejected: self._dead_letter(e, r))  # type: ignore[misc]
+
+        applied = await retrying("apply batch", lambda: self.writer.apply(records))
+        self._account(applied, len(dead))
+        return applied
+
+    async def _dead_letter(self, event: EventT, rejected: Rejected) -> None:
+        msg = event.message
+        body = {
+            "reason": rejected.reason,
+            "source": {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset, "index": rejected.index},
+            "raw": rejected.raw,
+            "dead_lettered_at": datetime.now(UTC).isoformat(),
+        }
+        await self.send_dead_letter(orjson.dumps(body, default=str), rejected.reason.encode()[:1000])
+
+    def _account(self, applied: Applied, dead_letters: int) -> None:
+        self.totals["events_applied"] += applied.events_applied
+        self.totals["events_duplicate"] += applied.events_duplicate
+        self.totals["records_replayed"] += applied.records_replayed
+        self.totals["dead_letters"] += dead_letters
+        if time.monotonic() - self._last_report >= 10:
+            self._last_report = time.monotonic()
+            log.info("folded", extra=dict(self.totals))
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+def create_app(settings: Settings) -> faust.App:
+    app = faust.App(
+        settings.consumer_group,
+        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
+        store="memory://",
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        topic_allow_declare=True,
+        topic_partitions=settings.scan_topic_partitions,
+        topic_replication_factor=settings.kafka_replication_factor,
+        producer_acks=-1,
+        broker_session_timeout=settings.worker_session_timeout_seconds,
+        broker_rebalance_timeout=settings.worker_session_timeout_seconds,
+        broker_heartbeat_interval=max(1.0, settings.worker_session_timeout_seconds / 4),
+        producer_enable_idempotence=settings.kafka_enable_idempotence,
+    )
+    scans = app.topic(settings.scan_topic, key_serializer="raw", value_serializer="raw", internal=False)
+
+    async def send_dead_letter(value: bytes, reason: bytes) -> None:
+        await app.producer.send_and_wait(
+            settings.dead_letter_topic, None, value, None, None, [(names.HEADER_DEAD_LETTER_REASON, reason)]
+        )
+
+    folder = Folder(settings, send_dead_letter)
+    app.folder = folder  # type: ignore[attr-defined]
+
+    @app.agent(scans, name="fold-scans", concurrency=1)
+    async def fold_scans(stream: faust.StreamT[bytes]) -> None:
+        async for batch in stream.take_events(settings.worker_batch_max, within=settings.worker_batch_within_seconds):
+            await folder.handle(batch)
+
+    return app
+
+
+def run(settings: Settings) -> None:
+    """Run a worker in this process until SIGTERM / Ctrl-C."""
+    logs.configure("worker", settings.log_level, settings.log_format)
+    from lastmile.topics import ensure_topics
+
+    # Faust runs on the thread's current loop; create the topics on that same loop first.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(ensure_topics(settings))
+    app = create_app(settings)
+    worker = faust.Worker(
+        app,
+        loglevel=settings.log_level,
+        logging_config=logs.dict_config("worker", settings.log_level, settings.log_format),
+        redirect_stdouts=False,
+    )
+    worker.execute_from_commandline()

@@ -1,0 +1,294 @@
+"""The ingest HTTP API: `POST /v1/scans` and the health endpoints."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import PlainTextResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+from ingest_service.auth import CarrierTokens
+from ingest_service.publisher import BrokerUnavailable, Publisher
+from lastmile import logs, names, problem, scan
+from lastmile.problem import Problem
+from lastmile.settings import Settings
+from lastmile.topics import ensure_topics
+
+log = logging.getLogger("lastmile.ingest")
+
+BODY_SCHEMA = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["events"],
+    "properties": {"events": {"type": "array", "minItems": 1, "maxItems": 1000, "items": scan.json_schema()}},
+}
+RESULT_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "accepted": {"type": "integer"},
+        "request_id": {"type": "string"},
+        "rejected": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {
+                    "index": {"type": "integer"},
+                    "event_id": {"type": ["string", "null"]},
+                    "errors": {"type": "array", "items": {"type": "string"}},
+                },
+            },
+        },
+    },
+}
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "lastmile_ingest_requests", "POST /v1/scans by status", ["status"], registry=self.registry
+        )
+        self.events = Counter("lastmile_ingest_events", "Events by outcome", ["outcome"], registry=self.registry)
+        self.publish_seconds = Histogram(
+            "lastmile_ingest_publish_seconds", "Time for the broker to acknowledge a batch", registry=self.registry
+        )
+
+
+def create_app(settings: Settings) -> FastAPI:
+    tokens = CarrierTokens(settings.carrier_token_map())
+    metrics = Metrics()
+    reg_kind = names.key(settings.redis_key_prefix, names.REG_KIND)
+    retry_after = {"Retry-After": str(settings.ingest_retry_after_seconds)}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.redis = aioredis.from_url(settings.redis_url, decode_responses=True)
+        app.state.publisher = Publisher(settings)
+        try:
+            await ensure_topics(settings)
+        except Exception as exc:  # the broker may come later; the publisher keeps trying
+            log.warning("could not check the topics at start", extra={"error": repr(exc)})
+        app.state.publisher.start()
+        if not tokens:
+            log.warning("no carrier tokens configured: every POST will be 401")
+        yield
+        await app.state.publisher.stop()
+        await app.state.redis.aclose()
+
+    app = FastAPI(
+        title="lastmile-coverage ingest API",
+        version="1",
+        summary="Carriers post last-mile scan events (scan event contract v1).",
+        lifespan=lifespan,
+    )
+    problem.install(app)
+
+    @app.post(
+        "/v1/scans",
+        status_code=202,
+        summary="Post a batch of 1-1000 scan events",
+        description=(
+            "Answers 202 once every accepted event is acknowledged by the broker. Valid events are accepted even "
+            "when others in the batch are rejected. Retrying a batch is safe: a (carrier, event_id) already "
+            "accepted is counted once."
+        ),
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": BODY_SCHEMA}}},
+        },
+        responses={
+            202: {"description": "Accepted", "content": {"application/json": {"schema": RESULT_SCHEMA}}},
+            **problem.openapi_responses(400, 401, 413, 415, 422, 503),
+        },
+    )
+    async def post_scans(request: Request) -> Response:
+        try:
+            response = await _post_scans(request)
+        except Problem as exc:
+            metrics.requests.labels(str(exc.status)).inc()
+            raise
+        metrics.requests.labels(str(response.status_code)).inc()
+        return response
+
+    async def _post_scans(request: Request) -> Response:
+        carrier = tokens.carrier_for(request.headers.get("authorization"))
+        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if media_type != "application/json":
+            raise Problem(
+                415,
+                f"send Content-Type: application/json, not {media_type or 'nothing'!r}",
+                type_="unsupported-media-type",
+            )
+        body = await _read_body(request, settings.ingest_max_body_bytes)
+        try:
+            data = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise Problem(400, f"the body is not valid JSON: {exc}", type_="malformed-json") from None
+        raw_events = _events_of(data, settings.ingest_max_events)
+
+        now = datetime.now(UTC)
+        rejected: list[dict[str, Any]] = []
+        valid: list[tuple[int, scan.ScanEvent]] = []
+        first_index: dict[str, int] = {}
+        for i, raw in enumerate(raw_events):
+            result = scan.validate(raw, now=now, carrier=carrier)
+            if isinstance(result, list):
+                rejected.append(_rejection(i, raw, result))
+            elif result.event_id in first_index:
+                rejected.append(
+                    _rejection(i, raw, [f"event_id: repeats the event at index {first_index[result.event_id]}"])
+                )
+            else:
+                first_index[result.event_id] = i
+                valid.append((i, result))
+
+        unknown = await _unknown_codes(request, {e.location_code for _, e in valid})
+        accepted: list[scan.ScanEvent] = []
+        for i, event in valid:
+            if event.location_code in unknown:
+                rejected.append(
+                    _rejection(
+                        i, raw_events[i], [f"location_code: {event.location_code} is not in the division registry"]
+                    )
+                )
+            else:
+                accepted.append(event)
+        rejected.sort(key=lambda r: r["index"])
+        metrics.events.labels("rejected").inc(len(rejected))
+        if not accepted:
+            raise Problem(
+                422,
+                f"none of the {len(raw_events)} events is valid",
+                type_="no-valid-events",
+                accepted=0,
+                rejected=rejected,
+            )
+
+        request_id = uuid.uuid4().hex
+        started = time.perf_counter()
+        try:
+            await request.app.state.publisher.publish(carrier, request_id, accepted)
+        except BrokerUnavailable as exc:
+            log.warning("broker unavailable; answering 503", extra={"carrier": carrier, "error": str(exc)})
+            raise Problem(
+                503,
+                "the broker cannot take writes now; retry the same batch later (it is safe)",
+                type_="broker-unavailable",
+                headers=retry_after,
+            ) from None
+        metrics.publish_seconds.observe(time.perf_counter() - started)
+        metrics.events.labels("accepted").inc(len(accepted))
+        log.info(
+            "accepted",
+            extra={"carrier": carrier, "request_id": request_id, "accepted": len(accepted), "rejected": len(rejected)},
+        )
+        content = {"accepted": len(accepted), "rejected": rejected, "request_id": request_id}
+        return Response(
+            orjson.dumps(content), status_code=202, media_type="application/json", headers={"X-Request-ID": request_id}
+        )
+
+    async def _unknown_codes(request: Request, codes: set[str]) -> set[str]:
+        if not codes:
+            return set()
+        ordered = sorted(codes)
+        try:
+            kinds = await request.app.state.redis.hmget(reg_kind, ordered)
+        except aioredis.RedisError as exc:
+            log.warning("registry lookup failed; answering 503", extra={"error": repr(exc)})
+            raise Problem(
+                503,
+                "the division registry cannot be read now; retry later",
+                type_="registry-unavailable",
+                headers=retry_after,
+            ) from None
+        return {code for code, kind in zip(ordered, kinds, strict=True) if kind is None}
+
+    @app.get("/healthz", summary="The process is up")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="The broker and Redis are reachable", responses=problem.openapi_responses(503))
+    async def readyz(request: Request) -> dict[str, Any]:
+        checks = {"broker": await request.app.state.publisher.ready(), "redis": await _redis_ok(request)}
+        if not all(checks.values()):
+            down = ", ".join(name for name, ok in checks.items() if not ok)
+            raise Problem(503, f"not ready: {down} unreachable", type_="not-ready", headers=retry_after, checks=checks)
+        return {"status": "ready", "checks": checks}
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def prometheus() -> Response:
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def _redis_ok(request: Request) -> bool:
+    try:
+        return bool(await request.app.state.redis.ping())
+    except (aioredis.RedisError, OSError):
+        return False
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Problem(
+            413, f"the body is {declared} bytes; the limit is {limit}", type_="body-too-large", limit_bytes=limit
+        )
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Problem(
+                413, f"the body is over the limit of {limit} bytes", type_="body-too-large", limit_bytes=limit
+            )
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _events_of(data: Any, max_events: int) -> list[Any]:
+    if not isinstance(data, dict):
+        raise Problem(400, 'the body must be a JSON object {"events": [...]}', type_="invalid-body")
+    extra = sorted(set(data) - {"events"})
+    if extra:
+        raise Problem(400, f"unknown top-level field(s): {', '.join(extra)}", type_="invalid-body")
+    events = data.get("events")
+    if not isinstance(events, list):
+        raise Problem(400, "'events' must be an array of scan events", type_="invalid-body")
+    if not events:
+        raise Problem(400, "'events' is empty; send 1 to 1000 events", type_="invalid-body")
+    if len(events) > max_events:
+        raise Problem(
+            413,
+            f"{len(events)} events in one request; the limit is {max_events}",
+            type_="too-many-events",
+            limit_events=max_events,
+        )
+    return events
+
+
+def _rejection(index: int, raw: Any, errors: list[str]) -> dict[str, Any]:
+    event_id = raw.get(scan.EVENT_ID) if isinstance(raw, dict) else None
+    return {"index": index, "event_id": event_id if isinstance(event_id, str) else None, "errors": errors}
+
+
+def serve(settings: Settings) -> None:
+    logs.configure("ingest", settings.log_level, settings.log_format)
+    uvicorn.run(
+        create_app(settings),
+        host=settings.ingest_host,
+        port=settings.ingest_port,
+        log_config=None,
+        access_log=False,
+        server_header=False,
+    )

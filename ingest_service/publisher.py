@@ -1,0 +1,115 @@
+"""Publishing accepted events: one record per partition per request, acknowledged by all replicas."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import orjson
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from lastmile import names, scan
+from lastmile.settings import Settings
+from lastmile.topics import partition_for
+
+log = logging.getLogger("lastmile.ingest.publisher")
+
+
+class BrokerUnavailable(Exception):
+    """The broker did not acknowledge in time; nothing of the request may be reported as accepted."""
+
+
+class Publisher:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topic = settings.scan_topic
+        self.timeout = settings.ingest_publish_timeout_seconds
+        self._producer: AIOKafkaProducer | None = None
+        self._partitions: int | None = None
+        self._starting: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Connect in the background, retrying, so the API is up (and says 503) while the broker is not."""
+        self._starting = asyncio.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        delay = 0.5
+        while self._producer is None:
+            producer = AIOKafkaProducer(
+                bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                acks="all",
+                enable_idempotence=self.settings.kafka_enable_idempotence,
+                linger_ms=2,
+                max_request_size=16 * 1024 * 1024,
+                request_timeout_ms=int(self.timeout * 1000),
+                client_id="lastmile-ingest",
+            )
+            try:
+                await producer.start()
+                partitions = await asyncio.wait_for(producer.partitions_for(self.topic), self.timeout)
+                self._partitions = len(partitions)
+                self._producer = producer
+                log.info("connected to the broker", extra={"topic": self.topic, "partitions": self._partitions})
+            except (KafkaError, OSError, TimeoutError) as exc:
+                await producer.stop()
+                log.warning("broker not reachable yet", extra={"error": repr(exc), "retry_in": delay})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def stop(self) -> None:
+        if self._starting is not None:
+            self._starting.cancel()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    @property
+    def connected(self) -> bool:
+        return self._producer is not None
+
+    async def ready(self) -> bool:
+        """The broker answers a metadata request now."""
+        if self._producer is None:
+            return False
+        try:
+            await asyncio.wait_for(self._producer.client.fetch_all_metadata(), 2.0)
+        except (KafkaError, OSError, TimeoutError):
+            return False
+        return True
+
+    async def publish(self, carrier: str, request_id: str, events: Sequence[scan.ScanEvent]) -> None:
+        """Return once every event is acknowledged by the broker, or raise BrokerUnavailable."""
+        producer, partitions = self._producer, self._partitions
+        if producer is None or partitions is None:
+            raise BrokerUnavailable("not connected to the broker")
+        by_partition: dict[int, list[dict[str, object]]] = defaultdict(list)
+        for event in events:
+            by_partition[partition_for(event.location_code, partitions)].append(event.to_json())
+        received_at = scan.format_time(datetime.now(UTC))
+        headers = [
+            (names.HEADER_SCHEMA, names.SCHEMA_BATCH_V1.encode()),
+            (names.HEADER_CARRIER, carrier.encode()),
+            (names.HEADER_REQUEST_ID, request_id.encode()),
+        ]
+
+        async def send_all() -> None:
+            futures = [
+                await producer.send(
+                    self.topic,
+                    orjson.dumps({"received_at": received_at, "events": batch}),
+                    key=request_id.encode(),
+                    partition=partition,
+                    headers=headers,
+                )
+                for partition, batch in by_partition.items()
+            ]
+            await asyncio.gather(*futures)
+
+        # The whole send is bounded: with the broker frozen, even queueing can block.
+        try:
+            await asyncio.wait_for(send_all(), self.timeout)
+        except (KafkaError, OSError, TimeoutError) as exc:
+            raise BrokerUnavailable(repr(exc)) from exc

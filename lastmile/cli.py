@@ -1,0 +1,79 @@
+"""`lastmile`: run the services, manage topics and the registry, run the local stack."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from lastmile.settings import Settings, SettingsError
+
+SUBCOMMANDS = ("ingest", "worker", "coverage", "topics", "registry", "run")
+SAMPLE_REGISTRY = Path(__file__).resolve().parent / "sample_registry"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="lastmile",
+        description="Express-to-villages coverage from carriers' last-mile scans. Settings come from the "
+        "environment (see the README's settings table).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("ingest", help="run the carrier-facing ingest API (INGEST_HOST:INGEST_PORT)")
+    sub.add_parser("worker", help="run the stream worker that folds scans into Redis")
+    sub.add_parser("coverage", help="run the regulator-facing coverage API (COVERAGE_HOST:COVERAGE_PORT)")
+    topics = sub.add_parser("topics", help="manage the Kafka topics")
+    topics_sub = topics.add_subparsers(dest="action", required=True, metavar="ACTION")
+    topics_sub.add_parser("create", help="create the scan and dead-letter topics if missing")
+    registry = sub.add_parser("registry", help="manage the division registry in Redis")
+    registry_sub = registry.add_subparsers(dest="action", required=True, metavar="ACTION")
+    load = registry_sub.add_parser("load", help="load a folder of division CSVs (plain or .gz), idempotently")
+    load.add_argument("directory", type=Path, help=f"folder of provinces/cities/areas/streets/villages CSVs "
+                      f"(the bundled sample: {SAMPLE_REGISTRY})")
+    load.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run = sub.add_parser("run", help="run everything locally: embedded broker, redis-server, the three services")
+    run.add_argument("--registry", type=Path, default=SAMPLE_REGISTRY, help="registry folder to load at start")
+    run.add_argument("--data-dir", type=Path, default=Path(".run"), help="where Redis data, logs and tokens go")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        print(f"lastmile: {exc}", file=sys.stderr)
+        return 2
+    command = args.command
+    if command == "ingest":
+        from ingest_service.app import serve
+
+        serve(settings)
+    elif command == "coverage":
+        from coverage_service.api import serve as serve_coverage
+
+        serve_coverage(settings)
+    elif command == "worker":
+        from coverage_service.worker import run as run_worker
+
+        run_worker(settings)
+    elif command == "topics":
+        from lastmile.topics import ensure_topics
+
+        created = asyncio.run(ensure_topics(settings))
+        print(f"created: {', '.join(created)}" if created else "topics already exist")
+    elif command == "registry":
+        from lastmile.registry_cli import load_command
+
+        return load_command(settings, args.directory, progress=not args.no_progress)
+    elif command == "run":
+        from lastmile.localrun import run_stack
+
+        return run_stack(settings, registry=args.registry, data_dir=args.data_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

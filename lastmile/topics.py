@@ -1,0 +1,72 @@
+"""The Kafka topics: creating them, and where each scan event goes.
+
+Records are partitioned by the event's location code with Kafka's own murmur2 partitioner, so all
+events of one village (or township) share a partition and keep their order, whether ingest packed
+them or a carrier with direct Kafka access produced them keyed by location code.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import redis.asyncio as aioredis
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+from aiokafka.partitioner import murmur2
+
+from lastmile import names
+from lastmile.settings import Settings
+
+log = logging.getLogger(__name__)
+
+TOPIC_ALREADY_EXISTS = 36
+
+
+def partition_for(location_code: str, partitions: int) -> int:
+    """The partition Kafka's default partitioner picks for this key (positive murmur2, modulo)."""
+    return (murmur2(location_code.encode()) & 0x7FFFFFFF) % partitions
+
+
+async def ensure_topics(settings: Settings) -> list[str]:
+    """Create the scan and dead-letter topics when missing; return the names created.
+
+    A scan topic created now starts at offset 0, so offsets stored in Redis for an earlier topic of
+    the same name (a broker with memory storage restarted, a topic deleted and recreated) are
+    cleared: otherwise the worker would take the new records for replays and skip them.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=10_000)
+    await admin.start()
+    try:
+        wanted = [
+            NewTopic(settings.scan_topic, settings.scan_topic_partitions, settings.kafka_replication_factor),
+            NewTopic(settings.dead_letter_topic, 1, settings.kafka_replication_factor),
+        ]
+        existing = set(await admin.list_topics())
+        missing = [t for t in wanted if t.name not in existing]
+        created: list[str] = []
+        if missing:
+            response = await admin.create_topics(missing)
+            for topic, code, message in response.topic_errors:
+                if code == 0:
+                    created.append(topic)
+                elif code != TOPIC_ALREADY_EXISTS:
+                    raise KafkaError(f"cannot create topic {topic}: error {code} {message}")
+    finally:
+        await admin.close()
+    if settings.scan_topic in created:
+        await _forget_offsets(settings)
+    for topic in created:
+        log.info("created topic", extra={"topic": topic})
+    return created
+
+
+async def _forget_offsets(settings: Settings) -> None:
+    client = aioredis.from_url(settings.redis_url, decode_responses=True)
+    try:
+        key = names.key(settings.redis_key_prefix, names.OFFSETS)
+        stale = [f for f in await client.hkeys(key) if f.rsplit(":", 1)[0] == settings.scan_topic]
+        if stale:
+            await client.hdel(key, *stale)
+            log.warning("cleared offsets of an earlier scan topic", extra={"topic": settings.scan_topic})
+    finally:
+        await client.aclose()
