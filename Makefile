@@ -1,0 +1,37 @@
+# Two commands for a fresh clone: `make run` and `make test`. Everything else is a helper they call.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test venv lint typecheck check bench soak clean
+
+run: $(STAMP)  ## everything up locally (embedded broker, redis-server, the services, sample registry)
+	$(BIN)/lastmile run
+
+test: $(STAMP)  ## the whole suite: unit, integration and end-to-end, against a real broker and Redis
+	$(BIN)/pytest
+
+venv: $(STAMP)
+
+# The environment is rebuilt when the lock or the project metadata change. Dependencies install only
+# from requirements.lock, every file checked against its hash.
+$(STAMP): requirements.lock pyproject.toml scripts/bootstrap
+	bash scripts/bootstrap
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	touch $@
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+check: lint typecheck test
+
+clean:
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache
