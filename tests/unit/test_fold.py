@@ -1,0 +1,83 @@
+"""The fold's pure half: what one event changes, and how a topic record is decoded."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+
+from coverage_service import fold
+from lastmile import scan
+
+NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def parsed(**changes: Any) -> scan.ScanEvent:
+    raw = {
+        "event_id": "e1",
+        "carrier": "sf",
+        "waybill": "W1",
+        "event_type": "delivered",
+        "location_code": "140322205206",
+        "occurred_at": "2024-05-01T08:00:00+08:00",
+        **changes,
+    }
+    result = scan.validate(raw, now=NOW)
+    assert isinstance(result, scan.ScanEvent), result
+    return result
+
+
+def test_a_delivery_counts_type_carrier_direction_and_reaches() -> None:
+    e = fold.entry(parsed())
+    assert e.seen_id == "sf:e1"
+    assert e.reaches
+    assert e.occurred_ms == 1714521600000
+    assert set(e.counters) == {"type:delivered", "carrier:sf", "dir:inbound"}
+    assert e.dimensions == ("carrier:sf",)
+
+
+def test_collected_is_outbound_and_the_model_is_a_dimension() -> None:
+    e = fold.entry(parsed(event_type="collected", cooperation_model="transport_express"))
+    assert set(e.counters) == {"type:collected", "carrier:sf", "dir:outbound", "model:transport_express"}
+    assert e.dimensions == ("carrier:sf", "model:transport_express")
+
+
+def test_township_events_do_not_reach_and_have_no_direction() -> None:
+    e = fold.entry(parsed(event_type="arrived_at_hub", location_code="140322205"))
+    assert not e.reaches
+    assert set(e.counters) == {"type:arrived_at_hub", "carrier:sf"}
+    e = fold.entry(parsed(event_type="out_for_delivery"))
+    assert not e.reaches
+
+
+def test_decode_a_batch_keeps_the_valid_and_rejects_the_rest_by_index() -> None:
+    good = parsed().to_json()
+    value = orjson.dumps({"received_at": "2024-05-01T00:00:00Z", "events": [good, {"event_id": "x"}, good]})
+    decoded = fold.decode_record(value, now=NOW)
+    assert len(decoded.events) == 2
+    assert [r.index for r in decoded.rejected] == [1]
+    assert "carrier: required" in decoded.rejected[0].reason
+
+
+def test_decode_a_single_event_record() -> None:
+    decoded = fold.decode_record(orjson.dumps(parsed().to_json()), now=NOW)
+    assert [e.event_id for e in decoded.events] == ["e1"]
+    assert decoded.rejected == []
+
+
+def test_undecodable_records_are_rejected_whole() -> None:
+    for value, reason in [
+        (None, "record has no value"),
+        (b"\xff\xfe not json", "not JSON"),
+        (b'{"events": {"a": 1}}', "'events' must be an array"),
+    ]:
+        decoded = fold.decode_record(value, now=NOW)
+        assert decoded.events == []
+        assert decoded.rejected[0].index is None
+        assert reason in decoded.rejected[0].reason
+
+
+def test_payload_orders_records_by_partition_and_offset() -> None:
+    records = [fold.Record("t", 1, 9, []), fold.Record("t", 0, 5, []), fold.Record("t", 1, 3, [])]
+    assert orjson.loads(fold.payload(records)) == [["t:0", 5, []], ["t:1", 3, []], ["t:1", 9, []]]
