@@ -61,10 +61,10 @@ class Folder:
         self.totals = {"events_applied": 0, "events_duplicate": 0, "records_replayed": 0, "dead_letters": 0}
         self._last_report = time.monotonic()
 
-    async def handle(self, events: Sequence[EventT]) -> Applied:
+    async def handle(self, events: Sequence[EventT[bytes]]) -> Applied:
         now = datetime.now(UTC)
         records: list[Record] = []
-        dead: list[tuple[EventT, Rejected]] = []
+        dead: list[tuple[EventT[bytes], Rejected]] = []
         for event in events:
             msg = event.message
             decoded = decode_record(msg.value, now=now)
@@ -98,7 +98,7 @@ class Folder:
         self._account(applied, len(dead))
         return applied
 
-    async def _dead_letter(self, event: EventT, rejected: Rejected) -> None:
+    async def _dead_letter(self, event: EventT[bytes], rejected: Rejected) -> None:
         msg = event.message
         body = {
             "reason": rejected.reason,
@@ -149,7 +149,10 @@ def create_app(settings: Settings) -> faust.App:
 
     @app.agent(scans, name="fold-scans", concurrency=1)
     async def fold_scans(stream: faust.StreamT[bytes]) -> None:
-        async for batch in stream.take_events(settings.worker_batch_max, within=settings.worker_batch_within_seconds):
+        # take_events (unlike take) hands over the Kafka messages, whose partition and offset the
+        # apply script needs; it acks them once the loop body has returned.
+        batches = stream.take_events(settings.worker_batch_max, within=settings.worker_batch_within_seconds)  # type: ignore[attr-defined]
+        async for batch in batches:
             await folder.handle(batch)
 
     return app

@@ -26,12 +26,12 @@ from lastmile.topics import ensure_topics
 
 log = logging.getLogger("lastmile.ingest")
 
-BODY_SCHEMA = {
-    "type": "object",
-    "additionalProperties": False,
-    "required": ["events"],
-    "properties": {"events": {"type": "array", "minItems": 1, "maxItems": 1000, "items": scan.json_schema()}},
-}
+
+def body_schema(max_events: int) -> dict[str, Any]:
+    events = {"type": "array", "minItems": 1, "maxItems": max_events, "items": scan.json_schema()}
+    return {"type": "object", "additionalProperties": False, "required": ["events"], "properties": {"events": events}}
+
+
 RESULT_SCHEMA = {
     "type": "object",
     "properties": {
@@ -103,7 +103,10 @@ def create_app(settings: Settings) -> FastAPI:
             "accepted is counted once."
         ),
         openapi_extra={
-            "requestBody": {"required": True, "content": {"application/json": {"schema": BODY_SCHEMA}}},
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": body_schema(settings.ingest_max_events)}},
+            },
         },
         responses={
             202: {"description": "Accepted", "content": {"application/json": {"schema": RESULT_SCHEMA}}},

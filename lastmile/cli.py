@@ -30,8 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     registry = sub.add_parser("registry", help="manage the division registry in Redis")
     registry_sub = registry.add_subparsers(dest="action", required=True, metavar="ACTION")
     load = registry_sub.add_parser("load", help="load a folder of division CSVs (plain or .gz), idempotently")
-    load.add_argument("directory", type=Path, help=f"folder of provinces/cities/areas/streets/villages CSVs "
-                      f"(the bundled sample: {SAMPLE_REGISTRY})")
+    load.add_argument(
+        "directory",
+        type=Path,
+        help=f"folder of provinces/cities/areas/streets/villages CSVs (the bundled sample: {SAMPLE_REGISTRY})",
+    )
     load.add_argument("--no-progress", action="store_true", help="no progress bar")
     run = sub.add_parser("run", help="run everything locally: embedded broker, redis-server, the three services")
     run.add_argument("--registry", type=Path, default=SAMPLE_REGISTRY, help="registry folder to load at start")

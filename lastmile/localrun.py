@@ -58,7 +58,7 @@ def _env_for(settings: Settings, tokens_file: Path | None) -> dict[str, str]:
 
 def _http_ok(url: str) -> bool:
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our own loopback URL
+        with urllib.request.urlopen(url, timeout=1) as response:
             return bool(response.status == 200)
     except OSError:
         return False
@@ -96,7 +96,7 @@ def run_stack(settings: Settings, *, registry: Path, data_dir: Path) -> int:
             raise StackError("port 8000 or 8001 is taken; set INGEST_PORT / COVERAGE_PORT")
 
         tokens_file: Path | None = None
-        token = None
+        token: str | None = None
         if not (settings.carrier_tokens or settings.carrier_tokens_file):
             token = _dev_token(data_dir)
             tokens_file = data_dir / "carrier-tokens.json"
@@ -113,11 +113,12 @@ def run_stack(settings: Settings, *, registry: Path, data_dir: Path) -> int:
 
         ingest_url = f"http://127.0.0.1:{settings.ingest_port}"
         coverage_url = f"http://127.0.0.1:{settings.coverage_port}"
-        for name, url in (("ingest", ingest_url), ("worker", None), ("coverage", coverage_url)):
+        services: list[tuple[str, str | None]] = [("ingest", ingest_url), ("worker", None), ("coverage", coverage_url)]
+        for name, ready_url in services:
             proc = Proc(name, devstack.lastmile_command(name), logs_dir / f"{name}.log", env=env).start()
             procs.append(proc)
-            if url is not None:
-                proc.wait_until(lambda u=url: _http_ok(f"{u}/readyz"), 60, "GET /readyz")  # type: ignore[misc]
+            if ready_url is not None:
+                proc.wait_until(lambda u=ready_url: _http_ok(f"{u}/readyz"), 60, "GET /readyz")  # type: ignore[misc]
 
         print(f"""
 lastmile-coverage is running.

@@ -61,7 +61,7 @@ class Settings:
     )
     worker_session_timeout_seconds: float = field(
         default=10.0,
-        metadata=_env("WORKER_SESSION_TIMEOUT_SECONDS", "Consumer session timeout: how soon a dead worker's partitions move"),
+        metadata=_env("WORKER_SESSION_TIMEOUT_SECONDS", "How soon a dead worker's partitions move to another"),
     )
     dedup_window_hours: float = field(
         default=72.0,

@@ -24,7 +24,7 @@ TOPIC_ALREADY_EXISTS = 36
 
 def partition_for(location_code: str, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for this key (positive murmur2, modulo)."""
-    return (murmur2(location_code.encode()) & 0x7FFFFFFF) % partitions
+    return int(murmur2(location_code.encode()) & 0x7FFFFFFF) % partitions
 
 
 async def ensure_topics(settings: Settings) -> list[str]:
@@ -64,7 +64,7 @@ async def _forget_offsets(settings: Settings) -> None:
     client = aioredis.from_url(settings.redis_url, decode_responses=True)
     try:
         key = names.key(settings.redis_key_prefix, names.OFFSETS)
-        stale = [f for f in await client.hkeys(key) if f.rsplit(":", 1)[0] == settings.scan_topic]
+        stale = [f for f in map(str, await client.hkeys(key)) if f.rsplit(":", 1)[0] == settings.scan_topic]
         if stale:
             await client.hdel(key, *stale)
             log.warning("cleared offsets of an earlier scan topic", extra={"topic": settings.scan_topic})

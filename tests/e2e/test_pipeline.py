@@ -62,7 +62,9 @@ class Stack:
     worker: Proc
 
     def start_worker(self) -> None:
-        self.worker = Proc("worker", devstack.lastmile_command("worker"), self.logs / "worker.log", env=self.env).start()
+        self.worker = Proc(
+            "worker", devstack.lastmile_command("worker"), self.logs / "worker.log", env=self.env
+        ).start()
 
 
 @pytest.fixture
@@ -179,15 +181,15 @@ async def applied_total(http: httpx.AsyncClient, url: str) -> tuple[int, int]:
     return values.get("lastmile_events_applied_total", 0), values.get("lastmile_events_duplicate_total", 0)
 
 
-async def wait_for(http: httpx.AsyncClient, url: str, applied: int, duplicate: int, timeout: float = 90) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_for(http: httpx.AsyncClient, url: str, applied: int, duplicate: int, within: float = 90) -> None:
+    deadline = asyncio.get_running_loop().time() + within
     last = (0, 0)
     while asyncio.get_running_loop().time() < deadline:
         last = await applied_total(http, url)
         if last[0] >= applied and last[1] >= duplicate:
             return
         await asyncio.sleep(0.25)
-    raise AssertionError(f"worker applied {last}, wanted ({applied}, {duplicate}) within {timeout}s")
+    raise AssertionError(f"worker applied {last}, wanted ({applied}, {duplicate}) within {within}s")
 
 
 def assert_figures(body: dict[str, Any], villages: dict[str, str], reached: set[str], by_township: dict[str, int]):

@@ -133,8 +133,10 @@ async def test_random_streams_with_duplicates_and_replays_match_the_reference(
         log: list[scan.ScanEvent] = []
         for i in range(rng.randint(20, 120)):
             event_type = rng.choice(types)
-            code = rng.choice([*VILLAGES, COMMUNITY]) if event_type in scan.VILLAGE_ONLY_TYPES else rng.choice(
-                [*VILLAGES, TOWNSHIP]
+            code = (
+                rng.choice([*VILLAGES, COMMUNITY])
+                if event_type in scan.VILLAGE_ONLY_TYPES
+                else rng.choice([*VILLAGES, TOWNSHIP])
             )
             log.append(make_event(i, rng.choice(["sf", "yto"]), event_type, code, rng.randint(0, 500)))
         # The carrier resends some events: same (carrier, event_id), later in the log.

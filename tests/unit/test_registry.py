@@ -180,8 +180,16 @@ def _append(stem: str, values: list[str]) -> Mutation:
     ("mutate", "message"),
     [
         (_set("villages", 1, 0, "14032220520x"), "villages.csv line 3, code: '14032220520x' is not a 12-digit code"),
-        (_set("streets", 0, 0, "14032220"), "streets.csv line 2, code: '14032220' is not a 9-digit code"),
-        (_set("provinces", 0, 0, "１４"), "provinces.csv line 2, code: '１４' is not a 2-digit code"),
+        (
+            _set("streets", 0, 0, "14032220"),
+            "streets.csv line 2, code: '14032220' is not a 9-digit code\n"
+            "villages.csv line 2, code: its parent 140322205 is not in streets",  # once, not once per village
+        ),
+        (
+            _set("provinces", 0, 0, "１４"),
+            "provinces.csv line 2, code: '１４' is not a 2-digit code\n"
+            "cities.csv line 2, code: its parent 14 is not in provinces",
+        ),
         (_set("cities", 0, 1, " "), "cities.csv line 2, name: empty"),
         (
             _set("villages", 0, 2, "140322206"),
@@ -221,7 +229,10 @@ def test_row_errors(tmp_path: Path, mutate: Mutation, message: str) -> None:
 )
 def test_kind_and_population_errors(tmp_path: Path, kind: str, population: str, message: str) -> None:
     rows = base_rows()
-    rows["villages"] = [village("140322205206", "小湖村委会", "", ""), village("140322205207", "东梁", kind, population)]
+    rows["villages"] = [
+        village("140322205206", "小湖村委会", "", ""),
+        village("140322205207", "东梁", kind, population),
+    ]
     headers = {"villages": [*HEADERS["villages"], "kind", "population"]}
     assert errors_of(write(tmp_path, rows, headers=headers, gz=True)) == f"villages.csv.gz line 3, {message}"
 
@@ -267,7 +278,7 @@ def test_not_a_folder(tmp_path: Path) -> None:
 
 def test_unreadable_files(tmp_path: Path) -> None:
     write(tmp_path, base_rows())
-    (tmp_path / "villages.csv").write_bytes("code,name\n".encode() + "小湖".encode("gb18030"))
+    (tmp_path / "villages.csv").write_bytes(b"code,name\n" + "小湖".encode("gb18030"))
     (tmp_path / "streets.csv").unlink()
     (tmp_path / "streets.csv.gz").write_bytes(b"not gzip at all")
     message = errors_of(tmp_path)
