@@ -25,10 +25,11 @@ RUN python -m venv /opt/lastmile
 
 WORKDIR /src
 
-# The dependencies first, from the lock file alone, so this layer is rebuilt only when the lock changes.
+# The runtime dependencies first, from their lock alone (no test tools, no embedded broker), so this
+# layer is rebuilt only when that lock changes.
 # --require-hashes: every file pip downloads must match a hash in the lock, transitive ones included.
-COPY requirements.lock ./
-RUN pip install --require-hashes -r requirements.lock
+COPY requirements-runtime.lock ./
+RUN pip install --require-hashes -r requirements-runtime.lock
 
 # Then the project itself, without touching the dependencies the lock just pinned.
 COPY pyproject.toml README.md ./

@@ -52,6 +52,9 @@ class ReadModelWriter:
         kinds = await self.redis.hmget(names.key(self.prefix, names.REG_KIND), ordered)
         return {code for code, kind in zip(ordered, kinds, strict=True) if kind is None}
 
+    async def forget_offset(self, topic: str, partition: int) -> None:
+        await self.redis.hdel(names.key(self.prefix, names.OFFSETS), names.offset_field(topic, partition))
+
     async def applied_offsets(self) -> dict[str, int]:
         raw = await self.redis.hgetall(names.key(self.prefix, names.OFFSETS))
         return {_text(k): int(v) for k, v in raw.items()}

@@ -18,7 +18,7 @@ from typing import Any, TypeVar
 import faust
 import orjson
 import redis.asyncio as aioredis
-from faust.types import EventT
+from faust.types import TP, EventT
 
 from coverage_service.fold import Record, Rejected, decode_record, entry
 from coverage_service.store import Applied, ReadModelWriter
@@ -98,6 +98,26 @@ class Folder:
         self._account(applied, len(dead))
         return applied
 
+    async def resume_positions(self, app: faust.App, assigned: list[TP]) -> dict[TP, int]:
+        """The next offset to read per partition: one past the last applied, from the read model."""
+        applied = await self.writer.applied_offsets()
+        earliest = await app.consumer.earliest_offsets(*assigned)
+        ends = await app.consumer.highwaters(*assigned)
+        positions: dict[TP, int] = {}
+        for tp in assigned:
+            last = applied.get(names.offset_field(tp.topic, tp.partition))
+            if last is not None and last + 1 > ends[tp]:
+                # The log ends before what was applied: the topic was recreated or truncated. Its
+                # records are new, so they must not be mistaken for replays.
+                log.error(
+                    "partition log is shorter than the applied offset; starting it over",
+                    extra={"partition": tp.partition, "applied": last, "log_end": ends[tp]},
+                )
+                await self.writer.forget_offset(tp.topic, tp.partition)
+                last = None
+            positions[tp] = earliest[tp] if last is None else max(last + 1, earliest[tp])
+        return positions
+
     async def _dead_letter(self, event: EventT[bytes], rejected: Rejected) -> None:
         msg = event.message
         body = {
@@ -146,6 +166,24 @@ def create_app(settings: Settings) -> faust.App:
 
     folder = Folder(settings, send_dead_letter)
     app.folder = folder  # type: ignore[attr-defined]
+
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type, misc, untyped-decorator, unused-ignore]
+    async def resume_from_read_model(sender: faust.App, **_: Any) -> None:
+        # Faust seeks each assigned partition to its committed offset right after this signal. The
+        # read model, not Kafka, knows what was applied (Redis may have lost its last second of AOF,
+        # or been restored or wiped), so commit its positions first and resume exactly there.
+        assigned = sorted(tp for tp in sender.consumer.assignment() if tp.topic == settings.scan_topic)
+        if assigned:
+            positions = await retrying("resume positions", lambda: folder.resume_positions(sender, assigned))
+            # Faust has no public call that commits given offsets; its consumer's own _commit does.
+            await sender.consumer._commit(positions)  # type: ignore[attr-defined]
+            # Seek too: aiokafka's seek_to_committed, which Faust calls next, skips offset 0.
+            for tp, offset in positions.items():
+                await sender.consumer.seek(tp, offset)
+            log.info(
+                "resuming from the read model",
+                extra={"positions": {str(tp.partition): o for tp, o in positions.items()}},
+            )
 
     @app.agent(scans, name="fold-scans", concurrency=1)
     async def fold_scans(stream: faust.StreamT[bytes]) -> None:

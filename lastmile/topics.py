@@ -37,9 +37,13 @@ async def ensure_topics(settings: Settings) -> list[str]:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=10_000)
     await admin.start()
     try:
+        # Kept forever: the topic is the system of record the read model is rebuilt from.
+        keep = {"retention.ms": "-1", "retention.bytes": "-1"}
         wanted = [
-            NewTopic(settings.scan_topic, settings.scan_topic_partitions, settings.kafka_replication_factor),
-            NewTopic(settings.dead_letter_topic, 1, settings.kafka_replication_factor),
+            NewTopic(
+                settings.scan_topic, settings.scan_topic_partitions, settings.kafka_replication_factor, None, keep
+            ),
+            NewTopic(settings.dead_letter_topic, 1, settings.kafka_replication_factor, None, keep),
         ]
         existing = set(await admin.list_topics())
         missing = [t for t in wanted if t.name not in existing]

@@ -83,6 +83,7 @@ def stack(settings: Settings, tmp_path: Path) -> Iterator[Stack]:
         COVERAGE_PORT=str(coverage_port),
         INGEST_CARRIER_TOKENS=json.dumps({TOKEN: "sf"}),
         LOG_FORMAT="console",
+        WORKER_SESSION_TIMEOUT_SECONDS="6",  # the broker's minimum: faster rejoins after a kill
     )
     load = Proc("registry", devstack.lastmile_command("registry", "load", str(SAMPLE), "--no-progress"),
                 tmp_path / "registry.log", env=env).start()  # fmt: skip

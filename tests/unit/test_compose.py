@@ -522,7 +522,7 @@ def test_dockerfile_is_multi_stage_on_python_311_slim_with_a_clean_non_root_runt
 
 def test_dockerfile_installs_from_the_hashed_lock_then_the_project_without_deps() -> None:
     runs = [args for stage in dockerfile_stages()[:-1] for instruction, args in stage if instruction == "RUN"]
-    lock = [r for r in runs if "-r requirements.lock" in r]
+    lock = [r for r in runs if "-r requirements-runtime.lock" in r]
     assert lock and "--require-hashes" in lock[0], f"the lock is not installed with --require-hashes: {lock}"
     project = [r for r in runs if re.search(r"pip install --no-deps \.(\s|$)", r)]
     assert project, "the project is not installed with `pip install --no-deps .`"
