@@ -25,6 +25,9 @@ from lastmile.settings import Settings
 DEV_CARRIER = "demo"
 PREFERRED_BROKER_PORT = 9092
 PREFERRED_REDIS_PORT = 6380
+RESTARTABLE = frozenset({"ingest", "worker", "coverage"})
+CRASH_LOOP_RESTARTS = 5
+CRASH_LOOP_WINDOW_SECONDS = 60.0
 
 
 def _port(preferred: int) -> int:
@@ -105,11 +108,11 @@ def run_stack(settings: Settings, *, registry: Path, data_dir: Path) -> int:
         env = _env_for(settings, tokens_file)
 
         for step in (["topics", "create"], ["registry", "load", str(registry), "--no-progress"]):
-            code = Proc(step[0], devstack.lastmile_command(*step), logs_dir / "setup.log", env=env).start()
-            assert code.popen is not None
-            if code.popen.wait() != 0:
+            setup = Proc(step[0], devstack.lastmile_command(*step), logs_dir / "setup.log", env=env).start()
+            assert setup.popen is not None
+            if setup.popen.wait() != 0:
                 raise StackError(f"`lastmile {' '.join(step)}` failed; see {logs_dir / 'setup.log'}")
-            code.stop()
+            setup.stop()
 
         ingest_url = f"http://127.0.0.1:{settings.ingest_port}"
         coverage_url = f"http://127.0.0.1:{settings.coverage_port}"
@@ -131,10 +134,22 @@ lastmile-coverage is running.
             print(f"  carrier token {token}  (carrier {DEV_CARRIER!r}; also in {data_dir / 'carrier-token'})")
         print("Press Ctrl-C to stop everything.\n", flush=True)
 
+        restarts: list[float] = []
         while True:
-            for proc in procs:
-                if not proc.alive():
+            for i, proc in enumerate(procs):
+                if proc.alive():
+                    continue
+                if proc.name not in RESTARTABLE:
                     raise StackError(f"{proc.name} stopped unexpectedly; log {proc.log_path}:\n{proc.log_tail()}")
+                # Like a container's restart policy: a crashed service comes back; a crash loop stops all.
+                now = time.monotonic()
+                restarts = [t for t in restarts if now - t < CRASH_LOOP_WINDOW_SECONDS] + [now]
+                if len(restarts) > CRASH_LOOP_RESTARTS:
+                    raise StackError(f"{proc.name} keeps crashing; log {proc.log_path}:\n{proc.log_tail()}")
+                exit_code = proc.popen.returncode if proc.popen is not None else None
+                print(f"{proc.name} exited (code {exit_code}); restarting it", flush=True)
+                proc.stop()
+                procs[i] = Proc(proc.name, proc.argv, proc.log_path, env=proc.env).start()
             time.sleep(0.5)
     except KeyboardInterrupt:
         print("\nstopping ...", flush=True)

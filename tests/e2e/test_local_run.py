@@ -1,0 +1,130 @@
+"""`lastmile run`, what `make run` starts: up, the README's example, a killed worker, Ctrl-C, no orphans."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from lastmile import devstack
+
+pytestmark = pytest.mark.e2e
+
+# The README's example post: two villages of 盂县 reached, one event refused.
+README_EVENTS = [
+    {"event_id": "demo-1", "carrier": "demo", "waybill": "YT0001", "event_type": "delivered",
+     "location_code": "140322205206", "occurred_at": "2024-05-01T09:15:00+08:00"},
+    {"event_id": "demo-2", "carrier": "demo", "waybill": "YT0002", "event_type": "collected",
+     "location_code": "140322100200", "occurred_at": "2024-05-01T10:00:00+08:00",
+     "station_id": "YX-ST-01", "cooperation_model": "postal_express"},
+    {"event_id": "demo-3", "carrier": "demo", "waybill": "YT0003", "event_type": "delivered",
+     "location_code": "140322205", "occurred_at": "2024-05-01T10:00:00+08:00"},
+]  # fmt: skip
+
+
+def children(pid: int) -> dict[int, str]:
+    """Direct child processes of ``pid``: pid -> command line."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == pid:
+                found[int(entry.name)] = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def wait(condition: Callable[[], Any], within: float, what: str) -> Any:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_local_run_serves_the_readme_example_survives_a_killed_worker_and_stops_clean(tmp_path: Path) -> None:
+    ingest_port, coverage_port = devstack.free_port(), devstack.free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")}
+    env.update(INGEST_PORT=str(ingest_port), COVERAGE_PORT=str(coverage_port), LOG_FORMAT="console",
+               WORKER_SESSION_TIMEOUT_SECONDS="6")  # fmt: skip
+    out = tmp_path / "run.out"
+    with open(out, "wb") as sink:
+        run = subprocess.Popen(
+            devstack.lastmile_command("run", "--data-dir", str(tmp_path / "data")),
+            stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+        )  # fmt: skip
+    ingest, coverage = f"http://127.0.0.1:{ingest_port}", f"http://127.0.0.1:{coverage_port}"
+    try:
+        wait(lambda: "Press Ctrl-C" in out.read_text() or run.poll() is not None, 120, "the stack to start")
+        assert run.poll() is None, out.read_text()
+        token = (tmp_path / "data" / "carrier-token").read_text().strip()
+        assert token in out.read_text()
+        services = children(run.pid)
+        assert sorted(cmd.split()[-1] for cmd in services.values() if "lastmile.cli" in cmd) == [
+            "coverage", "ingest", "worker",
+        ]  # fmt: skip
+
+        def post() -> dict[str, Any]:
+            r = httpx.post(f"{ingest}/v1/scans", json={"events": README_EVENTS},
+                           headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+            assert r.status_code == 202, r.text
+            return dict(r.json())
+
+        def county() -> dict[str, Any]:
+            return dict(httpx.get(f"{coverage}/v1/coverage/140322").json())
+
+        def metric(name: str) -> float:
+            for line in httpx.get(f"{coverage}/metrics").text.splitlines():
+                if line.startswith(name + " "):
+                    return float(line.split()[1])
+            return 0.0
+
+        body = post()
+        assert body["accepted"] == 2
+        assert body["rejected"] == [
+            {"index": 2, "event_id": "demo-3", "errors": ["location_code: delivered needs a 12-digit village code"]}
+        ]
+        wait(lambda: county()["villages_reached"] == 2, 60, "two villages reached")
+        assert county()["villages_total"] == 277
+
+        # The same post again, then the worker killed with SIGKILL: it comes back, nothing moves.
+        post()
+        wait(lambda: metric("lastmile_events_duplicate_total") == 2, 60, "the repeats to be dropped")
+        worker = next(pid for pid, cmd in children(run.pid).items() if cmd.endswith("lastmile.cli worker"))
+        os.kill(worker, signal.SIGKILL)
+        wait(lambda: "worker exited (code -9); restarting it" in out.read_text(), 30, "the restart")
+        post()
+        wait(lambda: metric("lastmile_events_duplicate_total") == 4, 90, "the restarted worker to drop repeats")
+        assert metric("lastmile_events_applied_total") == 2
+        figures = county()
+        assert (figures["villages_reached"], figures["coverage_rate"]) == (2, round(2 / 277, 6))
+        services = children(run.pid)
+    finally:
+        run.send_signal(signal.SIGINT)  # Ctrl-C
+        code = run.wait(60)
+    assert code == 0, out.read_text()
+    assert "stopped." in out.read_text()
+    leftover = {pid: cmd for pid, cmd in services.items() if alive(pid)}
+    assert leftover == {}, f"processes outlived `lastmile run`: {json.dumps(leftover)}"
