@@ -1,52 +1,44 @@
 -- Fold a batch of scan records into the read model, together with the consumed offsets, atomically.
+-- (Runs after the readmodel.lua prelude.)
 --
 -- Redis runs a script to completion before any other command, so either every effect of the batch and
 -- its offsets are stored, or none are. A record at or below the stored offset of its partition was
 -- applied before (a replay after a crash or rebalance) and is skipped whole; an event whose
 -- (carrier, event_id) was seen within the dedup window is a repeat and is dropped.
 --
--- Key and field names are template placeholders, filled from lastmile.names.lua_names on loading.
 -- ARGV: dedup_window_seconds, now_ms, payload
 -- payload (JSON): [[offset_field, offset, [entry, ...]], ...], offsets ascending per partition, where
--- entry = [seen_id, location_code, occurred_ms, reaches (0/1), [counter field, ...], [dimension, ...]]
+-- entry = [seen_id, location_code, occurred_ms, reaches (0/1), [counter field, ...], [dimension, ...],
+--          station_id or '']
 -- Returns: {applied, duplicate, unknown_location, records_applied, records_replayed, newly_reached}
 
 local window = ARGV[1]
 local now_ms = ARGV[2]
 local records = cjson.decode(ARGV[3])
 
-local reg_kind = '${reg_kind}'
 local offsets_key = '${offsets}'
 local stats_key = '${stats}'
-local function region_key(code) return '${region}' .. code end
-local function loc_key(code) return '${loc}' .. code end
-local function seen_key(id) return '${seen}' .. id end
-local function int(n) return string.format('%d', n) end
+local tiers = current_tiers()
 
--- The regions a location rolls up into, innermost first; a 9-digit township is its own first region.
-local function regions_of(code)
-  return {string.sub(code, 1, 9), string.sub(code, 1, 6), string.sub(code, 1, 4), string.sub(code, 1, 2), '${national}'}
-end
-
-local kinds = {}
-local function kind_of(code)
-  local k = kinds[code]
-  if k == nil then
-    k = redis.call('HGET', reg_kind, code) or false
-    kinds[code] = k
+local units = {}  -- code -> {kind, segments}, read once per call
+local function unit_of(code)
+  local u = units[code]
+  if u == nil then
+    local kind = redis.call('HGET', '${reg_kind}', code)
+    if not kind then
+      u = false
+    else
+      local population = #code == 12 and redis.call('HGET', '${reg_unit}' .. code, '${unit_population}') or nil
+      u = {kind = kind, segments = segments(kind, population, tiers)}
+    end
+    units[code] = u
   end
-  return k
+  return u
 end
 
--- Counter increments and maxima are gathered first and written once per (key, field).
-local incr = {}
-local function add(key, fld, n)
-  local h = incr[key]
-  if h == nil then h = {}; incr[key] = h end
-  h[fld] = (h[fld] or 0) + n
-end
 local as_of = {}
-local reach_span = {}  -- village code -> {min_ms, max_ms}
+local first_reach = {}  -- village code -> earliest reach ms in this batch
+local last_reach = {}   -- village code -> {flag suffix -> latest reach ms in this batch}
 
 local applied, duplicate, unknown, records_applied, records_replayed, newly_reached = 0, 0, 0, 0, 0, 0
 local stored_offsets = {}
@@ -61,11 +53,11 @@ for _, record in ipairs(records) do
     stored_offsets[ofield] = offset
     records_applied = records_applied + 1
     for _, e in ipairs(entries) do
-      local seen_id, code, ms, reaches, counters, dims = e[1], e[2], e[3], e[4], e[5], e[6]
-      local kind = kind_of(code)
-      if not kind then
+      local seen_id, code, ms, reaches, counters, dims, station = e[1], e[2], e[3], e[4], e[5], e[6], e[7]
+      local u = unit_of(code)
+      if not u then
         unknown = unknown + 1
-      elseif not redis.call('SET', seen_key(seen_id), '1', 'NX', 'EX', window) then
+      elseif not redis.call('SET', '${seen}' .. seen_id, '1', 'NX', 'EX', window) then
         duplicate = duplicate + 1
       else
         applied = applied + 1
@@ -79,22 +71,29 @@ for _, record in ipairs(records) do
           local k = region_key(r)
           if (as_of[k] or -1) < ms then as_of[k] = ms end
         end
-        if reaches == 1 and is_village_unit then
-          local span = reach_span[code]
-          if span == nil then reach_span[code] = {ms, ms}
-          else
-            if ms < span[1] then span[1] = ms end
-            if ms > span[2] then span[2] = ms end
+        if is_village_unit and station ~= nil and station ~= '' then
+          -- 一村一站: the first station seen at a village counts it once in villages_with_station.
+          if redis.call('SADD', stations_key(code), station) == 1 and redis.call('SCARD', stations_key(code)) == 1 then
+            for _, q in ipairs(u.segments) do
+              for _, r in ipairs(regions) do add(region_key(r), '${villages_with_station}' .. q, 1) end
+            end
           end
+        end
+        if reaches == 1 and is_village_unit then
+          if first_reach[code] == nil or ms < first_reach[code] then first_reach[code] = ms end
+          local latest = last_reach[code]
+          if latest == nil then latest = {}; last_reach[code] = latest end
           -- One flag for "any carrier" and one per dimension; a flag set for the first time counts
-          -- the village once in every region above it, if the registry says it is a village.
-          local lk = loc_key(code)
+          -- the village once in every region above it, in each of its segments.
           local flags = {''}
           for _, d in ipairs(dims) do flags[#flags + 1] = '${dim_sep}' .. d end
-          for _, suffix in ipairs(flags) do
-            if redis.call('HSETNX', lk, '${reached}' .. suffix, '1') == 1 and kind == '${kind_village}' then
-              if suffix == '' then newly_reached = newly_reached + 1 end
-              for _, r in ipairs(regions) do add(region_key(r), '${villages_reached}' .. suffix, 1) end
+          for _, s in ipairs(flags) do
+            if (latest[s] or -1) < ms then latest[s] = ms end
+            if redis.call('HSETNX', loc_key(code), REACHED .. s, '1') == 1 then
+              if s == '' and u.kind == KIND_VILLAGE then newly_reached = newly_reached + 1 end
+              for _, q in ipairs(u.segments) do
+                for _, r in ipairs(regions) do add(region_key(r), '${villages_reached}' .. s .. q, 1) end
+              end
             end
           end
         end
@@ -103,18 +102,27 @@ for _, record in ipairs(records) do
   end
 end
 
-for key, fields in pairs(incr) do
-  for fld, n in pairs(fields) do redis.call('HINCRBY', key, fld, n) end
-end
+flush_increments()
 for key, ms in pairs(as_of) do
   local cur = tonumber(redis.call('HGET', key, '${as_of_ms}') or '-1')
   if ms > cur then redis.call('HSET', key, '${as_of_ms}', int(ms)) end
 end
-for code, span in pairs(reach_span) do
+for code, ms in pairs(first_reach) do
+  local cur = redis.call('HGET', loc_key(code), '${first_reach_ms}')
+  if cur == false or ms < tonumber(cur) then redis.call('HSET', loc_key(code), '${first_reach_ms}', int(ms)) end
+end
+for code, latest in pairs(last_reach) do
   local lk = loc_key(code)
-  local cur = redis.call('HMGET', lk, '${first_reach_ms}', '${last_reach_ms}')
-  if cur[1] == false or span[1] < tonumber(cur[1]) then redis.call('HSET', lk, '${first_reach_ms}', int(span[1])) end
-  if cur[2] == false or span[2] > tonumber(cur[2]) then redis.call('HSET', lk, '${last_reach_ms}', int(span[2])) end
+  local segs = unit_of(code).segments
+  for s, ms in pairs(latest) do
+    local cur = redis.call('HGET', lk, LAST_REACH .. s)
+    if cur == false or ms > tonumber(cur) then redis.call('HSET', lk, LAST_REACH .. s, int(ms)) end
+    for _, q in ipairs(segs) do
+      for _, r in ipairs(indexed_regions_of(code)) do
+        redis.call('ZADD', index_key(r .. s .. q), 'GT', int(ms), code)
+      end
+    end
+  end
 end
 for ofield, offset in pairs(stored_offsets) do redis.call('HSET', offsets_key, ofield, int(offset)) end
 

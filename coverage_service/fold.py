@@ -10,13 +10,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
 
 from lastmile import names, scan
 from lastmile.names import field
+
+# Parcel volume is counted by calendar year in China Standard Time, the year regulators report in.
+CHINA_STANDARD_TIME = timezone(timedelta(hours=8), "CST")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +30,7 @@ class Entry:
     reaches: bool
     counters: tuple[str, ...]
     dimensions: tuple[str, ...]
+    station_id: str = ""
 
     def wire(self) -> list[Any]:
         return [
@@ -36,6 +40,7 @@ class Entry:
             1 if self.reaches else 0,
             list(self.counters),
             list(self.dimensions),
+            self.station_id,
         ]
 
 
@@ -44,6 +49,8 @@ def entry(event: scan.ScanEvent) -> Entry:
     direction = scan.DIRECTION.get(event.event_type)
     if direction is not None:
         counters.append(field.DIRECTION + direction)
+    if event.event_type in scan.VOLUME_TYPES:
+        counters.append(field.VOLUME + str(event.occurred_at.astimezone(CHINA_STANDARD_TIME).year))
     dimensions = [field.CARRIER + event.carrier]
     if event.cooperation_model is not None:
         counters.append(field.MODEL + event.cooperation_model)
@@ -55,6 +62,7 @@ def entry(event: scan.ScanEvent) -> Entry:
         reaches=event.reaches,
         counters=tuple(counters),
         dimensions=tuple(dimensions),
+        station_id=event.station_id or "" if event.is_village else "",
     )
 
 

@@ -11,18 +11,17 @@ units is not supported, since their reach flags and parcel counters would have t
 
 from __future__ import annotations
 
-import string
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import resources
 from typing import Final
 
 import orjson
 import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
+from coverage_service.store import load_script
 from lastmile import names
 from lastmile.registry import NATION_NAME, Registry
 
@@ -45,22 +44,29 @@ async def load_registry(
     prefix: str,
     registry: Registry,
     progress: Callable[[int, int], None] | None = None,
+    population_tiers: Sequence[int] = (),
 ) -> LoadReport:
-    """Write ``registry`` under ``prefix``; ``progress(done, total)`` is called with unit counts after each chunk."""
+    """Write ``registry`` under ``prefix``; ``progress(done, total)`` is called with unit counts after each chunk.
+
+    ``population_tiers`` are the thresholds whose tier figures (``?min_population=``) are kept; the tiers in
+    force are recorded in ``reg:meta``, and a load with other tiers moves every village to the new ones.
+    """
     started = time.perf_counter()
-    text = resources.files("coverage_service").joinpath("registry.lua").read_text(encoding="utf-8")
-    script = redis.register_script(string.Template(text).substitute(names.lua_names(prefix)))
+    script = redis.register_script(load_script("registry.lua", prefix))
+    meta_key = names.key(prefix, names.REG_META)
+    old_tiers = await redis.hget(meta_key, names.meta.POPULATION_TIERS) or ""
+    new_tiers = format_tiers(population_tiers)
     units = list(registry.units())
     added = reclassified = 0
     for start in range(0, len(units), CHUNK_UNITS):
         chunk = units[start : start + CHUNK_UNITS]
         rows = [(u.code, u.name, u.kind, "" if u.population is None else str(u.population)) for u in chunk]
-        chunk_added, chunk_reclassified = await script(args=[orjson.dumps(rows)])
+        chunk_added, chunk_reclassified = await script(args=[orjson.dumps(rows), old_tiers, new_tiers])
         added += int(chunk_added)
         reclassified += int(chunk_reclassified)
         if progress is not None:
             progress(start + len(chunk), len(units))
-    await _write_meta(redis, prefix, registry)
+    await _write_meta(redis, prefix, registry, new_tiers)
     return LoadReport(
         kinds=dict(registry.kind_counts),
         regions=registry.level_counts,
@@ -75,12 +81,17 @@ async def registry_loaded(redis: aioredis.Redis, prefix: str) -> bool:
     return bool(await redis.exists(names.key(prefix, names.REG_META)))
 
 
-async def _write_meta(redis: aioredis.Redis, prefix: str, registry: Registry) -> None:
+def format_tiers(tiers: Sequence[int]) -> str:
+    return ",".join(str(t) for t in sorted(set(tiers)))
+
+
+async def _write_meta(redis: aioredis.Redis, prefix: str, registry: Registry, tiers: str) -> None:
     """The nation's unit and denominator, and the load record, in one transaction."""
     meta_key = names.key(prefix, names.REG_META)
     meta: dict[FieldT, EncodableT] = {
         names.meta.LOADED_AT: datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         names.meta.SOURCE: str(registry.source),
+        names.meta.POPULATION_TIERS: tiers,
     }
     meta.update(registry.level_counts)
     meta.update(registry.kind_counts)

@@ -12,10 +12,13 @@ import redis.asyncio as aioredis
 from coverage_service.fold import Record, payload
 from lastmile import names
 
+PRELUDE = "readmodel.lua"
+
 
 def load_script(filename: str, prefix: str) -> str:
-    """A Lua script of this package with its name placeholders filled for ``prefix``."""
-    text = resources.files("coverage_service").joinpath(filename).read_text(encoding="utf-8")
+    """A Lua script of this package, after the shared prelude, with its names filled for ``prefix``."""
+    package = resources.files("coverage_service")
+    text = "\n".join(package.joinpath(f).read_text(encoding="utf-8") for f in (PRELUDE, filename))
     return string.Template(text).substitute(names.lua_names(prefix))
 
 

@@ -17,6 +17,9 @@ key                                type    holds
                                            parcel counters (see ``field``)
 ``{p}:loc:{code}``                 hash    per village or township: reach flags, first/last
                                            reach time, parcel counters
+``{p}:reach:{code}{dim}{tier}``    zset    per township and county: village -> last reach (ms),
+                                           for villages active within the lapse window
+``{p}:stations:{code}``             set     station_ids seen at a village
 ``{p}:seen:{carrier}:{event_id}``  string  dedup marker, expires after the dedup window
 ``{p}:offsets``                    hash    ``{topic}:{partition}`` -> last applied offset
 ``{p}:stats``                      hash    events applied / duplicate / records replayed ...
@@ -53,6 +56,8 @@ REG_META: Final = "reg:meta"
 REGION: Final = "region:"
 LOCATION: Final = "loc:"
 SEEN: Final = "seen:"
+REACH_INDEX: Final = "reach:"
+STATIONS: Final = "stations:"
 OFFSETS: Final = "offsets"
 STATS: Final = "stats"
 
@@ -83,8 +88,13 @@ class field:
     CARRIER: Final = "carrier:"
     DIRECTION: Final = "dir:"
     MODEL: Final = "model:"
+    VILLAGES_WITH_STATION: Final = "villages_with_station"
+    # Parcel volume by year: "vol:2024" (delivered + picked_up + collected, by China Standard Time year).
+    VOLUME: Final = "vol:"
     # Dimension separator for per-carrier / per-model reach flags and counts.
     DIM_SEP: Final = "|"
+    # Population tier suffix: "villages_total@p2500" counts villages of 2,500 people or more.
+    TIER_SEP: Final = "@p"
 
 
 class stat:
@@ -112,6 +122,8 @@ class meta:
 
     LOADED_AT: Final = "loaded_at"
     SOURCE: Final = "source"
+    # Comma-separated population thresholds the tier counters are kept for (e.g. "2500").
+    POPULATION_TIERS: Final = "population_tiers"
 
 
 def lua_names(prefix: str) -> dict[str, str]:
@@ -123,6 +135,12 @@ def lua_names(prefix: str) -> dict[str, str]:
         "region": key(prefix, REGION),
         "loc": key(prefix, LOCATION),
         "seen": key(prefix, SEEN),
+        "reach_index": key(prefix, REACH_INDEX),
+        "stations": key(prefix, STATIONS),
+        "reg_meta": key(prefix, REG_META),
+        "meta_population_tiers": meta.POPULATION_TIERS,
+        "villages_with_station": field.VILLAGES_WITH_STATION,
+        "tier_sep": field.TIER_SEP,
         "offsets": key(prefix, OFFSETS),
         "stats": key(prefix, STATS),
         "national": NATIONAL,

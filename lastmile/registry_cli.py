@@ -46,6 +46,7 @@ def load_command(settings: Settings, directory: Path, *, progress: bool = True) 
                     settings.redis_key_prefix,
                     registry,
                     progress=lambda done, total: bar.update(task, completed=done, total=total),
+                    population_tiers=settings.population_tiers,
                 )
         finally:
             await client.aclose()

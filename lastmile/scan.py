@@ -53,6 +53,9 @@ REACH_TYPES: Final = frozenset({ARRIVED_AT_STATION, DELIVERED, PICKED_UP, COLLEC
 VILLAGE_ONLY_TYPES: Final = REACH_TYPES
 INBOUND: Final = "inbound"  # 下行: parcels coming into the village
 OUTBOUND: Final = "outbound"  # 上行: parcels (farm produce) leaving it
+# Parcel volume counts each parcel once at the end of its last mile: signed for, picked up from the
+# station, or collected for sending out (arrived_at_station precedes picked_up for the same parcel).
+VOLUME_TYPES: Final = frozenset({DELIVERED, PICKED_UP, COLLECTED})
 DIRECTION: Final = {ARRIVED_AT_STATION: INBOUND, DELIVERED: INBOUND, PICKED_UP: INBOUND, COLLECTED: OUTBOUND}
 
 COOPERATION_MODELS: Final = (

@@ -67,6 +67,14 @@ class Settings:
         default=72.0,
         metadata=_env("DEDUP_WINDOW_HOURS", "How long a (carrier, event_id) is remembered to drop repeats"),
     )
+    lapse_window_days: float = field(
+        default=30.0,
+        metadata=_env("LAPSE_WINDOW_DAYS", "A reached village not reached again for this long is lapsed (防回退)"),
+    )
+    priority_population_tiers: str = field(
+        default="2500",
+        metadata=_env("PRIORITY_POPULATION_TIERS", "Population thresholds for ?min_population=, comma-separated"),
+    )
     ingest_host: str = field(default="127.0.0.1", metadata=_env("INGEST_HOST", "Address the ingest API binds"))
     ingest_port: int = field(default=8000, metadata=_env("INGEST_PORT", "Port of the ingest API"))
     coverage_host: str = field(default="127.0.0.1", metadata=_env("COVERAGE_HOST", "Address the coverage API binds"))
@@ -103,6 +111,22 @@ class Settings:
             values[f.name] = _parse(f.metadata["env"], f.type, raw)
         values.update(overrides)
         return cls(**values)
+
+    @property
+    def population_tiers(self) -> tuple[int, ...]:
+        try:
+            tiers = tuple(sorted({int(t) for t in self.priority_population_tiers.split(",") if t.strip()}))
+        except ValueError:
+            raise SettingsError(
+                f"PRIORITY_POPULATION_TIERS: {self.priority_population_tiers!r} is not a list of whole numbers"
+            ) from None
+        if any(t <= 0 for t in tiers):
+            raise SettingsError("PRIORITY_POPULATION_TIERS: thresholds must be positive")
+        return tiers
+
+    @property
+    def lapse_window_ms(self) -> int:
+        return round(self.lapse_window_days * 86_400_000)
 
     @property
     def dedup_window_seconds(self) -> int:

@@ -67,9 +67,13 @@ async def test_a_batch_counts_once_and_a_replay_changes_nothing(redis: aioredis.
     assert (first.events_applied, first.events_duplicate, first.records_applied) == (6, 0, 2)
     assert first.villages_newly_reached == 2
 
-    async def snapshot() -> dict[str, dict[str, str]]:
+    async def snapshot() -> dict[str, object]:
         keys = sorted(k for k in await redis.keys(f"{p}:*") if ":seen:" not in k and not k.endswith(":stats"))
-        return {k: dict(await redis.hgetall(k)) for k in keys}
+        out: dict[str, object] = {}
+        for k in keys:
+            kind = await redis.type(k)
+            out[k] = dict(await redis.hgetall(k)) if kind == "hash" else await redis.zrange(k, 0, -1, withscores=True)
+        return out
 
     before = await snapshot()
     again = await writer.apply(records)

@@ -131,6 +131,7 @@ async def test_sample_totals_units_children_and_meta(
     assert str(meta.pop(names.meta.LOADED_AT)).endswith("Z")
     assert meta == {
         names.meta.SOURCE: str(SAMPLE),
+        names.meta.POPULATION_TIERS: "",
         **{k: str(v) for k, v in report.regions.items()},
         **{k: str(v) for k, v in report.kinds.items()},
     }

@@ -33,14 +33,29 @@ def test_a_delivery_counts_type_carrier_direction_and_reaches() -> None:
     assert e.seen_id == "sf:e1"
     assert e.reaches
     assert e.occurred_ms == 1714521600000
-    assert set(e.counters) == {"type:delivered", "carrier:sf", "dir:inbound"}
+    assert set(e.counters) == {"type:delivered", "carrier:sf", "dir:inbound", "vol:2024"}
     assert e.dimensions == ("carrier:sf",)
 
 
 def test_collected_is_outbound_and_the_model_is_a_dimension() -> None:
     e = fold.entry(parsed(event_type="collected", cooperation_model="transport_express"))
-    assert set(e.counters) == {"type:collected", "carrier:sf", "dir:outbound", "model:transport_express"}
+    assert set(e.counters) == {"type:collected", "carrier:sf", "dir:outbound", "model:transport_express", "vol:2024"}
     assert e.dimensions == ("carrier:sf", "model:transport_express")
+
+
+def test_volume_is_counted_once_per_parcel_by_china_standard_time_year() -> None:
+    # 2023-12-31T17:00Z is already 2024 in China.
+    assert "vol:2024" in fold.entry(parsed(event_type="picked_up", occurred_at="2023-12-31T17:00:00Z")).counters
+    assert "vol:2023" in fold.entry(parsed(event_type="delivered", occurred_at="2023-12-31T15:59:59Z")).counters
+    for not_a_parcel_end in ("arrived_at_station", "out_for_delivery"):
+        assert not any(c.startswith("vol:") for c in fold.entry(parsed(event_type=not_a_parcel_end)).counters)
+
+
+def test_the_station_goes_with_village_events_only() -> None:
+    assert fold.entry(parsed(station_id="YX-01")).station_id == "YX-01"
+    assert fold.entry(parsed()).station_id == ""
+    hub = parsed(event_type="arrived_at_hub", location_code="140322205", station_id="HUB-1")
+    assert fold.entry(hub).station_id == ""
 
 
 def test_township_events_do_not_reach_and_have_no_direction() -> None:

@@ -1,0 +1,100 @@
+-- Prelude of every read-model script (loaded in front of apply.lua and registry.lua): what a unit counts
+-- toward in the regions above it. Key and field names are template placeholders from lastmile.names.
+--
+-- A unit counts in a region's figures through "segments": '' (all administrative villages) plus one
+-- '@p<N>' per population tier it reaches. Only kind 'village' units have segments. For each segment q
+-- it adds to villages_total<q>; for each reach flag s it holds ('' or '|carrier:sf' ...), to
+-- villages_reached<s><q> and to the sorted sets reach:<township><s><q> and reach:<county><s><q> (scored
+-- by its last reach in ms, for the lapse window); with a station, to villages_with_station<q>.
+
+local KIND_VILLAGE = '${kind_village}'
+local REACHED = '${reached}'
+local LAST_REACH = '${last_reach_ms}'
+
+local function region_key(code) return '${region}' .. code end
+local function loc_key(code) return '${loc}' .. code end
+local function index_key(code) return '${reach_index}' .. code end
+local function stations_key(code) return '${stations}' .. code end
+local function int(n) return string.format('%d', n) end
+
+-- The regions a location rolls up into, innermost first; a 9-digit township is its own first region.
+local function regions_of(code)
+  return {string.sub(code, 1, 9), string.sub(code, 1, 6), string.sub(code, 1, 4), string.sub(code, 1, 2), '${national}'}
+end
+
+-- The regions that keep a lapse index (sorted set) of their villages: township and county.
+local function indexed_regions_of(code)
+  return {string.sub(code, 1, 9), string.sub(code, 1, 6)}
+end
+
+local function parse_tiers(text)
+  local tiers = {}
+  for n in string.gmatch(text or '', '%d+') do tiers[#tiers + 1] = tonumber(n) end
+  return tiers
+end
+
+local function current_tiers()
+  return parse_tiers(redis.call('HGET', '${reg_meta}', '${meta_population_tiers}'))
+end
+
+local function segments(kind, population, tiers)
+  if kind ~= KIND_VILLAGE then return {} end
+  local out = {''}
+  local pop = tonumber(population)
+  if pop then
+    for _, t in ipairs(tiers) do
+      if pop >= t then out[#out + 1] = '${tier_sep}' .. t end
+    end
+  end
+  return out
+end
+
+-- Increments gathered first and written once per (key, field).
+local incr = {}
+local function add(key, fld, n)
+  local h = incr[key]
+  if h == nil then h = {}; incr[key] = h end
+  h[fld] = (h[fld] or 0) + n
+end
+local function flush_increments()
+  for key, fields in pairs(incr) do
+    for fld, n in pairs(fields) do
+      if n ~= 0 then redis.call('HINCRBY', key, fld, n) end
+    end
+  end
+  incr = {}
+end
+
+-- What a unit already holds: its reach flags (suffix -> last reach ms) and whether it has a station.
+local function unit_state(code)
+  local loc = redis.call('HGETALL', loc_key(code))
+  local fields = {}
+  for i = 1, #loc, 2 do fields[loc[i]] = loc[i + 1] end
+  local flags = {}
+  for name, _ in pairs(fields) do
+    if name == REACHED or string.sub(name, 1, #REACHED + 1) == REACHED .. '${dim_sep}' then
+      local suffix = string.sub(name, #REACHED + 1)
+      flags[suffix] = fields[LAST_REACH .. suffix] or fields[LAST_REACH] or '0'
+    end
+  end
+  return {flags = flags, station = redis.call('SCARD', stations_key(code)) > 0}
+end
+
+-- Add (delta 1) or remove (delta -1) a unit's contribution to segment q of every region above it.
+local function move_segment(code, q, delta, state)
+  for _, r in ipairs(regions_of(code)) do
+    local rk = region_key(r)
+    add(rk, '${villages_total}' .. q, delta)
+    for s, _ in pairs(state.flags) do add(rk, '${villages_reached}' .. s .. q, delta) end
+    if state.station then add(rk, '${villages_with_station}' .. q, delta) end
+  end
+  for s, ms in pairs(state.flags) do
+    for _, r in ipairs(indexed_regions_of(code)) do
+      if delta > 0 then
+        redis.call('ZADD', index_key(r .. s .. q), 'GT', ms, code)
+      else
+        redis.call('ZREM', index_key(r .. s .. q), code)
+      end
+    end
+  end
+end
