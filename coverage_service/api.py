@@ -13,12 +13,11 @@ from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any, Final, TypeVar
 
-import orjson
 import redis.asyncio as aioredis
 import uvicorn
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
-from fastapi import FastAPI, Path, Request, Response
+from fastapi import FastAPI, Request, Response
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -29,7 +28,9 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from coverage_service import views
-from lastmile import divisions, logs, names, problem
+from coverage_service.routes import figures
+from coverage_service.routing import RETRY_AFTER_S
+from lastmile import logs, names, problem
 from lastmile.names import stat
 from lastmile.settings import Settings
 
@@ -37,9 +38,6 @@ log = logging.getLogger("lastmile.coverage")
 T = TypeVar("T")
 
 CHECK_TIMEOUT_S: Final = 2.0
-RETRY_AFTER_S: Final = "5"
-_CODE_DOC: Final = "Division code: 2 (province), 4 (city), 6 (county) or 9 (township) ASCII digits."
-_VILLAGE_DOC: Final = "12-digit village-level division code."
 
 
 class Broker:
@@ -91,23 +89,6 @@ class Broker:
         admin, consumer, self._admin, self._consumer = self._admin, self._consumer, None, None
         if admin is not None and consumer is not None:
             await asyncio.gather(admin.close(), consumer.stop(), return_exceptions=True)
-
-
-def _json(body: Any) -> Response:
-    return Response(orjson.dumps(body), media_type="application/json")
-
-
-def _invalid(code: str, expected: str) -> problem.Problem:
-    hint = ""
-    if divisions.is_village_code(code):
-        hint = f"; for a village use /v1/villages/{code}"
-    elif divisions.is_region_code(code):
-        hint = f"; for a region use /v1/coverage/{code}"
-    return problem.Problem(400, f"{code!r} is not {expected}{hint}", type_="invalid-code")
-
-
-def _unknown(code: str) -> problem.Problem:
-    return problem.Problem(404, f"{code} is not in the division registry", type_="unknown-code")
 
 
 async def _check(probe: Awaitable[Any]) -> str:
@@ -240,6 +221,7 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Express-into-villages (快递进村) coverage figures, live from carriers' last-mile scans.",
         lifespan=lifespan,
     )
+    app.state.settings = settings
     problem.install(app)
 
     async def on_redis_down(_: Request, exc: Exception) -> Response:
@@ -265,35 +247,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(_RequestMetrics, requests=requests, latency=latency)
     app.state.registry = registry
 
-    data_errors = problem.openapi_responses(400, 404, 500, 503)
-
-    async def coverage(code: str) -> Response:
-        body = await views.region_figures(app.state.redis, prefix, code)
-        if body is None:
-            raise _unknown(code)
-        return _json(body)
-
-    @app.get("/v1/coverage", response_model=views.Coverage, responses=problem.openapi_responses(500, 503))
-    async def national_coverage() -> Response:
-        """Coverage of the whole country, with each province."""
-        return await coverage(names.NATIONAL)
-
-    @app.get("/v1/coverage/{code}", response_model=views.Coverage, responses=data_errors)
-    async def region_coverage(code: str = Path(description=_CODE_DOC, examples=["14", "140322100"])) -> Response:
-        """Coverage of one region with its children one level down (for a township, its administrative villages)."""
-        if not divisions.is_region_code(code):
-            raise _invalid(code, "a 2, 4, 6 or 9-digit division code")
-        return await coverage(code)
-
-    @app.get("/v1/villages/{code}", response_model=views.Village, responses=data_errors)
-    async def village(code: str = Path(description=_VILLAGE_DOC, examples=["140322100201"])) -> Response:
-        """One village-level unit: whether and when it was reached, and its parcel counts."""
-        if not divisions.is_village_code(code):
-            raise _invalid(code, "a 12-digit village code")
-        body = await views.village_detail(app.state.redis, prefix, code)
-        if body is None:
-            raise _unknown(code)
-        return _json(body)
+    for router in (figures.router,):
+        app.include_router(router)
 
     @app.get("/healthz", responses=problem.openapi_responses(500))
     async def healthz() -> dict[str, str]:

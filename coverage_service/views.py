@@ -12,6 +12,7 @@ from typing import Any, Final
 import redis.asyncio as aioredis
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12 (response models)
 
+from coverage_service.scope import ALL, Scope
 from lastmile import divisions, names, scan
 from lastmile.names import field, stat, unit
 
@@ -38,6 +39,9 @@ class Figures(TypedDict):
     villages_reached: int
     coverage_rate: float | None
     as_of: str | None
+    villages_active: int
+    villages_lapsed: int
+    villages_with_station: int
 
 
 class Coverage(Figures):
@@ -89,46 +93,67 @@ def coverage_rate(reached: int, total: int) -> float | None:
     return round(reached / total, 6) if total > 0 else None
 
 
-async def region_figures(redis: aioredis.Redis, prefix: str, code: str) -> Coverage | None:
+async def region_figures(
+    redis: aioredis.Redis, prefix: str, code: str, sc: Scope = ALL, *, now_ms: int, lapse_ms: int
+) -> Coverage | None:
     """A region (``CN`` or a 2/4/6/9-digit code) with its children, or None if not in the registry."""
-    national = code == names.NATIONAL
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hget(names.key(prefix, names.REG_KIND), code)
-        pipe.hget(names.key(prefix, names.REG_UNIT, code), unit.NAME)
-        pipe.hmget(names.key(prefix, names.REGION, code), _REGION_FIELDS)
-        pipe.smembers(names.key(prefix, names.REG_CHILDREN, code))
-        kind, name, figures, children = await pipe.execute()
-    if kind is None and not national:
+    head = (await figures_many(redis, prefix, [code], sc, now_ms=now_ms, lapse_ms=lapse_ms)).get(code)
+    if head is None:
         return None
-    level = divisions.NATION if national else divisions.level_of(code)
-    head = _figures(code, name or (NATIONAL_NAME if national else None), level, figures)
-    return {**head, "children": await _children(redis, prefix, sorted(children)), "definition": DEFINITION}
+    children = sorted(map(str, await redis.smembers(names.key(prefix, names.REG_CHILDREN, code))))
+    if len(code) == 9:
+        rows = await village_figures(redis, prefix, children, sc, now_ms=now_ms, lapse_ms=lapse_ms)
+    else:
+        many = await figures_many(redis, prefix, children, sc, now_ms=now_ms, lapse_ms=lapse_ms)
+        rows = [many[c] for c in children if c in many]
+    return {**head, "children": rows, "definition": DEFINITION}
 
 
-async def _children(redis: aioredis.Redis, prefix: str, codes: list[str]) -> list[Figures]:
+async def village_figures(
+    redis: aioredis.Redis, prefix: str, codes: list[str], sc: Scope, *, now_ms: int, lapse_ms: int
+) -> list[Figures]:
+    """Each administrative village among ``codes`` (in the scope's tier) as a one-village region."""
     if not codes:
         return []
+    reached_flag, last_field = field.REACHED + sc.dim, field.LAST_REACH_MS + sc.dim
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hmget(names.key(prefix, names.REG_KIND), codes)
         for c in codes:
-            pipe.hget(names.key(prefix, names.REG_UNIT, c), unit.NAME)
-            if len(c) == 12:
-                pipe.hmget(names.key(prefix, names.LOCATION, c), _LOC_FIELDS)
-            else:
-                pipe.hmget(names.key(prefix, names.REGION, c), _REGION_FIELDS)
+            pipe.hmget(names.key(prefix, names.REG_UNIT, c), [unit.NAME, unit.POPULATION])
+            pipe.hmget(names.key(prefix, names.LOCATION, c), [reached_flag, last_field, field.LAST_REACH_MS])
+            pipe.scard(names.key(prefix, names.STATIONS, c))
         kinds, *rest = await pipe.execute()
+    cutoff = now_ms - lapse_ms
     out: list[Figures] = []
     for i, (c, kind) in enumerate(zip(codes, kinds, strict=True)):
-        name, values = rest[2 * i], rest[2 * i + 1]
-        if len(c) != 12:
-            out.append(_figures(c, name, divisions.level_of(c), values))
-        elif kind == divisions.KIND_VILLAGE:  # a township lists its administrative villages only
-            reached, last_ms = values
-            out.append(_figures(c, name, VILLAGE_LEVEL, [1, 1 if reached == "1" else 0, last_ms]))
+        (name, population), (reached, last_ms, any_last_ms), stations = rest[3 * i : 3 * i + 3]
+        if kind != divisions.KIND_VILLAGE:  # a township lists its administrative villages only
+            continue
+        if sc.min_population is not None and (population is None or int(population) < sc.min_population):
+            continue
+        is_reached = reached == "1"
+        last = last_ms or any_last_ms
+        active = is_reached and last is not None and int(last) >= cutoff
+        out.append({
+            **_figures(c, name, VILLAGE_LEVEL, [1, 1 if is_reached else 0, any_last_ms]),
+            "villages_active": 1 if active else 0,
+            "villages_lapsed": 1 if is_reached and not active else 0,
+            "villages_with_station": 1 if stations else 0,
+        })  # fmt: skip
     return out
 
 
-def _figures(code: str, name: str | None, level: str, values: list[Any]) -> Figures:
+class _Head(TypedDict):
+    code: str
+    name: str | None
+    level: str
+    villages_total: int
+    villages_reached: int
+    coverage_rate: float | None
+    as_of: str | None
+
+
+def _figures(code: str, name: str | None, level: str, values: list[Any]) -> _Head:
     total, reached, as_of_ms = values
     return {
         "code": code,
@@ -202,3 +227,69 @@ def _int(value: Any) -> int:
 
 def _time(ms: Any) -> str | None:
     return None if ms is None else scan.format_ms(int(ms))
+
+
+# -- Figures of many regions at once, in a scope, with the lapse window --------------------------------
+
+
+async def population_tiers(redis: aioredis.Redis, prefix: str) -> tuple[int, ...]:
+    """The population thresholds the read model keeps tier figures for (``?min_population=``)."""
+    text = str(await redis.hget(names.key(prefix, names.REG_META), names.meta.POPULATION_TIERS) or "")
+    return tuple(int(t) for t in text.split(",") if t)
+
+
+async def counties_under(redis: aioredis.Redis, prefix: str, code: str) -> list[str]:
+    """The county codes at or below a region (``CN``, 2, 4 or 6 digits), walking the registry."""
+    if code != names.NATIONAL and len(code) >= 6:
+        return [code]
+    level = [code]
+    while True:
+        async with redis.pipeline(transaction=False) as pipe:
+            for c in level:
+                pipe.smembers(names.key(prefix, names.REG_CHILDREN, c))
+            level = sorted(child for members in await pipe.execute() for child in members)
+        if not level or len(level[0]) >= 6:
+            return level
+
+
+async def figures_many(
+    redis: aioredis.Redis, prefix: str, codes: list[str], sc: Scope, *, now_ms: int, lapse_ms: int
+) -> dict[str, Figures]:
+    """Figures of regions (``CN`` or 2/4/6/9 digits) in scope ``sc``; regions not in the registry are left out.
+
+    Active villages are counted in the lapse indexes, which townships and counties keep: a township or
+    county is one ZCOUNT, a larger region the sum over its counties.
+    """
+    if not codes:
+        return {}
+    fields = [sc.total_field, sc.reached_field, field.AS_OF_MS, sc.station_field]
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hmget(names.key(prefix, names.REG_KIND), codes)
+        for c in codes:
+            pipe.hget(names.key(prefix, names.REG_UNIT, c), unit.NAME)
+            pipe.hmget(names.key(prefix, names.REGION, c), fields)
+        kinds, *rest = await pipe.execute()
+    known = [c for c, kind in zip(codes, kinds, strict=True) if kind is not None or c == names.NATIONAL]
+    counties = {c: [c] if len(c) in (6, 9) else await counties_under(redis, prefix, c) for c in known}
+    cutoff = now_ms - lapse_ms
+    suffix = sc.index_suffix()
+    async with redis.pipeline(transaction=False) as pipe:
+        for c in known:
+            for county in counties[c]:
+                pipe.zcount(names.key(prefix, names.REACH_INDEX, county + suffix), cutoff, "+inf")
+        counts = iter(await pipe.execute())
+    out: dict[str, Figures] = {}
+    for i, c in enumerate(codes):
+        if c not in counties:
+            continue
+        name, (total, reached, as_of_ms, stations) = rest[2 * i], rest[2 * i + 1]
+        active = sum(int(next(counts)) for _ in counties[c])
+        national = c == names.NATIONAL
+        level = divisions.NATION if national else divisions.level_of(c)
+        out[c] = {
+            **_figures(c, name or (NATIONAL_NAME if national else None), level, [total, reached, as_of_ms]),
+            "villages_active": active,
+            "villages_lapsed": _int(reached) - active,
+            "villages_with_station": _int(stations),
+        }
+    return out

@@ -97,6 +97,15 @@ class Settings:
     ingest_retry_after_seconds: int = field(
         default=5, metadata=_env("INGEST_RETRY_AFTER_SECONDS", "Retry-After sent with 503")
     )
+    regulator_tokens: str = field(
+        default="",
+        metadata=_env(
+            "COVERAGE_REGULATOR_TOKENS", 'Regulator tokens, a JSON object {"<token>": "<region prefix>"}, "" national'
+        ),
+    )
+    regulator_tokens_file: str = field(
+        default="", metadata=_env("COVERAGE_REGULATOR_TOKENS_FILE", "A file holding the same JSON object")
+    )
     log_level: str = field(default="INFO", metadata=_env("LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR"))
     log_format: str = field(default="json", metadata=_env("LOG_FORMAT", "json (one object a line) or console"))
 

@@ -1,0 +1,1 @@
+"""The coverage API's routers, one concept each: figures, reports, the live stream."""
