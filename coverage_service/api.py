@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterable
 from contextlib import asynccontextmanager
@@ -27,12 +29,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from coverage_service import views
-from coverage_service.routes import figures
+from coverage_service import access, pathguard, representation, views
+from coverage_service.routes import figures, reports, stream
 from coverage_service.routing import RETRY_AFTER_S
 from lastmile import logs, names, problem
 from lastmile.names import stat
-from lastmile.settings import Settings
+from lastmile.settings import Settings, SettingsError
 
 log = logging.getLogger("lastmile.coverage")
 T = TypeVar("T")
@@ -209,9 +211,12 @@ def create_app(settings: Settings) -> FastAPI:
             await app.state.broker.ping()
         except Exception as exc:
             log.warning("broker not reachable at start (%s); will retry on demand", _describe(exc))
+        if not len(app.state.access):
+            log.warning("no regulator tokens (COVERAGE_REGULATOR_TOKENS): every coverage request will be 401")
         try:
             yield
         finally:
+            stream.stop(app)
             await app.state.broker.close()
             await app.state.redis.aclose()
 
@@ -222,6 +227,8 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.access = access.Access.from_settings(settings)  # SettingsError for unusable tokens
+    app.state.streams = stream.Streams.from_settings(settings)
     problem.install(app)
 
     async def on_redis_down(_: Request, exc: Exception) -> Response:
@@ -244,10 +251,12 @@ def create_app(settings: Settings) -> FastAPI:
     )
     scraped = _Scraped()
     registry.register(scraped)
+    app.add_middleware(representation.HeadAsGet)  # inside the metrics: they count HEAD as HEAD
+    app.add_middleware(pathguard.PathGuard)  # before routing, tokens and Redis
     app.add_middleware(_RequestMetrics, requests=requests, latency=latency)
     app.state.registry = registry
 
-    for router in (figures.router,):
+    for router in (figures.router, stream.router, reports.router):
         app.include_router(router)
 
     @app.get("/healthz", responses=problem.openapi_responses(500))
@@ -277,10 +286,31 @@ def create_app(settings: Settings) -> FastAPI:
         scraped.families = families  # no await between this and rendering: scrapes cannot interleave
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    for route in representation.api_routes(app.routes):  # protected routes list 401/403/429; GETs 304, 406, CSV
+        if access.protects(route):
+            access.document(route)
+            representation.document(route)
     return app
+
+
+class Server(uvicorn.Server):
+    """uvicorn, ending the live streams first when it shuts down: it waits for open responses to finish."""
+
+    def __init__(self, app: FastAPI, settings: Settings) -> None:
+        super().__init__(uvicorn.Config(app, host=settings.coverage_host, port=settings.coverage_port, log_config=None))
+        self.app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        stream.stop(self.app)
+        await super().shutdown(sockets)
 
 
 def serve(settings: Settings) -> None:
     """Run the API under uvicorn on COVERAGE_HOST:COVERAGE_PORT until interrupted."""
     logs.configure("coverage", settings.log_level, settings.log_format)
-    uvicorn.run(create_app(settings), host=settings.coverage_host, port=settings.coverage_port, log_config=None)
+    try:
+        app = create_app(settings)
+    except SettingsError as exc:
+        print(f"lastmile coverage: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    Server(app, settings).run()

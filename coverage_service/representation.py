@@ -1,18 +1,53 @@
-"""How a route's result goes out: JSON, or CSV for tables; validators and caching headers.
+"""How a route's result goes out: JSON, or CSV for tables; validators, caching headers, 304 and HEAD.
 
 INTERFACE (routes call it): ``respond(request, body, table=..., filename=..., last_modified_ms=...)``.
 ``body`` is the JSON document; ``table`` (columns and rows) is what a CSV export of it holds, for
-list and table endpoints. This first version answers JSON only.
+list and table endpoints. The format is ``?format=json|csv`` when given, else negotiated from Accept
+(RFC 9110; JSON when both are equally welcome). CSV is UTF-8 with a byte order mark, so spreadsheet
+tools read Chinese names correctly, with CRLF line ends and the table's columns as the header row.
+
+Validators: a strong ``ETag`` (a hash of the exact bytes sent, so JSON and CSV differ) and
+``Last-Modified`` (``last_modified_ms``, else the read model's last change: the worker's last apply or
+the last registry load, read once when the response is sent). ``If-None-Match`` (weak comparison, lists,
+``*``) answers 304; ``If-Modified-Since`` only counts without it. Responses are ``private``: they depend
+on the caller's token. Bodies must not hold the request time, or no two ETags would ever match.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import copy
+import csv
+import hashlib
+import io
+import re
+import urllib.parse
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 import orjson
+import redis.asyncio as aioredis
 from fastapi import Request, Response
+from fastapi.routing import APIRoute
+from fastapi.utils import deep_dict_update
+from starlette.responses import StreamingResponse
+from starlette.routing import BaseRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from coverage_service import negotiation
+from coverage_service.routing import redis_of, settings_of
+from lastmile import names, problem
+from lastmile.names import stat
+from lastmile.problem import Problem
+
+JSON: Final = "application/json"
+CSV: Final = "text/csv"
+CSV_CONTENT_TYPE: Final = "text/csv; charset=utf-8"
+FORMATS: Final = {"json": JSON, "csv": CSV}
+VARY: Final = "Authorization, Accept"
+_FORMULA_START: Final = ("=", "+", "-", "@", "\t", "\r")
+_UNSAFE_IN_NAME: Final = re.compile(r"[^\w.-]+")
+_NOT_ASCII_NAME: Final = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
@@ -29,4 +64,224 @@ def respond(
     filename: str = "export",
     last_modified_ms: int | None = None,
 ) -> Response:
-    return Response(orjson.dumps(body), media_type="application/json")
+    media = _negotiate(request, table is not None)
+    settings = settings_of(request)
+    headers = {"Cache-Control": f"private, max-age={settings.coverage_cache_max_age_seconds}", "Vary": VARY}
+    if media == CSV:
+        assert table is not None
+        content, content_type = render_csv(table), CSV_CONTENT_TYPE
+        headers["Content-Disposition"] = content_disposition(filename)
+    else:
+        content, content_type = orjson.dumps(body), JSON
+    headers["ETag"] = '"' + hashlib.sha256(content_type.encode() + b"\n" + content).hexdigest()[:32] + '"'
+    return _Representation(
+        content,
+        content_type,
+        headers,
+        last_modified_ms=last_modified_ms,
+        redis=redis_of(request),
+        prefix=settings.redis_key_prefix,
+        if_none_match=request.headers.get("if-none-match"),
+        if_modified_since=request.headers.get("if-modified-since"),
+    )
+
+
+def _negotiate(request: Request, has_table: bool) -> str:
+    asked = request.query_params.get("format")
+    if asked is not None:
+        media = FORMATS.get(asked.lower())
+        if media is None:
+            raise Problem(400, f"format={asked!r} is not one of: json, csv", type_="invalid-format")
+        if media == CSV and not has_table:
+            raise _csv_only_for_lists()
+        return media
+    accept = request.headers.get("accept")
+    chosen = negotiation.choose(accept, [JSON, CSV] if has_table else [JSON])
+    if chosen is not None:
+        return chosen
+    if not has_table and negotiation.choose(accept, [CSV]):
+        raise _csv_only_for_lists()
+    offered = "application/json or text/csv" if has_table else "application/json"
+    raise Problem(406, f"this endpoint answers {offered}; the Accept header ({accept}) allows neither",
+                  type_="not-acceptable")  # fmt: skip
+
+
+def _csv_only_for_lists() -> Problem:
+    return Problem(406, "CSV is for list endpoints; this endpoint answers application/json only",
+                   type_="not-acceptable")  # fmt: skip
+
+
+def render_csv(table: Table) -> bytes:
+    """The table as CSV: UTF-8 with BOM, CRLF line ends, a header row; text that a spreadsheet would run
+    as a formula (starting with = + - @) is prefixed with an apostrophe."""
+    out = io.StringIO()
+    writer = csv.writer(out)  # the excel dialect: CRLF line ends, minimal quoting
+    writer.writerow(table.columns)
+    width = len(table.columns)
+    for row in table.rows:
+        if len(row) != width:
+            raise ValueError(f"a CSV row has {len(row)} cells for {width} columns: {row!r}")
+        writer.writerow([_cell(value) for value in row])
+    return out.getvalue().encode("utf-8-sig")
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, str):
+        return "'" + value if value.startswith(_FORMULA_START) else value
+    return orjson.dumps(value).decode()
+
+
+def content_disposition(filename: str) -> str:
+    """``attachment`` with an ASCII ``filename`` and, for other names, the exact one as RFC 5987 ``filename*``."""
+    stem = filename.removesuffix(".csv")
+    name = (_UNSAFE_IN_NAME.sub("_", stem).strip("._") or "export") + ".csv"
+    ascii_name = (_NOT_ASCII_NAME.sub("_", stem).strip("._") or "export") + ".csv"
+    value = f'attachment; filename="{ascii_name}"'
+    if name != ascii_name:
+        value += "; filename*=UTF-8''" + urllib.parse.quote(name, safe="")
+    return value
+
+
+async def data_time_ms(redis: aioredis.Redis, prefix: str) -> int | None:
+    """When the read model last changed: the worker's last apply or the last registry load, whichever is later."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hget(names.key(prefix, names.STATS), stat.APPLIED_AT_MS)
+        pipe.hget(names.key(prefix, names.REG_META), names.meta.LOADED_AT)
+        applied, loaded = await pipe.execute()
+    times = [t for t in (None if applied is None else int(applied), negotiation.iso_ms(loaded)) if t is not None]
+    return max(times) if times else None
+
+
+class _Representation(Response):
+    """A 200 that decides, when it is sent, whether to be a 304: Last-Modified may need the read model."""
+
+    def __init__(
+        self,
+        content: bytes,
+        media_type: str,
+        headers: dict[str, str],
+        *,
+        last_modified_ms: int | None,
+        redis: aioredis.Redis,
+        prefix: str,
+        if_none_match: str | None,
+        if_modified_since: str | None,
+    ) -> None:
+        super().__init__(content, headers=headers, media_type=media_type)
+        self._last_modified_ms = last_modified_ms
+        self._redis, self._prefix = redis, prefix
+        self._if_none_match, self._if_modified_since = if_none_match, if_modified_since
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ms = self._last_modified_ms
+        if ms is None:
+            ms = await data_time_ms(self._redis, self._prefix)
+        if ms is not None:
+            self.headers["Last-Modified"] = negotiation.http_date(ms)
+        if self._not_modified(ms):
+            kept = ("etag", "last-modified", "cache-control", "vary")
+            await Response(status_code=304, headers={k: self.headers[k] for k in kept if k in self.headers})(
+                scope, receive, send
+            )
+            return
+        await super().__call__(scope, receive, send)
+
+    def _not_modified(self, last_modified_ms: int | None) -> bool:
+        if self._if_none_match is not None:  # when present, If-Modified-Since is ignored (RFC 9110 §13.1.3)
+            return negotiation.none_match(self._if_none_match, self.headers["etag"])
+        if self._if_modified_since is None or last_modified_ms is None:
+            return False
+        since = negotiation.parse_http_date(self._if_modified_since)
+        return since is not None and last_modified_ms // 1000 <= since
+
+
+class HeadAsGet:
+    """ASGI middleware: HEAD runs the GET route and sends its status and headers without the body."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        finished = False
+
+        async def headers_only(message: Message) -> None:
+            nonlocal finished
+            if message["type"] == "http.response.start":
+                scope["method"] = "HEAD"  # the server reads it to know no body follows
+            elif message["type"] == "http.response.body":
+                if finished:
+                    return
+                finished = True
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        # The scope itself, not a copy: the server and the outer middleware (metrics) read it afterwards.
+        scope["method"] = "GET"
+        scope[HEAD_KEY] = True
+        try:
+            await self.app(scope, receive, headers_only)
+        finally:
+            scope["method"] = "HEAD"
+
+
+HEAD_KEY: Final = "lastmile.head"
+
+
+def is_head(request: Request) -> bool:
+    """Whether the request came as HEAD (routes see GET): a streaming route answers it without streaming."""
+    return bool(request.scope.get(HEAD_KEY))
+
+
+# -- OpenAPI --------------------------------------------------------------------------------------------
+
+_FORMAT_PARAMETER: Final = {
+    "name": "format",
+    "in": "query",
+    "required": False,
+    "schema": {"type": "string", "enum": ["json", "csv"]},
+    "description": "json, or csv for list and table endpoints (others answer 406); overrides Accept. "
+    "Without it the format follows Accept: text/csv asks for CSV.",
+}
+
+
+def document(route: APIRoute) -> None:
+    """Declares ?format=, the CSV body, 304 and 406 on a GET route answered through :func:`respond`."""
+    response_class = getattr(route.response_class, "value", route.response_class)  # unwraps FastAPI's default
+    streams = isinstance(response_class, type) and issubclass(response_class, StreamingResponse)
+    if "GET" not in (route.methods or ()) or streams:
+        return
+    route.responses = {
+        **route.responses,
+        304: {"description": "Not Modified: If-None-Match (or If-Modified-Since) matched; no body"},
+        **problem.openapi_responses(406),
+    }
+    extra: dict[str, Any] = {
+        "responses": {"200": {"content": {CSV: {
+            "schema": {"type": "string"},
+            "description": "List and table endpoints: CSV, UTF-8 with BOM, header row, CRLF; as an attachment",
+        }}}},
+    }  # fmt: skip
+    merged: dict[str, Any] = copy.deepcopy(route.openapi_extra or {})
+    declared = [p.name for p in route.dependant.query_params] + [p.get("name") for p in merged.get("parameters", [])]
+    if "format" not in declared:  # idempotent: routers (and their routes) are shared by every app made
+        extra["parameters"] = [_FORMAT_PARAMETER]
+    deep_dict_update(merged, extra)
+    route.openapi_extra = merged
+
+
+def api_routes(routes: Iterable[BaseRoute]) -> Iterator[APIRoute]:
+    """Every APIRoute among ``routes``, including those of included routers (which FastAPI may keep nested)."""
+    for route in routes:
+        if isinstance(route, APIRoute):
+            yield route
+        elif (included := getattr(route, "original_router", None)) is not None:
+            yield from api_routes(included.routes)

@@ -22,7 +22,10 @@ async def scope_params(
     ] = None,
     cooperation_model: Annotated[
         str | None,
-        Query(description="Only villages reached under this cooperation model", enum=list(scan.COOPERATION_MODELS)),
+        Query(
+            description="Only villages reached under this cooperation model",
+            json_schema_extra={"enum": list(scan.COOPERATION_MODELS)},
+        ),
     ] = None,
     min_population: Annotated[
         int | None, Query(description="Only villages of at least this population (a configured tier, e.g. 2500)", ge=1)

@@ -1,13 +1,18 @@
 """Read functions over the Redis read model, for the coverage API. No HTTP here.
 
-The client must decode responses (``decode_responses=True``). A region and its children take two
-round trips (the region and its children's codes, then every child's figures), each a MULTI/EXEC
-so the figures inside one round trip are from one moment of the worker's atomic apply script.
+The client must decode responses (``decode_responses=True``). A region's own figures and its children's
+are read concurrently, each a few pipelined round trips whatever the region's size: the hashes of every
+region asked for in one MULTI/EXEC (one moment of the worker's atomic apply script), the registry walk down
+to the counties one pipeline per level, and the lapse-index counts summed inside Redis (:func:`count_active`).
 """
 
 from __future__ import annotations
 
-from typing import Any, Final
+import asyncio
+import itertools
+import operator
+from collections.abc import Sequence
+from typing import Any, Final, cast
 
 import redis.asyncio as aioredis
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12 (response models)
@@ -18,9 +23,15 @@ from lastmile.names import field, stat, unit
 
 NATIONAL_NAME: Final = "全国"
 VILLAGE_LEVEL: Final = "village"  # the `level` of a 12-digit child in a township's list
-_REGION_FIELDS: Final = (field.VILLAGES_TOTAL, field.VILLAGES_REACHED, field.AS_OF_MS)
-_LOC_FIELDS: Final = (field.REACHED, field.LAST_REACH_MS)
 _ANCESTORS: Final = ((divisions.TOWNSHIP, 9), (divisions.COUNTY, 6), (divisions.CITY, 4), (divisions.PROVINCE, 2))
+
+
+class ScopeDoc(TypedDict):
+    """The scope in force (:meth:`Scope.describe`): null where no filter was asked for."""
+
+    carrier: str | None
+    cooperation_model: str | None
+    min_population: int | None
 
 
 class Definition(TypedDict):
@@ -28,7 +39,14 @@ class Definition(TypedDict):
     reach_event_types: list[str]
     counted_units: str
     counted_kinds: list[str]
+    classification_rule: str
     coverage_rate: str
+    lapse_window_days: float
+    active: str
+    lapsed: str
+    villages_with_station: str
+    as_of: str
+    scope: ScopeDoc
 
 
 class Figures(TypedDict):
@@ -66,9 +84,13 @@ class Village(TypedDict):
     city: str
     province: str
     names: dict[str, str | None]
+    population: int | None
     reached: bool
+    active: bool
     first_reach_at: str | None
     last_reach_at: str | None
+    reach_by_carrier: dict[str, str]  # carrier -> its last reach here
+    stations: list[str]
     counts: Counts
 
 
@@ -78,15 +100,43 @@ class Progress(TypedDict):
     national_as_of_ms: int | None
 
 
-DEFINITION: Final[Definition] = {
-    "reached": "A unit is reached from the first scan of one of reach_event_types at it (by any carrier); "
-    "it stays reached afterwards.",
-    "reach_event_types": sorted(scan.REACH_TYPES),
-    "counted_units": "Administrative villages (建制村): registry units of kind 'village'. Residents' committees "
-    "and other village-level units are not counted in villages_total or villages_reached.",
-    "counted_kinds": [divisions.KIND_VILLAGE],
-    "coverage_rate": "villages_reached / villages_total rounded to 6 decimals; null when villages_total is 0.",
-}
+_DAY_MS: Final = 86_400_000
+
+
+def definition(sc: Scope, lapse_ms: int) -> Definition:
+    """What the figures of a response mean, with the lapse window and the scope they were computed in.
+
+    Nothing in it depends on the moment of the request, so an unchanged read model gives an unchanged body
+    (and ETag).
+    """
+    days = lapse_days(lapse_ms)
+    return {
+        "reached": "An administrative village is reached from the first scan of one of reach_event_types at it "
+        "(by any carrier, or by the scope's carrier or cooperation model); it stays reached afterwards.",
+        "reach_event_types": sorted(scan.REACH_TYPES),
+        "counted_units": "Administrative villages (建制村): registry units of kind 'village'. Residents' committees "
+        "and other village-level units are not counted in villages_total or villages_reached.",
+        "counted_kinds": [divisions.KIND_VILLAGE],
+        "classification_rule": "By the unit's name, first match wins: ends with 村委会 or 村民委员会 -> village; "
+        "居委会, 居民委员会 or 社区 -> community; 村 or 嘎查 -> village; anything else -> other. A registry "
+        "'kind' column overrides it row by row.",
+        "coverage_rate": "villages_reached / villages_total rounded to 6 decimals; null when villages_total is 0.",
+        "lapse_window_days": days,
+        "active": f"villages_active: reached villages whose last reach (in the scope) is at most {days:g} days "
+        "old at the time of the request.",
+        "lapsed": "villages_lapsed = villages_reached - villages_active: reached once, but not within the lapse "
+        "window (coverage falling back, 防回退).",
+        "villages_with_station": "Administrative villages where at least one station_id was reported (一村一站), "
+        "by any carrier; restricted by min_population only.",
+        "as_of": "The newest occurred_at of any event applied in that region (any carrier, any unit); null "
+        "before the first one.",
+        "scope": cast(ScopeDoc, sc.describe()),
+    }
+
+
+def lapse_days(lapse_ms: int) -> float:
+    """The lapse window in days, as LAPSE_WINDOW_DAYS gave it."""
+    return round(lapse_ms / _DAY_MS, 6)
 
 
 def coverage_rate(reached: int, total: int) -> float | None:
@@ -96,17 +146,28 @@ def coverage_rate(reached: int, total: int) -> float | None:
 async def region_figures(
     redis: aioredis.Redis, prefix: str, code: str, sc: Scope = ALL, *, now_ms: int, lapse_ms: int
 ) -> Coverage | None:
-    """A region (``CN`` or a 2/4/6/9-digit code) with its children, or None if not in the registry."""
-    head = (await figures_many(redis, prefix, [code], sc, now_ms=now_ms, lapse_ms=lapse_ms)).get(code)
+    """A region (``CN`` or a 2/4/6/9-digit code) with its children, or None if not in the registry.
+
+    The region's figures and its children's are read concurrently; every figure is in scope ``sc``.
+    """
+    heads, rows = await asyncio.gather(
+        figures_many(redis, prefix, [code], sc, now_ms=now_ms, lapse_ms=lapse_ms),
+        _children_figures(redis, prefix, code, sc, now_ms=now_ms, lapse_ms=lapse_ms),
+    )
+    head = heads.get(code)
     if head is None:
         return None
+    return {**head, "children": rows, "definition": definition(sc, lapse_ms)}
+
+
+async def _children_figures(
+    redis: aioredis.Redis, prefix: str, code: str, sc: Scope, *, now_ms: int, lapse_ms: int
+) -> list[Figures]:
     children = sorted(map(str, await redis.smembers(names.key(prefix, names.REG_CHILDREN, code))))
     if len(code) == 9:
-        rows = await village_figures(redis, prefix, children, sc, now_ms=now_ms, lapse_ms=lapse_ms)
-    else:
-        many = await figures_many(redis, prefix, children, sc, now_ms=now_ms, lapse_ms=lapse_ms)
-        rows = [many[c] for c in children if c in many]
-    return {**head, "children": rows, "definition": DEFINITION}
+        return await village_figures(redis, prefix, children, sc, now_ms=now_ms, lapse_ms=lapse_ms)
+    many = await figures_many(redis, prefix, children, sc, now_ms=now_ms, lapse_ms=lapse_ms)
+    return [many[c] for c in children if c in many]
 
 
 async def village_figures(
@@ -166,18 +227,26 @@ def _figures(code: str, name: str | None, level: str, values: list[Any]) -> _Hea
     }
 
 
-async def village_detail(redis: aioredis.Redis, prefix: str, code: str) -> Village | None:
-    """One 12-digit unit (of any kind) with its reach times and parcel counts, or None if unknown."""
+async def village_detail(
+    redis: aioredis.Redis, prefix: str, code: str, *, now_ms: int, lapse_ms: int
+) -> Village | None:
+    """One 12-digit unit (of any kind) with its reach times, stations and parcel counts, or None if unknown.
+
+    ``active`` is whether its last reach (by any carrier) is within the lapse window ``lapse_ms`` of ``now_ms``.
+    """
     ancestors = {level: code[:n] for level, n in _ANCESTORS}
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hget(names.key(prefix, names.REG_KIND), code)
-        pipe.hget(names.key(prefix, names.REG_UNIT, code), unit.NAME)
+        pipe.hmget(names.key(prefix, names.REG_UNIT, code), [unit.NAME, unit.POPULATION])
         for a in ancestors.values():
             pipe.hget(names.key(prefix, names.REG_UNIT, a), unit.NAME)
         pipe.hgetall(names.key(prefix, names.LOCATION, code))
-        kind, name, *ancestor_names, loc = await pipe.execute()
+        pipe.smembers(names.key(prefix, names.STATIONS, code))
+        kind, (name, population), *ancestor_names, loc, stations = await pipe.execute()
     if kind is None:
         return None
+    reached, last_ms = loc.get(field.REACHED) == "1", loc.get(field.LAST_REACH_MS)
+    by_carrier = field.LAST_REACH_MS + field.DIM_SEP + field.CARRIER
     return {
         "code": code,
         "name": name,
@@ -187,9 +256,13 @@ async def village_detail(redis: aioredis.Redis, prefix: str, code: str) -> Villa
         "city": ancestors[divisions.CITY],
         "province": ancestors[divisions.PROVINCE],
         "names": dict(zip(ancestors, ancestor_names, strict=True)),
-        "reached": loc.get(field.REACHED) == "1",
+        "population": None if population is None else int(population),
+        "reached": reached,
+        "active": reached and last_ms is not None and int(last_ms) >= now_ms - lapse_ms,
         "first_reach_at": _time(loc.get(field.FIRST_REACH_MS)),
-        "last_reach_at": _time(loc.get(field.LAST_REACH_MS)),
+        "last_reach_at": _time(last_ms),
+        "reach_by_carrier": {c: scan.format_ms(ms) for c, ms in _family(loc, by_carrier).items()},
+        "stations": sorted(stations),
         "counts": {
             "by_event_type": {t: _int(loc.get(field.TYPE + t)) for t in scan.EVENT_TYPES},
             "by_carrier": _family(loc, field.CARRIER),
@@ -240,16 +313,78 @@ async def population_tiers(redis: aioredis.Redis, prefix: str) -> tuple[int, ...
 
 async def counties_under(redis: aioredis.Redis, prefix: str, code: str) -> list[str]:
     """The county codes at or below a region (``CN``, 2, 4 or 6 digits), walking the registry."""
-    if code != names.NATIONAL and len(code) >= 6:
-        return [code]
-    level = [code]
-    while True:
+    return (await regions_under(redis, prefix, [code], 6))[code]
+
+
+async def regions_under(redis: aioredis.Redis, prefix: str, codes: Sequence[str], length: int) -> dict[str, list[str]]:
+    """For each region (``CN`` or 2/4/6/9 digits), the sorted codes at or below it of at least ``length``
+    digits: its counties (6), its townships (9). A region that long already is its own answer.
+
+    Every region is walked together, one pipelined round trip per registry level.
+    """
+    out = {c: [c] if c != names.NATIONAL and len(c) >= length else [] for c in codes}
+    frontier = {c: [c] for c in codes if not out[c]}
+    while frontier:
         async with redis.pipeline(transaction=False) as pipe:
-            for c in level:
-                pipe.smembers(names.key(prefix, names.REG_CHILDREN, c))
-            level = sorted(child for members in await pipe.execute() for child in members)
-        if not level or len(level[0]) >= 6:
-            return level
+            for nodes in frontier.values():
+                for n in nodes:
+                    pipe.smembers(names.key(prefix, names.REG_CHILDREN, n))
+            members = iter(await pipe.execute())
+        deeper: dict[str, list[str]] = {}
+        for origin, nodes in frontier.items():
+            children = sorted(str(child) for _ in nodes for child in next(members))
+            out[origin].extend(c for c in children if len(c) >= length)
+            if short := [c for c in children if len(c) < length]:
+                deeper[origin] = short
+        frontier = deeper
+    return {c: sorted(below) for c, below in out.items()}
+
+
+# Lapse-index counts are summed inside Redis: a national figure adds up ~2,900 county indexes per scope,
+# and a client pipeline of that many ZCOUNTs costs some 25 us each in redis-py, against ~1 us in Redis.
+# KEYS: index keys; ARGV: cutoff_ms, then the number of consecutive keys of each group. Returns the sums.
+_SUM_ZCOUNTS: Final = """
+local cutoff, k, sums = ARGV[1], 1, {}
+for g = 2, #ARGV do
+  local sum = 0
+  for _ = 1, tonumber(ARGV[g]) do
+    sum = sum + redis.call('ZCOUNT', KEYS[k], cutoff, '+inf')
+    k = k + 1
+  end
+  sums[#sums + 1] = sum
+end
+return sums
+"""
+# Redis runs one script at a time: a call this size takes a few ms, a pause the worker's applies hardly see.
+_KEYS_PER_CALL: Final = 4096
+
+
+async def count_active(
+    redis: aioredis.Redis, prefix: str, groups: Sequence[tuple[Sequence[str], Scope]], cutoff_ms: int
+) -> list[int]:
+    """For each (counties or townships, scope) group, its villages reached at or after ``cutoff_ms`` in the
+    scope: the sum of the group's lapse-index counts. One pipeline of a few script calls."""
+    index = names.key(prefix, names.REACH_INDEX)
+    flat: list[tuple[int, str]] = []  # (group, index key)
+    for g, (regions, sc) in enumerate(groups):
+        suffix = sc.index_suffix()
+        flat.extend((g, index + r + suffix) for r in regions)
+    totals = [0] * len(groups)
+    if not flat:
+        return totals
+    script = redis.register_script(_SUM_ZCOUNTS)
+    calls: list[list[int]] = []  # the group of each sum a call returns
+    async with redis.pipeline(transaction=False) as pipe:
+        for start in range(0, len(flat), _KEYS_PER_CALL):
+            chunk = flat[start : start + _KEYS_PER_CALL]
+            runs = [(g, len(list(run))) for g, run in itertools.groupby(chunk, key=operator.itemgetter(0))]
+            calls.append([g for g, _ in runs])
+            await script(keys=[k for _, k in chunk], args=[cutoff_ms, *(n for _, n in runs)], client=pipe)
+        results = await pipe.execute()
+    for call, sums in zip(calls, results, strict=True):
+        for g, n in zip(call, sums, strict=True):
+            totals[g] += int(n)
+    return totals
 
 
 async def figures_many(
@@ -270,26 +405,20 @@ async def figures_many(
             pipe.hmget(names.key(prefix, names.REGION, c), fields)
         kinds, *rest = await pipe.execute()
     known = [c for c, kind in zip(codes, kinds, strict=True) if kind is not None or c == names.NATIONAL]
-    counties = {c: [c] if len(c) in (6, 9) else await counties_under(redis, prefix, c) for c in known}
-    cutoff = now_ms - lapse_ms
-    suffix = sc.index_suffix()
-    async with redis.pipeline(transaction=False) as pipe:
-        for c in known:
-            for county in counties[c]:
-                pipe.zcount(names.key(prefix, names.REACH_INDEX, county + suffix), cutoff, "+inf")
-        counts = iter(await pipe.execute())
+    counties = await regions_under(redis, prefix, known, 6)
+    actives = await count_active(redis, prefix, [(counties[c], sc) for c in known], now_ms - lapse_ms)
+    active_of = dict(zip(known, actives, strict=True))
     out: dict[str, Figures] = {}
     for i, c in enumerate(codes):
-        if c not in counties:
+        if c not in active_of:
             continue
         name, (total, reached, as_of_ms, stations) = rest[2 * i], rest[2 * i + 1]
-        active = sum(int(next(counts)) for _ in counties[c])
         national = c == names.NATIONAL
         level = divisions.NATION if national else divisions.level_of(c)
         out[c] = {
             **_figures(c, name or (NATIONAL_NAME if national else None), level, [total, reached, as_of_ms]),
-            "villages_active": active,
-            "villages_lapsed": _int(reached) - active,
+            "villages_active": active_of[c],
+            "villages_lapsed": _int(reached) - active_of[c],
             "villages_with_station": _int(stations),
         }
     return out

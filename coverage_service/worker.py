@@ -20,6 +20,7 @@ import orjson
 import redis.asyncio as aioredis
 from faust.types import TP, EventT
 
+from coverage_service import history
 from coverage_service.fold import Record, Rejected, decode_record, entry
 from coverage_service.store import Applied, ReadModelWriter
 from lastmile import logs, names
@@ -192,6 +193,17 @@ def create_app(settings: Settings) -> faust.App:
         batches = stream.take_events(settings.worker_batch_max, within=settings.worker_batch_within_seconds)  # type: ignore[attr-defined]
         async for batch in batches:
             await folder.handle(batch)
+
+    history.check_hour(settings.snapshot_hour)  # a bad SNAPSHOT_HOUR stops the worker at start
+
+    @app.timer(interval=history.CHECK_INTERVAL_S)  # type: ignore[misc, untyped-decorator, unused-ignore]
+    async def daily_snapshot() -> None:
+        # Every worker looks at the clock each minute; taking a day's snapshot is idempotent, so which
+        # worker takes it, or whether two do at once, does not matter. A timer that raised would stop.
+        try:
+            await history.take_if_due(folder.redis, settings, datetime.now(UTC))
+        except Exception as exc:
+            log.warning("history snapshot failed; trying again in a minute", extra={"error": repr(exc)})
 
     return app
 

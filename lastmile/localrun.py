@@ -34,9 +34,9 @@ def _port(preferred: int) -> int:
     return preferred if not devstack.port_open("127.0.0.1", preferred) else devstack.free_port()
 
 
-def _dev_token(data_dir: Path) -> str:
-    """A carrier token kept across runs in DATA_DIR/carrier-token, so scripts can read it."""
-    path = data_dir / "carrier-token"
+def _dev_token(data_dir: Path, name: str = "carrier-token") -> str:
+    """A token kept across runs in DATA_DIR/<name> (carrier-token, regulator-token), so scripts can read it."""
+    path = data_dir / name
     if path.exists():
         return path.read_text().strip()
     token = secrets.token_urlsafe(24)
@@ -45,7 +45,7 @@ def _dev_token(data_dir: Path) -> str:
     return token
 
 
-def _env_for(settings: Settings, tokens_file: Path | None) -> dict[str, str]:
+def _env_for(settings: Settings, tokens_file: Path | None, regulator_tokens_file: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
@@ -56,6 +56,8 @@ def _env_for(settings: Settings, tokens_file: Path | None) -> dict[str, str]:
     )
     if tokens_file is not None:
         env["INGEST_CARRIER_TOKENS_FILE"] = str(tokens_file)
+    if regulator_tokens_file is not None:
+        env["COVERAGE_REGULATOR_TOKENS_FILE"] = str(regulator_tokens_file)
     return env
 
 
@@ -105,7 +107,15 @@ def run_stack(settings: Settings, *, registry: Path, data_dir: Path) -> int:
             tokens_file = data_dir / "carrier-tokens.json"
             tokens_file.write_text(json.dumps({token: DEV_CARRIER}))
             tokens_file.chmod(0o600)
-        env = _env_for(settings, tokens_file)
+        # A national regulator token for the coverage API, unless COVERAGE_REGULATOR_TOKENS(_FILE) name some.
+        regulator_file: Path | None = None
+        regulator_token: str | None = None
+        if not (settings.regulator_tokens or settings.regulator_tokens_file):
+            regulator_token = _dev_token(data_dir, "regulator-token")
+            regulator_file = data_dir / "regulator-tokens.json"
+            regulator_file.write_text(json.dumps({regulator_token: ""}))
+            regulator_file.chmod(0o600)
+        env = _env_for(settings, tokens_file, regulator_file)
 
         for step in (["topics", "create"], ["registry", "load", str(registry), "--no-progress"]):
             setup = Proc(step[0], devstack.lastmile_command(*step), logs_dir / "setup.log", env=env).start()
@@ -132,6 +142,8 @@ lastmile-coverage is running.
   logs          {logs_dir}/""")
         if token is not None:
             print(f"  carrier token {token}  (carrier {DEV_CARRIER!r}; also in {data_dir / 'carrier-token'})")
+        if regulator_token is not None:
+            print(f"  regulator token {regulator_token}  (national; also in {data_dir / 'regulator-token'})")
         print("Press Ctrl-C to stop everything.\n", flush=True)
 
         restarts: list[float] = []

@@ -23,6 +23,9 @@ key                                type    holds
 ``{p}:seen:{carrier}:{event_id}``  string  dedup marker, expires after the dedup window
 ``{p}:offsets``                    hash    ``{topic}:{partition}`` -> last applied offset
 ``{p}:stats``                      hash    events applied / duplicate / records replayed ...
+``{p}:history:{code}``             hash    daily snapshots: date -> JSON array of the region's
+                                           figures (see coverage_service.history)
+``{p}:history-days``               hash    date -> completion marker of that day's snapshot
 =================================  ======  ===================================================
 """
 
@@ -60,6 +63,8 @@ REACH_INDEX: Final = "reach:"
 STATIONS: Final = "stations:"
 OFFSETS: Final = "offsets"
 STATS: Final = "stats"
+HISTORY: Final = "history:"
+HISTORY_DAYS: Final = "history-days"
 
 
 def key(prefix: str, suffix: str, code: str = "") -> str:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lastmile import names
+from lastmile import divisions, names
 
 
 class SettingsError(ValueError):
@@ -106,6 +106,46 @@ class Settings:
     regulator_tokens_file: str = field(
         default="", metadata=_env("COVERAGE_REGULATOR_TOKENS_FILE", "A file holding the same JSON object")
     )
+    coverage_rate_limit_per_second: float = field(
+        default=20.0,
+        metadata=_env("COVERAGE_RATE_LIMIT_PER_SECOND", "Requests a regulator token may make per second (0: no limit)"),
+    )
+    coverage_rate_limit_burst: int = field(
+        default=100, metadata=_env("COVERAGE_RATE_LIMIT_BURST", "Requests a regulator token may make in one burst")
+    )
+    coverage_cache_max_age_seconds: int = field(
+        default=30, metadata=_env("COVERAGE_CACHE_MAX_AGE_SECONDS", "max-age of the coverage API's Cache-Control")
+    )
+    coverage_stream_poll_seconds: float = field(
+        default=1.0, metadata=_env("COVERAGE_STREAM_POLL_SECONDS", "How often a live stream reads its figures")
+    )
+    coverage_stream_keepalive_seconds: float = field(
+        default=15.0,
+        metadata=_env("COVERAGE_STREAM_KEEPALIVE_SECONDS", "A live stream sends a keep-alive comment after this idle"),
+    )
+    coverage_streams_per_token: int = field(
+        default=5, metadata=_env("COVERAGE_STREAMS_PER_TOKEN", "Live streams one regulator token may hold open")
+    )
+    coverage_targets: str = field(
+        default="",
+        metadata=_env(
+            "COVERAGE_TARGETS",
+            "Coverage milestones, JSON (README, Targets); empty: 2021-12-31 ≥ 0.90 and 2022-12-31 ≥ 1.00",
+        ),
+    )
+    coverage_targets_file: str = field(
+        default="", metadata=_env("COVERAGE_TARGETS_FILE", "A file holding the same JSON (instead of COVERAGE_TARGETS)")
+    )
+    snapshot_hour: int = field(
+        default=23,
+        metadata=_env(
+            "SNAPSHOT_HOUR", "Hour (0-23, China Standard Time) from which the worker takes the daily snapshot"
+        ),
+    )
+    subsidy_rules_file: str = field(
+        default="",
+        metadata=_env("SUBSIDY_RULES_FILE", "Subsidy rules, a JSON file; empty: the bundled 驿城区 2021 rules"),
+    )
     log_level: str = field(default="INFO", metadata=_env("LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR"))
     log_format: str = field(default="json", metadata=_env("LOG_FORMAT", "json (one object a line) or console"))
 
@@ -156,6 +196,30 @@ class Settings:
         for env, text in sources:
             if text.strip():
                 tokens.update(parse_token_map(env, text))
+        return tokens
+
+    def regulator_token_map(self) -> dict[str, str]:
+        """Token -> region prefix ("" national, else a 2/4/6/9-digit code), from COVERAGE_REGULATOR_TOKENS and
+        COVERAGE_REGULATOR_TOKENS_FILE (both may be set)."""
+        sources = [("COVERAGE_REGULATOR_TOKENS", self.regulator_tokens)]
+        if self.regulator_tokens_file:
+            try:
+                text = Path(self.regulator_tokens_file).read_text(encoding="utf-8")
+            except OSError as exc:
+                raise SettingsError(
+                    f"COVERAGE_REGULATOR_TOKENS_FILE: cannot read {self.regulator_tokens_file}: {exc}"
+                ) from exc
+            sources.append(("COVERAGE_REGULATOR_TOKENS_FILE", text))
+        tokens: dict[str, str] = {}
+        for env, text in sources:
+            if not text.strip():
+                continue
+            for token, prefix in parse_token_map(env, text).items():
+                if prefix != "" and not divisions.is_region_code(prefix):
+                    raise SettingsError(
+                        f'{env}: region prefix {prefix!r} is not "" (national) or a 2, 4, 6 or 9-digit division code'
+                    )
+                tokens[token] = prefix
         return tokens
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from lastmile.settings import documented  # noqa: E402
+from lastmile.settings import documented
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 START = "<!-- settings-table: generated from lastmile/settings.py; tests/unit/test_readme.py checks it -->"

@@ -1,14 +1,15 @@
-"""Coverage figures: the nation, a region with its children, one village."""
+"""Coverage figures: the nation, a region with its children and breakdown, its unreached villages, one village."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+from typing import Annotated, Final
 
-from fastapi import APIRouter, Depends, Path, Request, Response
+from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
-from coverage_service import views
+from coverage_service import breakdown, unreached, views
 from coverage_service.access import Regulator, ensure_in_scope, regulator
-from coverage_service.representation import respond
+from coverage_service.representation import Table, respond
 from coverage_service.routing import (
     CODE_DOC,
     VILLAGE_DOC,
@@ -19,45 +20,101 @@ from coverage_service.routing import (
     unknown,
     village_code,
 )
+from coverage_service.scope import Scope
+from coverage_service.scoping import ScopeParams
 from lastmile import names, problem
+from lastmile.problem import Problem
 
 router = APIRouter(tags=["coverage"])
 Caller = Annotated[Regulator, Depends(regulator)]
 _ERRORS = problem.openapi_responses(400, 401, 403, 404, 429, 503)
+CodePath = Annotated[str, Path(description=CODE_DOC, examples=["14", "140322", "140322100"])]
+LIMIT_MAX: Final = 1000
 
 
-async def _coverage(request: Request, who: Regulator, code: str) -> Response:
+def _division_code(code: str) -> str:
+    """A 2/4/6/9-digit code (or a 400 problem). The nation has its own path, ``/v1/coverage``."""
+    if code == names.NATIONAL:
+        raise Problem(400, f"{code!r} is not a 2, 4, 6 or 9-digit division code; for the nation use /v1/coverage",
+                      type_="invalid-code")  # fmt: skip
+    return region_code(code)
+
+
+async def _coverage(request: Request, who: Regulator, code: str, sc: Scope) -> Response:
     ensure_in_scope(who, code)
     settings = settings_of(request)
-    body = await views.region_figures(
-        redis_of(request), settings.redis_key_prefix, code, now_ms=now_ms(), lapse_ms=settings.lapse_window_ms
+    redis, prefix, now, lapse = redis_of(request), settings.redis_key_prefix, now_ms(), settings.lapse_window_ms
+    figures, parts = await asyncio.gather(
+        views.region_figures(redis, prefix, code, sc, now_ms=now, lapse_ms=lapse),
+        breakdown.region_breakdown(redis, prefix, code, sc, now_ms=now, lapse_ms=lapse),
     )
-    if body is None:
+    if figures is None:
         raise unknown(code)
+    body: breakdown.CoverageReport = {**figures, "breakdown": parts}
     return respond(request, body)
 
 
-@router.get("/v1/coverage", response_model=views.Coverage, responses=_ERRORS)
-async def national_coverage(request: Request, who: Caller) -> Response:
-    """Coverage of the whole country, with each province."""
-    return await _coverage(request, who, names.NATIONAL)
+@router.get("/v1/coverage", response_model=breakdown.CoverageReport, responses=_ERRORS)
+async def national_coverage(request: Request, who: Caller, sc: ScopeParams) -> Response:
+    """Coverage of the whole country, with each province, the definition in force and a breakdown by
+    carrier, cooperation model and parcels. ``carrier``, ``cooperation_model`` and ``min_population``
+    restrict every figure."""
+    return await _coverage(request, who, names.NATIONAL, sc)
 
 
-@router.get("/v1/coverage/{code}", response_model=views.Coverage, responses=_ERRORS)
-async def region_coverage(
-    request: Request, who: Caller, code: str = Path(description=CODE_DOC, examples=["14", "140322100"])
+@router.get("/v1/coverage/{code}", response_model=breakdown.CoverageReport, responses=_ERRORS)
+async def region_coverage(request: Request, who: Caller, code: CodePath, sc: ScopeParams) -> Response:
+    """Coverage of one region with its children one level down (for a township, its administrative
+    villages), the definition in force and a breakdown by carrier, cooperation model and parcels.
+    ``carrier``, ``cooperation_model`` and ``min_population`` restrict every figure, children's too."""
+    return await _coverage(request, who, _division_code(code), sc)
+
+
+@router.get("/v1/coverage/{code}/unreached", response_model=unreached.Page, responses=_ERRORS)
+async def unreached_villages(
+    request: Request,
+    who: Caller,
+    code: CodePath,
+    sc: ScopeParams,
+    lapsed: Annotated[
+        bool, Query(description="Also list lapsed villages: reached, but not within the lapse window")
+    ] = False,
+    limit: Annotated[int, Query(ge=1, le=LIMIT_MAX, description="Most villages in one page")] = 100,
+    cursor: Annotated[
+        str | None, Query(description="next_cursor of the previous page; omit for the first page")
+    ] = None,
 ) -> Response:
-    """Coverage of one region with its children one level down (for a township, its administrative villages)."""
-    return await _coverage(request, who, region_code(code))
+    """The administrative villages of a region (in the scope) that are not reached, and with
+    ``lapsed=true`` also the lapsed ones, in code order, a page at a time. There is no national list
+    (half a million rows): ask per province."""
+    code = _division_code(code)
+    ensure_in_scope(who, code)
+    try:
+        after = None if cursor is None else unreached.decode_cursor(cursor, code)
+    except unreached.InvalidCursor as exc:
+        raise Problem(400, f"{exc}; start again without a cursor", type_="invalid-cursor") from None
+    settings = settings_of(request)
+    page = await unreached.unreached(
+        redis_of(request), settings.redis_key_prefix, code, sc, lapsed=lapsed, after=after, limit=limit,
+        now_ms=now_ms(), lapse_ms=settings.lapse_window_ms,
+    )  # fmt: skip
+    if page is None:
+        raise unknown(code)
+    table = Table(unreached.COLUMNS, [unreached.cells(row) for row in page["items"]])
+    return respond(request, page, table=table, filename=f"unreached-{code}.csv")
 
 
 @router.get("/v1/villages/{code}", response_model=views.Village, responses=_ERRORS)
 async def village(
     request: Request, who: Caller, code: str = Path(description=VILLAGE_DOC, examples=["140322100201"])
 ) -> Response:
-    """One village-level unit: whether and when it was reached, and its parcel counts."""
+    """One village-level unit: whether and when it was reached (per carrier too), whether it is active
+    within the lapse window, its population, stations and parcel counts."""
     ensure_in_scope(who, village_code(code))
-    body = await views.village_detail(redis_of(request), settings_of(request).redis_key_prefix, code)
+    settings = settings_of(request)
+    body = await views.village_detail(
+        redis_of(request), settings.redis_key_prefix, code, now_ms=now_ms(), lapse_ms=settings.lapse_window_ms
+    )
     if body is None:
         raise unknown(code)
     return respond(request, body)

@@ -81,6 +81,8 @@ def test_local_run_serves_the_readme_example_survives_a_killed_worker_and_stops_
         assert run.poll() is None, out.read_text()
         token = (tmp_path / "data" / "carrier-token").read_text().strip()
         assert token in out.read_text()
+        regulator = (tmp_path / "data" / "regulator-token").read_text().strip()
+        assert regulator in out.read_text()
         services = children(run.pid)
         assert sorted(cmd.split()[-1] for cmd in services.values() if "lastmile.cli" in cmd) == [
             "coverage", "ingest", "worker",
@@ -93,7 +95,8 @@ def test_local_run_serves_the_readme_example_survives_a_killed_worker_and_stops_
             return dict(r.json())
 
         def county() -> dict[str, Any]:
-            return dict(httpx.get(f"{coverage}/v1/coverage/140322").json())
+            r = httpx.get(f"{coverage}/v1/coverage/140322", headers={"Authorization": f"Bearer {regulator}"})
+            return dict(r.json())
 
         def metric(name: str) -> float:
             for line in httpx.get(f"{coverage}/metrics").text.splitlines():

@@ -30,6 +30,7 @@ pytestmark = pytest.mark.e2e
 SAMPLE = Path(__file__).resolve().parents[2] / "lastmile" / "sample_registry"
 COUNTY = "140322"
 TOKEN = "e2e-carrier-token-0123456789"
+REGULATOR_TOKEN = "e2e-regulator-token-0123456789"  # national
 REACH = ("arrived_at_station", "delivered", "picked_up", "collected")
 
 
@@ -82,6 +83,7 @@ def stack(settings: Settings, tmp_path: Path) -> Iterator[Stack]:
         INGEST_PORT=str(ingest_port),
         COVERAGE_PORT=str(coverage_port),
         INGEST_CARRIER_TOKENS=json.dumps({TOKEN: "sf"}),
+        COVERAGE_REGULATOR_TOKENS=json.dumps({REGULATOR_TOKEN: ""}),
         LOG_FORMAT="console",
         WORKER_SESSION_TIMEOUT_SECONDS="6",  # the broker's minimum: faster rejoins after a kill
     )
@@ -113,7 +115,8 @@ def _ready(url: str) -> bool:
 
 @pytest.fixture
 async def http() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(timeout=30) as client:
+    # The coverage API's token by default; posts to the ingest API send the carrier's instead.
+    async with httpx.AsyncClient(timeout=30, headers={"Authorization": f"Bearer {REGULATOR_TOKEN}"}) as client:
         yield client
 
 

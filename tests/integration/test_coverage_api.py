@@ -1,12 +1,14 @@
 """The coverage API against a real redis-server and broker, over a hand-made read model.
 
 The read model is written directly with the key layout of lastmile.names (as the registry loader and
-the worker's apply script write it); every expected figure below is written out by hand.
+the worker's apply script write it); every expected figure below is written out by hand. Every reach here
+is from 2024, older than the lapse window: every reached village is lapsed, none active.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -27,6 +29,7 @@ from lastmile.settings import Settings
 pytestmark = pytest.mark.integration
 
 PROBLEM = "application/problem+json"
+TOKEN = "national-token-0123456789"
 REACH_TYPES = ["arrived_at_station", "collected", "delivered", "picked_up"]
 
 # -- the hand-made registry and read model ------------------------------------------------------------
@@ -59,11 +62,25 @@ T_NEWEST = 1714525200500  # 2024-05-01T01:00:00.500Z
 SHANXI: dict[Any, Any] = {
     "villages_total": "2",
     "villages_reached": "1",
+    "villages_reached|carrier:sf": "1",
     "as_of_ms": str(T_VILLAGE),
+    "type:arrived_at_station": "2",
     "type:delivered": "3",
+    "type:collected": "1",
+    "carrier:sf": "4",
+    "carrier:yto": "2",
+    "dir:inbound": "5",
+    "dir:outbound": "1",
+    "model:postal_express": "6",
+    "vol:2024": "4",
 }
 REGIONS: dict[str, dict[Any, Any]] = {
-    "CN": {"villages_total": "9", "villages_reached": "3", "as_of_ms": str(T_NEWEST)},
+    "CN": {
+        "villages_total": "9",
+        "villages_reached": "3",
+        "villages_reached|carrier:sf": "1",
+        "as_of_ms": str(T_NEWEST),
+    },
     "15": {"villages_total": "7", "villages_reached": "2", "as_of_ms": str(T_NEWEST)},
     "14": SHANXI,
     "1403": SHANXI,
@@ -76,6 +93,7 @@ LOCS: dict[str, dict[Any, Any]] = {
         "reached|carrier:sf": "1",
         "first_reach_ms": str(T_FIRST),
         "last_reach_ms": str(T_VILLAGE),
+        "last_reach_ms|carrier:sf": str(T_VILLAGE),
         "type:arrived_at_station": "2",
         "type:delivered": "3",
         "type:collected": "1",
@@ -86,6 +104,10 @@ LOCS: dict[str, dict[Any, Any]] = {
         "model:postal_express": "6",
     },
     "140322100001": {"reached": "1", "first_reach_ms": str(T_COMMUNITY), "last_reach_ms": str(T_COMMUNITY)},
+}
+# The lapse indexes: administrative villages only, scored by their last reach, per township and county.
+INDEXES = {
+    f"{region}{dim}": {"140322100201": T_VILLAGE} for region in ("140322100", "140322") for dim in ("", "|carrier:sf")
 }
 
 
@@ -101,15 +123,23 @@ async def seed(redis: aioredis.Redis, p: str) -> None:
             pipe.hset(names.key(p, names.REGION, code), mapping=fields)
         for code, fields in LOCS.items():
             pipe.hset(names.key(p, names.LOCATION, code), mapping=fields)
+        for suffix, members in INDEXES.items():
+            pipe.zadd(names.key(p, names.REACH_INDEX, suffix), members)
         await pipe.execute()
 
 
 @asynccontextmanager
 async def running(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
+    """The app with a national regulator token, no rate limit, and a client that sends the token."""
+    tokens = json.dumps({TOKEN: ""})
+    app = create_app(dataclasses.replace(settings, regulator_tokens=tokens, coverage_rate_limit_per_second=0.0))
     async with (
         app.router.lifespan_context(app),
-        httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://coverage.test") as client,
+        httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app),
+            base_url="http://coverage.test",
+            headers={"Authorization": f"Bearer {TOKEN}"},
+        ) as client,
     ):
         yield client
 
@@ -121,7 +151,17 @@ async def client(settings: Settings, redis: aioredis.Redis) -> AsyncIterator[htt
         yield client
 
 
-def region(code: str, name: str, level: str, total: int, reached: int, rate: float | None, as_of: str | None) -> Any:
+def region(
+    code: str,
+    name: str,
+    level: str,
+    total: int,
+    reached: int,
+    rate: float | None,
+    as_of: str | None,
+    stations: int = 0,
+) -> Any:
+    """A region's figures; every reach in this read model is older than the window, so all are lapsed."""
     return {
         "code": code,
         "name": name,
@@ -130,6 +170,9 @@ def region(code: str, name: str, level: str, total: int, reached: int, rate: flo
         "villages_reached": reached,
         "coverage_rate": rate,
         "as_of": as_of,
+        "villages_active": 0,
+        "villages_lapsed": reached,
+        "villages_with_station": stations,
     }
 
 
@@ -152,12 +195,45 @@ async def test_national(client: httpx.AsyncClient) -> None:
     assert r.headers["content-type"] == "application/json"
     body = r.json()
     definition = body.pop("definition")
+    breakdown = body.pop("breakdown")
     assert body == {
         **region("CN", "全国", "national", 9, 3, 0.333333, "2024-05-01T01:00:00.500Z"),
         "children": [region("14", *SHANXI_ROW), NEIMENG],
     }
     assert definition["reach_event_types"] == REACH_TYPES
     assert definition["counted_kinds"] == ["village"]
+    assert definition["lapse_window_days"] == 30.0
+    assert definition["scope"] == {"carrier": None, "cooperation_model": None, "min_population": None}
+    assert breakdown["by_carrier"] == [
+        {"carrier": "*", "villages_reached": 3, "villages_active": 0, "coverage_rate": 0.333333},
+        {"carrier": "sf", "villages_reached": 1, "villages_active": 0, "coverage_rate": 0.111111},
+    ]
+    assert breakdown["by_cooperation_model"] == []
+
+
+async def test_region_breakdown(client: httpx.AsyncClient) -> None:
+    body = (await client.get("/v1/coverage/14")).json()
+    assert body["breakdown"] == {
+        "by_carrier": [
+            {"carrier": "*", "villages_reached": 1, "villages_active": 0, "coverage_rate": 0.5},
+            {"carrier": "sf", "villages_reached": 1, "villages_active": 0, "coverage_rate": 0.5},
+        ],
+        "by_cooperation_model": [],
+        "parcels": {
+            "inbound": 5,
+            "outbound": 1,
+            "by_event_type": {
+                "arrived_at_hub": 0,
+                "out_for_delivery": 0,
+                "arrived_at_station": 2,
+                "delivered": 3,
+                "picked_up": 0,
+                "delivery_failed": 0,
+                "collected": 1,
+            },
+            "by_year": {"2024": 4},
+        },
+    }
 
 
 @pytest.mark.parametrize(
@@ -176,7 +252,7 @@ async def test_region_and_children(client: httpx.AsyncClient, code: str, head: A
     r = await client.get(f"/v1/coverage/{code}")
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {*head, "children", "definition"}
+    assert set(body) == {*head, "children", "definition", "breakdown"}
     assert {k: body[k] for k in head} == head
     assert body["children"] == children
 
@@ -193,9 +269,13 @@ async def test_village_detail(client: httpx.AsyncClient) -> None:
         "city": "1403",
         "province": "14",
         "names": {"township": "秀水镇", "county": "盂县", "city": "阳泉市", "province": "山西省"},
+        "population": None,
         "reached": True,
+        "active": False,
         "first_reach_at": "2024-04-01T02:03:04.005Z",
         "last_reach_at": "2024-05-01T00:30:00.123Z",
+        "reach_by_carrier": {"sf": "2024-05-01T00:30:00.123Z"},
+        "stations": [],
         "counts": {
             "by_event_type": {
                 "arrived_at_hub": 0,
@@ -225,6 +305,7 @@ async def test_village_never_reached_and_community(client: httpx.AsyncClient) ->
     assert set(body["counts"]["by_event_type"].values()) == {0}
     assert len(body["counts"]["by_event_type"]) == 7
     assert (body["counts"]["by_carrier"], body["counts"]["inbound"], body["counts"]["outbound"]) == ({}, 0, 0)
+    assert (body["active"], body["reach_by_carrier"], body["stations"]) == (False, {}, [])
 
     body = (await client.get("/v1/villages/140322100001")).json()
     assert (body["kind"], body["reached"], body["last_reach_at"]) == ("community", True, "2024-04-30T22:00:00.000Z")
@@ -258,7 +339,7 @@ async def test_unknown_code_is_404(client: httpx.AsyncClient, path: str) -> None
         ("/v1/coverage/１４", None),  # full-width digits are digits to Python's str.isdigit, not to us
         ("/v1/coverage/%EF%BC%91%EF%BC%94", None),
         ("/v1/coverage/1", None),
-        ("/v1/coverage/CN", None),
+        ("/v1/coverage/CN", "for the nation use /v1/coverage"),
         ("/v1/coverage/14a3", None),
         ("/v1/coverage/%2014", None),
         ("/v1/coverage/140322100201", "/v1/villages/140322100201"),
@@ -406,21 +487,41 @@ async def test_metrics_without_a_topic_or_progress(client: httpx.AsyncClient) ->
 async def test_openapi_lists_every_path_and_error(client: httpx.AsyncClient) -> None:
     doc = (await client.get("/openapi.json")).json()
     paths = doc["paths"]
-    assert set(paths) == {
+    # Other routers (targets, history, reports, the stream) add their own paths and test them.
+    assert {
         "/v1/coverage",
         "/v1/coverage/{code}",
+        "/v1/coverage/{code}/unreached",
         "/v1/villages/{code}",
         "/healthz",
         "/readyz",
         "/metrics",
-    }
-    for path in ("/v1/coverage/{code}", "/v1/villages/{code}"):
+    } <= set(paths)
+    for path in ("/v1/coverage", "/v1/coverage/{code}", "/v1/coverage/{code}/unreached", "/v1/villages/{code}"):
         responses = paths[path]["get"]["responses"]
-        for status in ("400", "404", "503"):
-            assert PROBLEM in responses[status]["content"]
+        for status in ("400", "401", "403", "503") + (("404",) if "{code}" in path else ()):
+            assert PROBLEM in responses[status]["content"], (path, status)
         assert "application/json" in responses["200"]["content"]
     assert PROBLEM in paths["/readyz"]["get"]["responses"]["503"]["content"]
-    coverage_schema = doc["components"]["schemas"]["Coverage"]
-    assert {"code", "name", "level", "villages_total", "villages_reached", "coverage_rate", "as_of", "children"} <= set(
-        coverage_schema["properties"]
+
+    def params(path: str) -> set[str]:
+        return {p["name"] for p in paths[path]["get"]["parameters"] if p["in"] in ("query", "path")}
+
+    scope = {"carrier", "cooperation_model", "min_population"}
+    assert scope <= params("/v1/coverage")
+    assert scope | {"code"} <= params("/v1/coverage/{code}")
+    assert scope | {"code", "lapsed", "limit", "cursor"} <= params("/v1/coverage/{code}/unreached")
+
+    def schema_of(path: str) -> dict[str, Any]:
+        ref = paths[path]["get"]["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        found: dict[str, Any] = doc["components"]["schemas"][ref.rsplit("/", 1)[1]]
+        return found
+
+    core = {"code", "name", "level", "villages_total", "villages_reached", "coverage_rate", "as_of", "children"}
+    for path in ("/v1/coverage", "/v1/coverage/{code}"):
+        assert core | {"definition", "breakdown", "villages_active", "villages_lapsed"} <= set(
+            schema_of(path)["properties"]
+        )
+    assert {"items", "next_cursor", "count", "scope", "lapse_window_days"} <= set(
+        schema_of("/v1/coverage/{code}/unreached")["properties"]
     )
