@@ -230,6 +230,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.access = access.Access.from_settings(settings)  # SettingsError for unusable tokens
     app.state.streams = stream.Streams.from_settings(settings)
     problem.install(app)
+    problem.document_validation_as_400(app)
 
     async def on_redis_down(_: Request, exc: Exception) -> Response:
         log.warning("read model unavailable: %s", exc)

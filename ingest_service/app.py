@@ -92,6 +92,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     problem.install(app)
+    problem.document_validation_as_400(app)
 
     @app.post(
         "/v1/scans",

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Final
+from collections.abc import Mapping
+from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
@@ -32,12 +33,16 @@ CodePath = Annotated[str, Path(description=CODE_DOC, examples=["14", "140322", "
 LIMIT_MAX: Final = 1000
 
 
-def _division_code(code: str) -> str:
-    """A 2/4/6/9-digit code (or a 400 problem). The nation has its own path, ``/v1/coverage``."""
-    if code == names.NATIONAL:
-        raise Problem(400, f"{code!r} is not a 2, 4, 6 or 9-digit division code; for the nation use /v1/coverage",
-                      type_="invalid-code")  # fmt: skip
-    return region_code(code)
+TABLE_COLUMNS: Final = (
+    "code", "name", "level", "villages_total", "villages_reached", "villages_active", "villages_lapsed",
+    "villages_with_station", "coverage_rate", "as_of",
+)  # fmt: skip
+
+
+def _table(body: Mapping[str, Any]) -> Table:
+    """The CSV form of a coverage response: the region itself first, so its totals travel with the file."""
+    rows = [body, *body["children"]]
+    return Table(TABLE_COLUMNS, [[row[c] for c in TABLE_COLUMNS] for row in rows])
 
 
 async def _coverage(request: Request, who: Regulator, code: str, sc: Scope) -> Response:
@@ -51,7 +56,7 @@ async def _coverage(request: Request, who: Regulator, code: str, sc: Scope) -> R
     if figures is None:
         raise unknown(code)
     body: breakdown.CoverageReport = {**figures, "breakdown": parts}
-    return respond(request, body)
+    return respond(request, body, table=_table(body), filename=f"coverage-{code}.csv")
 
 
 @router.get("/v1/coverage", response_model=breakdown.CoverageReport, responses=_ERRORS)
@@ -64,10 +69,11 @@ async def national_coverage(request: Request, who: Caller, sc: ScopeParams) -> R
 
 @router.get("/v1/coverage/{code}", response_model=breakdown.CoverageReport, responses=_ERRORS)
 async def region_coverage(request: Request, who: Caller, code: CodePath, sc: ScopeParams) -> Response:
-    """Coverage of one region with its children one level down (for a township, its administrative
-    villages), the definition in force and a breakdown by carrier, cooperation model and parcels.
-    ``carrier``, ``cooperation_model`` and ``min_population`` restrict every figure, children's too."""
-    return await _coverage(request, who, _division_code(code), sc)
+    """Coverage of one region (``CN``: the nation, as ``/v1/coverage``) with its children one level down
+    (for a township, its administrative villages), the definition in force and a breakdown by carrier,
+    cooperation model and parcels. ``carrier``, ``cooperation_model`` and ``min_population`` restrict every
+    figure, children's too."""
+    return await _coverage(request, who, region_code(code), sc)
 
 
 @router.get("/v1/coverage/{code}/unreached", response_model=unreached.Page, responses=_ERRORS)
@@ -87,7 +93,10 @@ async def unreached_villages(
     """The administrative villages of a region (in the scope) that are not reached, and with
     ``lapsed=true`` also the lapsed ones, in code order, a page at a time. There is no national list
     (half a million rows): ask per province."""
-    code = _division_code(code)
+    code = region_code(code)
+    if code == names.NATIONAL:
+        raise Problem(400, "there is no national unreached list (about half a million rows); ask per province",
+                      type_="invalid-code")  # fmt: skip
     ensure_in_scope(who, code)
     try:
         after = None if cursor is None else unreached.decode_cursor(cursor, code)

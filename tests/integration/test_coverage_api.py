@@ -339,7 +339,6 @@ async def test_unknown_code_is_404(client: httpx.AsyncClient, path: str) -> None
         ("/v1/coverage/１４", None),  # full-width digits are digits to Python's str.isdigit, not to us
         ("/v1/coverage/%EF%BC%91%EF%BC%94", None),
         ("/v1/coverage/1", None),
-        ("/v1/coverage/CN", "for the nation use /v1/coverage"),
         ("/v1/coverage/14a3", None),
         ("/v1/coverage/%2014", None),
         ("/v1/coverage/140322100201", "/v1/villages/140322100201"),
@@ -354,6 +353,25 @@ async def test_malformed_code_is_400(client: httpx.AsyncClient, path: str, hint:
     assert body["type"].endswith("/invalid-code")
     if hint:
         assert hint in body["detail"]
+
+
+async def test_cn_is_the_nation_in_region_paths_too(client: httpx.AsyncClient) -> None:
+    assert (await client.get("/v1/coverage/CN")).json() == (await client.get("/v1/coverage")).json()
+
+
+async def test_coverage_exports_the_region_and_its_children_as_csv(client: httpx.AsyncClient) -> None:
+    import csv
+    import io
+
+    r = await client.get("/v1/coverage", params={"format": "csv"})
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/csv")
+    assert r.content.startswith("\ufeff".encode())
+    rows = list(csv.DictReader(io.StringIO(r.content.decode("utf-8-sig"))))
+    assert [(row["code"], row["name"], row["villages_total"], row["villages_reached"]) for row in rows] == [
+        ("CN", "全国", "9", "3"),
+        ("14", SHANXI_ROW[0], str(SHANXI_ROW[2]), str(SHANXI_ROW[3])),
+        ("15", NEIMENG["name"], str(NEIMENG["villages_total"]), str(NEIMENG["villages_reached"])),
+    ]
 
 
 async def test_framework_errors_are_problems(client: httpx.AsyncClient) -> None:
@@ -487,6 +505,9 @@ async def test_metrics_without_a_topic_or_progress(client: httpx.AsyncClient) ->
 async def test_openapi_lists_every_path_and_error(client: httpx.AsyncClient) -> None:
     doc = (await client.get("/openapi.json")).json()
     paths = doc["paths"]
+    # Request validation errors are answered 400 (problem+json), so FastAPI's default 422 must not be promised.
+    promised_422 = [(p, m) for p, ops in paths.items() for m, op in ops.items() if "422" in op["responses"]]
+    assert promised_422 == []
     # Other routers (targets, history, reports, the stream) add their own paths and test them.
     assert {
         "/v1/coverage",
