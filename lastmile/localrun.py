@@ -82,7 +82,9 @@ def run_stack(settings: Settings, *, registry: Path, data_dir: Path) -> int:
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
+    # SIGINT too: a stack started in the background from a script inherits SIGINT as ignored.
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
             broker, url = devstack.start_broker(logs_dir, _port(PREFERRED_BROKER_PORT))
