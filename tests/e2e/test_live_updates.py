@@ -8,9 +8,7 @@ event must carry the figures this test computes from the registry CSV itself.
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
-import os
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,15 +16,14 @@ from typing import Any
 
 import httpx
 import pytest
+from live_services import load_sample_registry, sample_villages, service_env, start, wait_ready
 
 from lastmile import devstack
-from lastmile.devstack import Proc
 from lastmile.settings import Settings
 from lastmile.topics import partition_for
 
 pytestmark = pytest.mark.e2e
 
-SAMPLE = Path(__file__).resolve().parents[2] / "lastmile" / "sample_registry"
 TOWNSHIP = "140322100"  # 秀水镇, 盂县
 CARRIER_TOKEN = "e2e-live-carrier-token-0123456789"
 COUNTY_TOKEN = "e2e-live-county-token-0123456789"  # 盂县 140322 and below
@@ -34,60 +31,30 @@ PARTITIONS = 4
 
 
 def administrative_villages(township: str) -> list[str]:
-    """The township's administrative villages, by the README's rule on names."""
-    out = []
-    with open(SAMPLE / "villages.csv", encoding="utf-8-sig", newline="") as f:
-        for row in csv.DictReader(f):
-            name = row["name"]
-            is_village = name.endswith(("村委会", "村民委员会")) or (
-                not name.endswith(("居委会", "居民委员会", "社区")) and name.endswith(("村", "嘎查"))
-            )
-            if row["streetCode"] == township and is_village:
-                out.append(row["code"])
-    return sorted(out)
+    return sorted(sample_villages(lambda row: row["streetCode"] == township))
 
 
 @pytest.fixture
 def stack(settings: Settings, tmp_path: Path) -> Iterator[tuple[str, str]]:
     ingest_port, coverage_port = devstack.free_port(), devstack.free_port()
-    env = dict(os.environ)
-    env.update(
-        KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
-        REDIS_URL=settings.redis_url,
-        REDIS_KEY_PREFIX=settings.redis_key_prefix,
-        SCAN_TOPIC=settings.scan_topic,
-        DEAD_LETTER_TOPIC=settings.dead_letter_topic,
-        WORKER_GROUP_ID=settings.consumer_group,
+    env = service_env(
+        settings,
         SCAN_TOPIC_PARTITIONS=str(PARTITIONS),
         INGEST_PORT=str(ingest_port),
         COVERAGE_PORT=str(coverage_port),
         INGEST_CARRIER_TOKENS=json.dumps({CARRIER_TOKEN: "sf"}),
         COVERAGE_REGULATOR_TOKENS=json.dumps({COUNTY_TOKEN: "140322"}),
         COVERAGE_STREAM_POLL_SECONDS="0.2",
-        LOG_FORMAT="console",
     )
-    load = Proc("registry", devstack.lastmile_command("registry", "load", str(SAMPLE), "--no-progress"),
-                tmp_path / "registry.log", env=env).start()  # fmt: skip
-    assert load.popen is not None and load.popen.wait(120) == 0, load.log_tail()
-    procs = [
-        Proc(name, devstack.lastmile_command(name), tmp_path / f"{name}.log", env=env).start()
-        for name in ("ingest", "worker", "coverage")
-    ]
+    load_sample_registry(env, tmp_path)
+    procs = [start(name, env, tmp_path) for name in ("ingest", "worker", "coverage")]
     ingest, coverage = f"http://127.0.0.1:{ingest_port}", f"http://127.0.0.1:{coverage_port}"
     try:
-        for proc, url in ((procs[0], ingest), (procs[2], coverage)):
-            proc.wait_until(lambda u=url: _ready(u), 60, "GET /readyz")  # type: ignore[misc]
+        wait_ready([(procs[0], ingest), (procs[2], coverage)])
         yield ingest, coverage
     finally:
         for proc in procs:
             proc.stop()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 async def events(response: httpx.Response) -> AsyncIterator[dict[str, Any]]:

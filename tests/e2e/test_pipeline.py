@@ -8,9 +8,7 @@ are repeated and after the worker is killed with SIGKILL mid-stream and restarte
 from __future__ import annotations
 
 import asyncio
-import csv
 import json
-import os
 import random
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from typing import Any
 
 import httpx
 import pytest
+from live_services import load_sample_registry, sample_units, sample_villages, service_env, start, wait_ready
 
 from lastmile import devstack
 from lastmile.devstack import Proc
@@ -27,7 +26,6 @@ from lastmile.settings import Settings
 
 pytestmark = pytest.mark.e2e
 
-SAMPLE = Path(__file__).resolve().parents[2] / "lastmile" / "sample_registry"
 COUNTY = "140322"
 TOKEN = "e2e-carrier-token-0123456789"
 REGULATOR_TOKEN = "e2e-regulator-token-0123456789"  # national
@@ -36,21 +34,11 @@ REACH = ("arrived_at_station", "delivered", "picked_up", "collected")
 
 def administrative_villages(county: str) -> dict[str, str]:
     """Village code -> township code for the county's administrative villages, by the README's rule."""
-    out = {}
-    with open(SAMPLE / "villages.csv", encoding="utf-8-sig", newline="") as f:
-        for row in csv.DictReader(f):
-            name = row["name"]
-            is_village = name.endswith(("村委会", "村民委员会")) or (
-                not name.endswith(("居委会", "居民委员会", "社区")) and name.endswith(("村", "嘎查"))
-            )
-            if row["areaCode"] == county and is_village:
-                out[row["code"]] = row["streetCode"]
-    return out
+    return sample_villages(lambda row: row["areaCode"] == county)
 
 
 def county_units(county: str) -> list[str]:
-    with open(SAMPLE / "villages.csv", encoding="utf-8-sig", newline="") as f:
-        return [row["code"] for row in csv.DictReader(f) if row["areaCode"] == county]
+    return sample_units(lambda row: row["areaCode"] == county)
 
 
 @dataclass
@@ -63,54 +51,30 @@ class Stack:
     worker: Proc
 
     def start_worker(self) -> None:
-        self.worker = Proc(
-            "worker", devstack.lastmile_command("worker"), self.logs / "worker.log", env=self.env
-        ).start()
+        self.worker = start("worker", self.env, self.logs)
 
 
 @pytest.fixture
 def stack(settings: Settings, tmp_path: Path) -> Iterator[Stack]:
     ingest_port, coverage_port = devstack.free_port(), devstack.free_port()
-    env = dict(os.environ)
-    env.update(
-        KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
-        REDIS_URL=settings.redis_url,
-        REDIS_KEY_PREFIX=settings.redis_key_prefix,
-        SCAN_TOPIC=settings.scan_topic,
-        DEAD_LETTER_TOPIC=settings.dead_letter_topic,
-        WORKER_GROUP_ID=settings.consumer_group,
-        SCAN_TOPIC_PARTITIONS="4",
+    env = service_env(
+        settings,
         INGEST_PORT=str(ingest_port),
         COVERAGE_PORT=str(coverage_port),
         INGEST_CARRIER_TOKENS=json.dumps({TOKEN: "sf"}),
         COVERAGE_REGULATOR_TOKENS=json.dumps({REGULATOR_TOKEN: ""}),
-        LOG_FORMAT="console",
-        WORKER_SESSION_TIMEOUT_SECONDS="6",  # the broker's minimum: faster rejoins after a kill
     )
-    load = Proc("registry", devstack.lastmile_command("registry", "load", str(SAMPLE), "--no-progress"),
-                tmp_path / "registry.log", env=env).start()  # fmt: skip
-    assert load.popen is not None and load.popen.wait(120) == 0, load.log_tail()
-    procs = [
-        Proc(name, devstack.lastmile_command(name), tmp_path / f"{name}.log", env=env).start()
-        for name in ("ingest", "worker", "coverage")
-    ]
+    load_sample_registry(env, tmp_path)
+    procs = [start(name, env, tmp_path) for name in ("ingest", "worker", "coverage")]
     ingest = f"http://127.0.0.1:{ingest_port}"
     coverage = f"http://127.0.0.1:{coverage_port}"
     running = Stack(settings, env, tmp_path, ingest, coverage, procs[1])
     try:
-        for proc, url in ((procs[0], ingest), (procs[2], coverage)):
-            proc.wait_until(lambda u=url: _ready(u), 60, "GET /readyz")  # type: ignore[misc]
+        wait_ready([(procs[0], ingest), (procs[2], coverage)])
         yield running
     finally:
         for proc in [*procs, running.worker]:  # the test may have replaced the worker
             proc.stop()
-
-
-def _ready(url: str) -> bool:
-    try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 @pytest.fixture

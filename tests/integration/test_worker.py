@@ -13,9 +13,10 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from live_services import service_env, start
 
 from ingest_service.publisher import Publisher
-from lastmile import devstack, names, scan
+from lastmile import names, scan
 from lastmile.devstack import Proc
 from lastmile.settings import Settings
 from lastmile.topics import ensure_topics
@@ -25,24 +26,8 @@ pytestmark = pytest.mark.integration
 VILLAGES = [f"1403222052{i:02d}" for i in range(20)]
 
 
-def worker_env(settings: Settings) -> dict[str, str]:
-    return dict(
-        os.environ,
-        KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
-        REDIS_URL=settings.redis_url,
-        REDIS_KEY_PREFIX=settings.redis_key_prefix,
-        SCAN_TOPIC=settings.scan_topic,
-        DEAD_LETTER_TOPIC=settings.dead_letter_topic,
-        WORKER_GROUP_ID=settings.consumer_group,
-        SCAN_TOPIC_PARTITIONS=str(settings.scan_topic_partitions),
-        LOG_FORMAT="console",
-        WORKER_SESSION_TIMEOUT_SECONDS="6",  # the broker's minimum: faster rejoins after a kill
-        LOG_LEVEL=os.environ.get("TEST_WORKER_LOG_LEVEL", "INFO"),
-    )
-
-
 def start_worker(settings: Settings, logs: Path) -> Proc:
-    return Proc("worker", devstack.lastmile_command("worker"), logs / "worker.log", env=worker_env(settings)).start()
+    return start("worker", service_env(settings, LOG_LEVEL=os.environ.get("TEST_WORKER_LOG_LEVEL", "INFO")), logs)
 
 
 def events(n: int, start: int = 0) -> list[scan.ScanEvent]:
