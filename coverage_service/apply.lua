@@ -36,7 +36,18 @@ local function unit_of(code)
   return u
 end
 
-local as_of = {}
+local loc_counts = {}  -- location code -> {counter field -> n}
+local loc_newest = {}  -- location code -> newest occurred_ms in this call
+local region_keys = {}
+local function region_keys_of(code)
+  local keys = region_keys[code]
+  if keys == nil then
+    keys = {}
+    for _, r in ipairs(regions_of(code)) do keys[#keys + 1] = region_key(r) end
+    region_keys[code] = keys
+  end
+  return keys
+end
 local first_reach = {}  -- village code -> earliest reach ms in this batch
 local last_reach = {}   -- village code -> {flag suffix -> latest reach ms in this batch}
 
@@ -61,40 +72,30 @@ for _, record in ipairs(records) do
         duplicate = duplicate + 1
       else
         applied = applied + 1
-        local regions = regions_of(code)
         local is_village_unit = #code == 12
-        for _, fld in ipairs(counters) do
-          if is_village_unit then add(loc_key(code), fld, 1) end
-          for _, r in ipairs(regions) do add(region_key(r), fld, 1) end
-        end
-        for _, r in ipairs(regions) do
-          local k = region_key(r)
-          if (as_of[k] or -1) < ms then as_of[k] = ms end
-        end
+        -- Counted per location here and spread to the location's regions once per call, below:
+        -- most events of a batch share their regions, and building keys per event is the cost.
+        local lc = loc_counts[code]
+        if lc == nil then lc = {}; loc_counts[code] = lc end
+        for _, fld in ipairs(counters) do lc[fld] = (lc[fld] or 0) + 1 end
+        if (loc_newest[code] or -1) < ms then loc_newest[code] = ms end
         if is_village_unit and station ~= nil and station ~= '' then
           -- 一村一站: the first station seen at a village counts it once in villages_with_station.
           if redis.call('SADD', stations_key(code), station) == 1 and redis.call('SCARD', stations_key(code)) == 1 then
             for _, q in ipairs(u.segments) do
-              for _, r in ipairs(regions) do add(region_key(r), '${villages_with_station}' .. q, 1) end
+              for _, rk in ipairs(region_keys_of(code)) do add(rk, '${villages_with_station}' .. q, 1) end
             end
           end
         end
         if reaches == 1 and is_village_unit then
+          -- Reach is settled per village at the end of the call, in one read and one write.
           if first_reach[code] == nil or ms < first_reach[code] then first_reach[code] = ms end
           local latest = last_reach[code]
           if latest == nil then latest = {}; last_reach[code] = latest end
-          -- One flag for "any carrier" and one per dimension; a flag set for the first time counts
-          -- the village once in every region above it, in each of its segments.
-          local flags = {''}
-          for _, d in ipairs(dims) do flags[#flags + 1] = '${dim_sep}' .. d end
-          for _, s in ipairs(flags) do
+          if (latest[''] or -1) < ms then latest[''] = ms end
+          for _, d in ipairs(dims) do
+            local s = '${dim_sep}' .. d
             if (latest[s] or -1) < ms then latest[s] = ms end
-            if redis.call('HSETNX', loc_key(code), REACHED .. s, '1') == 1 then
-              if s == '' and u.kind == KIND_VILLAGE then newly_reached = newly_reached + 1 end
-              for _, q in ipairs(u.segments) do
-                for _, r in ipairs(regions) do add(region_key(r), '${villages_reached}' .. s .. q, 1) end
-              end
-            end
           end
         end
       end
@@ -102,28 +103,67 @@ for _, record in ipairs(records) do
   end
 end
 
+local as_of = {}  -- region key -> newest occurred_ms
+for code, counts in pairs(loc_counts) do
+  local keys = region_keys_of(code)
+  if #code == 12 then
+    local lk = loc_key(code)
+    for fld, n in pairs(counts) do add(lk, fld, n) end
+  end
+  local ms = loc_newest[code]
+  for _, rk in ipairs(keys) do
+    for fld, n in pairs(counts) do add(rk, fld, n) end
+    if (as_of[rk] or -1) < ms then as_of[rk] = ms end
+  end
+end
 flush_increments()
 for key, ms in pairs(as_of) do
   local cur = tonumber(redis.call('HGET', key, '${as_of_ms}') or '-1')
   if ms > cur then redis.call('HSET', key, '${as_of_ms}', int(ms)) end
 end
-for code, ms in pairs(first_reach) do
-  local cur = redis.call('HGET', loc_key(code), '${first_reach_ms}')
-  if cur == false or ms < tonumber(cur) then redis.call('HSET', loc_key(code), '${first_reach_ms}', int(ms)) end
-end
+-- Each reached village: one HMGET of its flags and times, one HSET of what changed. A flag set for the
+-- first time counts the village once in every region above it, in each of its segments; a last reach
+-- that moved forward moves the village in the lapse indexes.
 for code, latest in pairs(last_reach) do
   local lk = loc_key(code)
-  local segs = unit_of(code).segments
-  for s, ms in pairs(latest) do
-    local cur = redis.call('HGET', lk, LAST_REACH .. s)
-    if cur == false or ms > tonumber(cur) then redis.call('HSET', lk, LAST_REACH .. s, int(ms)) end
-    for _, q in ipairs(segs) do
-      for _, r in ipairs(indexed_regions_of(code)) do
-        redis.call('ZADD', index_key(r .. s .. q), 'GT', int(ms), code)
+  local u = unit_of(code)
+  local suffixes, fields = {}, {'${first_reach_ms}'}
+  for s, _ in pairs(latest) do
+    suffixes[#suffixes + 1] = s
+    fields[#fields + 1] = REACHED .. s
+    fields[#fields + 1] = LAST_REACH .. s
+  end
+  local cur = redis.call('HMGET', lk, unpack(fields))
+  local changes = {}
+  if cur[1] == false or first_reach[code] < tonumber(cur[1]) then
+    changes[#changes + 1] = '${first_reach_ms}'
+    changes[#changes + 1] = int(first_reach[code])
+  end
+  for i, s in ipairs(suffixes) do
+    local ms = latest[s]
+    if cur[2 * i] == false then
+      changes[#changes + 1] = REACHED .. s
+      changes[#changes + 1] = '1'
+      if s == '' and u.kind == KIND_VILLAGE then newly_reached = newly_reached + 1 end
+      for _, q in ipairs(u.segments) do
+        for _, rk in ipairs(region_keys_of(code)) do add(rk, '${villages_reached}' .. s .. q, 1) end
+      end
+    end
+    local last = cur[2 * i + 1]
+    if last == false or ms > tonumber(last) then
+      changes[#changes + 1] = LAST_REACH .. s
+      changes[#changes + 1] = int(ms)
+      for _, q in ipairs(u.segments) do
+        for _, r in ipairs(indexed_regions_of(code)) do
+          redis.call('ZADD', index_key(r .. s .. q), 'GT', int(ms), code)
+        end
       end
     end
   end
+  if #changes > 0 then redis.call('HSET', lk, unpack(changes)) end
 end
+flush_increments()
+
 for ofield, offset in pairs(stored_offsets) do redis.call('HSET', offsets_key, ofield, int(offset)) end
 
 if records_applied > 0 or records_replayed > 0 then

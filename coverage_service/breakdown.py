@@ -122,9 +122,11 @@ def _parcels(region: dict[str, str]) -> Parcels:
     def count(name: str) -> int:
         return int(region.get(name, 0))
 
+    by_type = {t: count(field.TYPE + t) for t in scan.EVENT_TYPES}
+    directions = scan.direction_counts(by_type)
     return {
-        "inbound": count(field.DIRECTION + scan.INBOUND),
-        "outbound": count(field.DIRECTION + scan.OUTBOUND),
-        "by_event_type": {t: count(field.TYPE + t) for t in scan.EVENT_TYPES},
+        "inbound": directions[scan.INBOUND],
+        "outbound": directions[scan.OUTBOUND],
+        "by_event_type": by_type,
         "by_year": {k[len(field.VOLUME) :]: int(v) for k, v in sorted(region.items()) if k.startswith(field.VOLUME)},
     }

@@ -46,9 +46,6 @@ class Entry:
 
 def entry(event: scan.ScanEvent) -> Entry:
     counters = [field.TYPE + event.event_type, field.CARRIER + event.carrier]
-    direction = scan.DIRECTION.get(event.event_type)
-    if direction is not None:
-        counters.append(field.DIRECTION + direction)
     if event.event_type in scan.VOLUME_TYPES:
         counters.append(field.VOLUME + str(event.occurred_at.astimezone(CHINA_STANDARD_TIME).year))
     dimensions = [field.CARRIER + event.carrier]

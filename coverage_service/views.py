@@ -247,6 +247,8 @@ async def village_detail(
         return None
     reached, last_ms = loc.get(field.REACHED) == "1", loc.get(field.LAST_REACH_MS)
     by_carrier = field.LAST_REACH_MS + field.DIM_SEP + field.CARRIER
+    by_type = {t: _int(loc.get(field.TYPE + t)) for t in scan.EVENT_TYPES}
+    directions = scan.direction_counts(by_type)
     return {
         "code": code,
         "name": name,
@@ -264,11 +266,11 @@ async def village_detail(
         "reach_by_carrier": {c: scan.format_ms(ms) for c, ms in _family(loc, by_carrier).items()},
         "stations": sorted(stations),
         "counts": {
-            "by_event_type": {t: _int(loc.get(field.TYPE + t)) for t in scan.EVENT_TYPES},
+            "by_event_type": by_type,
             "by_carrier": _family(loc, field.CARRIER),
             "by_cooperation_model": _family(loc, field.MODEL),
-            "inbound": _int(loc.get(field.DIRECTION + scan.INBOUND)),
-            "outbound": _int(loc.get(field.DIRECTION + scan.OUTBOUND)),
+            "inbound": directions[scan.INBOUND],
+            "outbound": directions[scan.OUTBOUND],
         },
     }
 

@@ -88,10 +88,10 @@ class field:
     REACHED: Final = "reached"
     FIRST_REACH_MS: Final = "first_reach_ms"
     LAST_REACH_MS: Final = "last_reach_ms"
-    # Counter families: "type:delivered", "carrier:sf", "dir:inbound", "model:postal_express".
+    # Counter families: "type:delivered", "carrier:sf", "model:postal_express" (inbound and outbound are
+    # sums of type counters, see lastmile.scan.direction_counts).
     TYPE: Final = "type:"
     CARRIER: Final = "carrier:"
-    DIRECTION: Final = "dir:"
     MODEL: Final = "model:"
     VILLAGES_WITH_STATION: Final = "villages_with_station"
     # Parcel volume by year: "vol:2024" (delivered + picked_up + collected, by China Standard Time year).

@@ -58,6 +58,15 @@ OUTBOUND: Final = "outbound"  # 上行: parcels (farm produce) leaving it
 VOLUME_TYPES: Final = frozenset({DELIVERED, PICKED_UP, COLLECTED})
 DIRECTION: Final = {ARRIVED_AT_STATION: INBOUND, DELIVERED: INBOUND, PICKED_UP: INBOUND, COLLECTED: OUTBOUND}
 
+
+def direction_counts(by_type: dict[str, int]) -> dict[str, int]:
+    """Inbound and outbound counts from counts per event type (every directional type is village-only)."""
+    out = {INBOUND: 0, OUTBOUND: 0}
+    for event_type, direction in DIRECTION.items():
+        out[direction] += by_type.get(event_type, 0)
+    return out
+
+
 COOPERATION_MODELS: Final = (
     "postal_express",  # 邮快合作
     "transport_express",  # 交快合作

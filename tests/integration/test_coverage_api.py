@@ -69,8 +69,6 @@ SHANXI: dict[Any, Any] = {
     "type:collected": "1",
     "carrier:sf": "4",
     "carrier:yto": "2",
-    "dir:inbound": "5",
-    "dir:outbound": "1",
     "model:postal_express": "6",
     "vol:2024": "4",
 }
@@ -99,8 +97,6 @@ LOCS: dict[str, dict[Any, Any]] = {
         "type:collected": "1",
         "carrier:sf": "4",
         "carrier:yto": "2",
-        "dir:inbound": "5",
-        "dir:outbound": "1",
         "model:postal_express": "6",
     },
     "140322100001": {"reached": "1", "first_reach_ms": str(T_COMMUNITY), "last_reach_ms": str(T_COMMUNITY)},

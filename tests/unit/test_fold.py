@@ -33,13 +33,13 @@ def test_a_delivery_counts_type_carrier_direction_and_reaches() -> None:
     assert e.seen_id == "sf:e1"
     assert e.reaches
     assert e.occurred_ms == 1714521600000
-    assert set(e.counters) == {"type:delivered", "carrier:sf", "dir:inbound", "vol:2024"}
+    assert set(e.counters) == {"type:delivered", "carrier:sf", "vol:2024"}
     assert e.dimensions == ("carrier:sf",)
 
 
 def test_collected_is_outbound_and_the_model_is_a_dimension() -> None:
     e = fold.entry(parsed(event_type="collected", cooperation_model="transport_express"))
-    assert set(e.counters) == {"type:collected", "carrier:sf", "dir:outbound", "model:transport_express", "vol:2024"}
+    assert set(e.counters) == {"type:collected", "carrier:sf", "model:transport_express", "vol:2024"}
     assert e.dimensions == ("carrier:sf", "model:transport_express")
 
 

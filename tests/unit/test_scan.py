@@ -157,3 +157,9 @@ def test_any_offset_round_trips_to_the_same_instant(moment: datetime, offset_min
     result = scan.validate(event(occurred_at=text), now=NOW)
     assert isinstance(result, scan.ScanEvent), result
     assert result.occurred_at == moment.replace(tzinfo=UTC)
+
+
+def test_direction_counts_are_sums_of_the_type_counts() -> None:
+    by_type = {"arrived_at_station": 2, "delivered": 3, "picked_up": 4, "collected": 5, "out_for_delivery": 7}
+    assert scan.direction_counts(by_type) == {"inbound": 9, "outbound": 5}
+    assert scan.direction_counts({}) == {"inbound": 0, "outbound": 0}
