@@ -28,6 +28,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# The benchmark scenarios against a fresh local stack, on the national registry (../shared/data/cn-divisions-2023)
+# when it is there, else the bundled sample; results in bench-results/. E.g. make bench BENCH_ARGS="--duration 20".
+BENCH_ARGS ?=
+bench: $(STAMP)  ## the benchmark: prints the table of figures and targets, writes bench-results/latest.json
+	$(BIN)/lastmile bench $(BENCH_ARGS)
+
 typecheck: $(STAMP)
 	$(BIN)/mypy
 

@@ -11,8 +11,10 @@ from pathlib import Path
 
 from lastmile.settings import Settings, SettingsError
 
-SUBCOMMANDS = ("ingest", "worker", "coverage", "topics", "registry", "snapshot", "run")
+SUBCOMMANDS = ("ingest", "worker", "coverage", "topics", "registry", "snapshot", "run", "bench")
 SAMPLE_REGISTRY = Path(__file__).resolve().parent / "sample_registry"
+# The national registry beside the repository (../shared/data/...), used by `lastmile bench` when present.
+NATIONAL_REGISTRY = Path("..") / "shared" / "data" / "cn-divisions-2023"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +51,30 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run everything locally: embedded broker, redis-server, the three services")
     run.add_argument("--registry", type=Path, default=SAMPLE_REGISTRY, help="registry folder to load at start")
     run.add_argument("--data-dir", type=Path, default=Path(".run"), help="where Redis data, logs and tokens go")
+    bench = sub.add_parser(
+        "bench",
+        help="run the benchmark scenarios against a fresh local stack; print the table, write results JSON",
+        description="Starts the embedded broker and redis-server (or uses KAFKA_BOOTSTRAP_SERVERS / REDIS_URL), "
+        "the services with bench tokens, runs the scenarios in order and prints each figure beside its target.",
+    )
+    bench.add_argument(
+        "--quick", action="store_true", help="a few thousand events on the bundled sample registry (unless --registry)"
+    )
+    bench.add_argument(
+        "--scenarios",
+        type=_scenarios,
+        default=None,
+        help="comma-separated, run in the harness's order (default all): "
+        "registry_load,throughput,naive,freshness,api_load,scaling,memory",
+    )
+    bench.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="posting time of throughput")
+    bench.add_argument(
+        "--registry",
+        type=Path,
+        default=None,
+        help=f"registry folder (default: {NATIONAL_REGISTRY} if present, else the bundled sample)",
+    )
+    bench.add_argument("--out", type=Path, default=Path("bench-results"), help="results folder")
     return parser
 
 
@@ -87,7 +113,43 @@ def main(argv: Sequence[str] | None = None) -> int:
         from lastmile.localrun import run_stack
 
         return run_stack(settings, registry=args.registry, data_dir=args.data_dir)
+    elif command == "bench":
+        return _bench(args)
     return 0
+
+
+def _scenarios(text: str) -> list[str]:
+    from lastmile.bench.runner import selected
+
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    try:
+        selected(names)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return names
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from lastmile.bench.core import Config
+    from lastmile.bench.runner import main as bench_main
+
+    registry: Path | None = args.registry
+    if registry is None and not args.quick and NATIONAL_REGISTRY.is_dir():
+        registry = NATIONAL_REGISTRY
+    if registry is not None and not registry.is_dir():
+        print(f"lastmile bench: --registry {registry} is not a folder", file=sys.stderr)
+        return 2
+    config = Config.quick_run(registry) if args.quick else Config(registry_dir=registry)
+    if args.duration is not None:
+        if args.duration <= 0:
+            print("lastmile bench: --duration must be positive", file=sys.stderr)
+            return 2
+        config = dataclasses.replace(
+            config, duration_seconds=args.duration, freshness_seconds=min(config.freshness_seconds, args.duration)
+        )
+    return bench_main(config, args.scenarios, args.out)
 
 
 def _day(text: str) -> date:

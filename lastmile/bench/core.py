@@ -10,9 +10,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from lastmile.settings import Settings
+
+if TYPE_CHECKING:
+    from lastmile.bench.generator import Generator
+    from lastmile.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -27,11 +31,16 @@ class Config:
     memory_events: int = 10_000_000
     registry_dir: Path | None = None  # the national registry; None = the bundled sample
     seed: int = 20261122
+    max_events: int = 0  # most events the throughput phase posts (0: no limit, the duration decides)
+    posters: int = 6  # concurrent HTTP posters of the throughput and freshness load
+    freshness_seconds: float = 30.0  # how long the steady half-rate load of the freshness scenario runs
+    scaling_events: int = 600_000  # events preloaded into the topic for each worker-scaling phase
 
     @classmethod
     def quick_run(cls, registry_dir: Path | None = None) -> Config:
         return cls(quick=True, duration_seconds=3.0, batch_size=500, api_clients=8, api_seconds=2.0,
-                   memory_events=5_000, registry_dir=registry_dir)  # fmt: skip
+                   memory_events=5_000, registry_dir=registry_dir, max_events=4_000, freshness_seconds=2.0,
+                   scaling_events=3_000)  # fmt: skip
 
 
 @dataclass
@@ -64,12 +73,26 @@ class Stack:
     carrier_tokens: dict[str, str]  # carrier -> token
     regulator_token: str  # national
     workdir: Path
-    start_worker: Callable[[], Any]  # starts one more worker process, returns it (has .stop())
-    stop_workers: Callable[[], None]
+    # start_worker() starts one more worker process of this stack and returns it (a devstack.Proc: .stop());
+    # start_worker(settings) starts one with other settings (its own topic, consumer group, key prefix).
+    start_worker: Callable[..., Any]
+    stop_workers: Callable[[], None]  # stops every worker start_worker started, the stack's own included
 
 
 @dataclass
 class Context:
+    """What a scenario gets from the runner.
+
+    ``generator`` is the run's one load generator: every scenario that posts into the stack's read model takes
+    its events from it, so that ``generator.expected()`` stays the exact figure for everything in that read
+    model and each scenario can check exactness after the ones before it. ``results`` holds the Result of each
+    scenario already finished, by name (``results["throughput"].samples["sustained_events_per_s"]`` is the
+    optimized pipeline's sustained rate, the naive baseline's counterpart).
+    """
+
     config: Config
     stack: Stack
     progress: Callable[[str, float, float], None]  # (what, done, total): drives the progress display
+    registry: Registry | None = None  # the registry the stack was loaded with (read once, ~3 s nationally)
+    generator: Generator | None = None
+    results: dict[str, Result] = field(default_factory=dict)
