@@ -43,6 +43,7 @@ MAX_BACKLOG: Final = 200_000  # events published but not yet folded
 STALL_SECONDS: Final = 120.0  # no progress for this long ends the wait
 SAMPLE_KEYS: Final = 1_000
 REDIS_TIMEOUT_SECONDS: Final = 120.0
+ACK_TIMEOUT_SECONDS: Final = 60.0
 MB: Final = 1024 * 1024
 INFO_FIELDS: Final = ("used_memory", "used_memory_rss", "used_memory_dataset", "mem_fragmentation_ratio")
 COUNTED: Final = (names.stat.EVENTS_APPLIED, names.stat.EVENTS_DUPLICATE, names.stat.EVENTS_UNKNOWN_LOCATION)
@@ -184,6 +185,7 @@ async def run(ctx: Context) -> Result:
         sampling = asyncio.create_task(sampler(0.5 if config.quick else 3.0))
         try:
             await feed.publish(total, processed)
+            ctx.progress("memory: all events published; waiting for the workers", feed.sent, total)
             done, last_change, last = 0, time.monotonic(), -1
             while done < feed.sent and time.monotonic() - last_change < STALL_SECONDS:
                 await asyncio.sleep(0.2)
@@ -203,7 +205,8 @@ async def run(ctx: Context) -> Result:
         expected = generator.expected()
         check = await check_exact(redis, prefix, registry, expected)
     finally:
-        await producer.stop()
+        with contextlib.suppress(TimeoutError):  # stop() waits for every ack, however long
+            await asyncio.wait_for(producer.stop(), ACK_TIMEOUT_SECONDS)
         await redis.aclose()
 
     sent = feed.sent
@@ -225,6 +228,7 @@ async def run(ctx: Context) -> Result:
     result.samples = {
         "memory_over_time": samples,
         "events_sent": sent,
+        "records_unacknowledged": feed.unacked,
         "counts_delta": delta,
         "expected_delta": want,
         "exactness": check.as_sample(),
@@ -248,14 +252,14 @@ class Feed:
         self.partition_of = Partitioner(partitions)
         self.headers = [(names.HEADER_SCHEMA, names.SCHEMA_BATCH_V1.encode())]
         self.sent = 0
+        self.unacked = 0  # records whose ack never came (the worker's counts still show whether they arrived)
 
     async def publish(self, total: int, processed: Callable[[], Awaitable[int]]) -> None:
         done = 0
         pending: list[asyncio.Future[Any]] = []
         while self.sent < total:
             if self.sent - done >= MAX_BACKLOG:
-                await asyncio.gather(*pending)
-                pending.clear()
+                await self._acked(pending)
                 await asyncio.sleep(0.5)
                 done = await processed()
                 continue
@@ -265,10 +269,18 @@ class Feed:
                 pending.append(await self.producer.send(self.topic, value, partition=partition, headers=self.headers))
             self.sent += len(events)
             if len(pending) >= 400:
-                await asyncio.gather(*pending)
-                pending.clear()
+                await self._acked(pending)
                 done = await processed()
-        await asyncio.gather(*pending)
+        await self._acked(pending)
+
+    async def _acked(self, pending: list[asyncio.Future[Any]]) -> None:
+        """Wait for the broker's acks, raising a send error, but never forever: one run saw a few never come."""
+        if pending:
+            acked, missing = await asyncio.wait(pending, timeout=ACK_TIMEOUT_SECONDS)
+            for future in acked:
+                future.result()
+            self.unacked += len(missing)
+            pending.clear()
 
 
 def _figures(

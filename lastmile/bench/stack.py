@@ -100,7 +100,7 @@ class BenchStack:
 
     @property
     def stack(self) -> Stack:
-        assert self._stack is not None, "start() first"
+        assert self._stack is not None, "start_infra() first"
         return self._stack
 
     def start_infra(self, run_id: str) -> Settings:

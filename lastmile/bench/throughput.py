@@ -71,7 +71,8 @@ async def run(ctx: Context) -> Result:
     distinct = target - start_distinct
     posting_seconds = t_last - t_first
     sustained = distinct / (t_done - t_first) if t_done is not None else None
-    per_second = [b["applied"] - a["applied"] for a, b in itertools.pairwise(timeline)]
+    # The once-a-second samples (the last entry is the moment posting ended).
+    per_second = [b["applied"] - a["applied"] for a, b in itertools.pairwise(timeline[:-1])]
     while_posting = timeline[-1]["applied"] / posting_seconds if posting_seconds > 0 else None
     result = Result("throughput", exact=exact.ok and t_done is not None)
     note = (
