@@ -197,15 +197,26 @@ async def _attempt(aw: Awaitable[T]) -> tuple[T | None, Exception | None]:
         return None, exc
 
 
+REDIS_POOL_SIZE: Final = 64
+
+
 def create_app(settings: Settings) -> FastAPI:
     prefix, topic = settings.redis_key_prefix, settings.scan_topic
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.2), retries=2)
-        app.state.redis = aioredis.from_url(
-            settings.redis_url, decode_responses=True, socket_connect_timeout=CHECK_TIMEOUT_S, retry=retry
+        # A blocking pool: under many concurrent clients, requests wait for a connection instead of
+        # failing with "Too many connections" (which the default pool raises past max_connections).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.redis_url,
+            decode_responses=True,
+            socket_connect_timeout=CHECK_TIMEOUT_S,
+            retry=retry,
+            max_connections=REDIS_POOL_SIZE,
+            timeout=CHECK_TIMEOUT_S,
         )
+        app.state.redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
         app.state.broker = Broker(settings.kafka_bootstrap_servers)
         try:
             await app.state.broker.ping()

@@ -54,7 +54,10 @@ class Settings:
         default=names.CONSUMER_GROUP, metadata=_env("WORKER_GROUP_ID", "Consumer group (Faust app id) of the workers")
     )
     worker_batch_max: int = field(
-        default=500, metadata=_env("WORKER_BATCH_MAX", "Most records the worker folds in one Redis call")
+        # Records, not events: an ingest record holds one POST's share of a partition (up to ~1,000 events),
+        # and one Lua call blocks Redis for its whole length, so calls are kept well under a second.
+        default=16,
+        metadata=_env("WORKER_BATCH_MAX", "Most records the worker folds in one Redis call"),
     )
     worker_batch_within_seconds: float = field(
         default=0.05, metadata=_env("WORKER_BATCH_WITHIN_SECONDS", "Longest wait to fill a worker batch")
