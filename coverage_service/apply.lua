@@ -6,38 +6,155 @@
 -- applied before (a replay after a crash or rebalance) and is skipped whole; an event whose
 -- (carrier, event_id) was seen within the dedup window is a repeat and is dropped.
 --
+-- Cost: a redis.call from a script costs several times the command it runs, so the script reads and
+-- writes each hash once per call (HMGET, then HSET of the new values) instead of once per event and
+-- field; only the dedup marker is one call per event. Everything else is gathered in Lua tables first.
+--
 -- ARGV: dedup_window_seconds, now_ms, payload
--- payload (JSON): [[offset_field, offset, [entry, ...]], ...], offsets ascending per partition, where
--- entry = [seen_id, location_code, occurred_ms, reaches (0/1), [counter field, ...], [dimension, ...],
---          station_id or '']
+-- payload (JSON, coverage_service.fold.payload): {"expect": {offset_field: offset},
+--   "profiles": [[[counter field, ...], [dimension, ...]], ...],
+--   "records": [[offset_field, offset, flat, dead_letters], ...]}, offsets ascending per partition, where flat
+--   holds 6 values per entry: seen_id, location_code, occurred_ms, reaches (0/1), profile (index into profiles),
+--   station_id or ''; dead_letters is what the worker sent of the record to the dead-letter topic
 -- Returns: {applied, duplicate, unknown_location, records_applied, records_replayed, newly_reached}
+-- Fails, writing nothing, with REGISTRY_MISSING when no whole registry is loaded (reg:meta is written last).
+--
+-- Position checks: payload "expect" ({offset_field: offset}) holds, per partition, the offset the worker last
+-- applied there. If the stored offset is below it, the read model lost applied batches (a Redis restart that lost the tail of its AOF, a restore): the script
+-- changes nothing and fails with an error naming READ_MODEL_BEHIND, and the worker folds the lost records again
+-- from the topic before it applies this batch. Without the check it would go on past them, and they would be
+-- lost for good, the offsets stored after them marking them applied.
 
 local window = ARGV[1]
 local now_ms = ARGV[2]
-local records = cjson.decode(ARGV[3])
+local input = cjson.decode(ARGV[3])
+local profiles, records = input.profiles, input.records
+local STRIDE = 6
 
 local offsets_key = '${offsets}'
 local stats_key = '${stats}'
 local tiers = current_tiers()
 
-local units = {}  -- code -> {kind, segments}, read once per call
-local function unit_of(code)
-  local u = units[code]
-  if u == nil then
-    local kind = redis.call('HGET', '${reg_kind}', code)
-    if not kind then
-      u = false
-    else
-      local population = #code == 12 and redis.call('HGET', '${reg_unit}' .. code, '${unit_population}') or nil
-      u = {kind = kind, segments = segments(kind, population, tiers)}
-    end
-    units[code] = u
-  end
-  return u
+-- 0. The registry must be whole: without it every event would look like an unknown location and be counted
+--    as one, lost for good. After a wipe the worker waits (retrying) until a registry load is complete.
+if redis.call('EXISTS', '${reg_meta}') == 0 then
+  return redis.error_reply('REGISTRY_MISSING the division registry is not loaded (lastmile registry load)')
 end
 
-local loc_counts = {}  -- location code -> {counter field -> n}
+-- Position checks, before anything is written.
+for ofield, offset in pairs(input.expect or {}) do
+  local stored = tonumber(redis.call('HGET', offsets_key, ofield) or '-1')
+  if stored < offset then
+    return redis.error_reply('READ_MODEL_BEHIND ' .. ofield .. ' stored ' .. int(stored) .. ' applied ' .. int(offset))
+  end
+end
+
+-- 1. Which records are new: the rest were applied before and are skipped whole.
+local applied, duplicate, unknown, records_applied, records_replayed, newly_reached = 0, 0, 0, 0, 0, 0
+local dead_letters = 0
+local stored_offsets = {}
+local fresh = {}  -- the flat entry lists of the new records
+for _, record in ipairs(records) do
+  local ofield, offset, flat = record[1], record[2], record[3]
+  local stored = stored_offsets[ofield]
+  if stored == nil then stored = tonumber(redis.call('HGET', offsets_key, ofield) or '-1') end
+  if offset <= stored then
+    records_replayed = records_replayed + 1
+  else
+    stored_offsets[ofield] = offset
+    records_applied = records_applied + 1
+    dead_letters = dead_letters + (record[4] or 0)
+    fresh[#fresh + 1] = flat
+  end
+end
+
+-- 2. The registry entry of every code in them, in one read (and a population read per village when
+--    population tiers are kept).
+local units = {}  -- code -> {kind, segments} or false when the registry does not hold it
+do
+  local codes, listed = {}, {}
+  for _, flat in ipairs(fresh) do
+    for i = 2, #flat, STRIDE do
+      local code = flat[i]
+      if not listed[code] then listed[code] = true; codes[#codes + 1] = code end
+    end
+  end
+  local kinds = call_sliced('HMGET', '${reg_kind}', codes, 1)
+  for i, code in ipairs(codes) do
+    local kind = kinds[i]
+    if not kind then
+      units[code] = false
+    else
+      local population = nil
+      if kind == KIND_VILLAGE and #tiers > 0 then
+        population = redis.call('HGET', '${reg_unit}' .. code, '${unit_population}')
+      end
+      units[code] = {kind = kind, segments = segments(kind, population, tiers)}
+    end
+  end
+end
+
+-- 3. Each event once: the dedup marker, then its effects gathered per location and profile.
+local loc_profiles = {}  -- location code -> {profile -> n}
 local loc_newest = {}  -- location code -> newest occurred_ms in this call
+local new_stations = {}  -- village code -> {station_id, ...}
+local first_reach = {}  -- village code -> earliest reach ms in this call
+local reach_profiles = {}   -- village code -> {profile -> latest reach ms in this call}
+for _, flat in ipairs(fresh) do
+  for i = 1, #flat, STRIDE do
+    local code = flat[i + 1]
+    if not units[code] then
+      unknown = unknown + 1
+    elseif not redis.call('SET', '${seen}' .. flat[i], '1', 'NX', 'EX', window) then
+      duplicate = duplicate + 1
+    else
+      applied = applied + 1
+      local ms, profile = flat[i + 2], flat[i + 4]
+      local lp = loc_profiles[code]
+      if lp == nil then lp = {}; loc_profiles[code] = lp end
+      lp[profile] = (lp[profile] or 0) + 1
+      if (loc_newest[code] or -1) < ms then loc_newest[code] = ms end
+      if #code == 12 then
+        local station = flat[i + 5]
+        if station ~= '' then
+          local st = new_stations[code]
+          if st == nil then st = {}; new_stations[code] = st end
+          st[#st + 1] = station
+        end
+        if flat[i + 3] == 1 then
+          if first_reach[code] == nil or ms < first_reach[code] then first_reach[code] = ms end
+          local rp = reach_profiles[code]
+          if rp == nil then rp = {}; reach_profiles[code] = rp end
+          if (rp[profile] or -1) < ms then rp[profile] = ms end
+        end
+      end
+    end
+  end
+end
+
+-- Per location: its counter fields from its profiles; per reached village: the latest reach per flag suffix
+-- ('' and one per dimension).
+local loc_counts = {}  -- location code -> {counter field -> n}
+for code, lp in pairs(loc_profiles) do
+  local counts = {}
+  for profile, n in pairs(lp) do
+    for _, fld in ipairs(profiles[profile][1]) do counts[fld] = (counts[fld] or 0) + n end
+  end
+  loc_counts[code] = counts
+end
+local last_reach = {}   -- village code -> {flag suffix -> latest reach ms in this call}
+for code, rp in pairs(reach_profiles) do
+  local latest = {}
+  for profile, ms in pairs(rp) do
+    if (latest[''] or -1) < ms then latest[''] = ms end
+    for _, d in ipairs(profiles[profile][2]) do
+      local s = '${dim_sep}' .. d
+      if (latest[s] or -1) < ms then latest[s] = ms end
+    end
+  end
+  last_reach[code] = latest
+end
+
 local region_keys = {}
 local function region_keys_of(code)
   local keys = region_keys[code]
@@ -48,86 +165,71 @@ local function region_keys_of(code)
   end
   return keys
 end
-local first_reach = {}  -- village code -> earliest reach ms in this batch
-local last_reach = {}   -- village code -> {flag suffix -> latest reach ms in this batch}
 
-local applied, duplicate, unknown, records_applied, records_replayed, newly_reached = 0, 0, 0, 0, 0, 0
-local stored_offsets = {}
+-- 4. Regions: counters summed level by level (location, township, county, city, province, nation), so each
+--    location's counters are added once to its parent rather than to all five regions above it.
+local as_of = {}  -- region key -> {as_of field -> newest occurred_ms}
+do
+  local level_counts, level_newest = {}, {}
+  for code, counts in pairs(loc_counts) do
+    local t = string.sub(code, 1, 9)
+    local c = level_counts[t]
+    if c == nil then c = {}; level_counts[t] = c end
+    for fld, n in pairs(counts) do c[fld] = (c[fld] or 0) + n end
+    if (level_newest[t] or -1) < loc_newest[code] then level_newest[t] = loc_newest[code] end
+  end
+  for _, len in ipairs({6, 4, 2, 0}) do
+    local parent_counts, parent_newest = {}, {}
+    for code, counts in pairs(level_counts) do
+      local rk = region_key(code)
+      for fld, n in pairs(counts) do add(rk, fld, n) end
+      as_of[rk] = {['${as_of_ms}'] = level_newest[code]}
+      local parent = len == 0 and '${national}' or string.sub(code, 1, len)
+      local pc = parent_counts[parent]
+      if pc == nil then pc = {}; parent_counts[parent] = pc end
+      for fld, n in pairs(counts) do pc[fld] = (pc[fld] or 0) + n end
+      if (parent_newest[parent] or -1) < level_newest[code] then parent_newest[parent] = level_newest[code] end
+    end
+    level_counts, level_newest = parent_counts, parent_newest
+  end
+  for code, counts in pairs(level_counts) do  -- the nation
+    local rk = region_key(code)
+    for fld, n in pairs(counts) do add(rk, fld, n) end
+    as_of[rk] = {['${as_of_ms}'] = level_newest[code]}
+  end
+end
 
-for _, record in ipairs(records) do
-  local ofield, offset, entries = record[1], record[2], record[3]
-  local stored = stored_offsets[ofield]
-  if stored == nil then stored = tonumber(redis.call('HGET', offsets_key, ofield) or '-1') end
-  if offset <= stored then
-    records_replayed = records_replayed + 1
-  else
-    stored_offsets[ofield] = offset
-    records_applied = records_applied + 1
-    for _, e in ipairs(entries) do
-      local seen_id, code, ms, reaches, counters, dims, station = e[1], e[2], e[3], e[4], e[5], e[6], e[7]
-      local u = unit_of(code)
-      if not u then
-        unknown = unknown + 1
-      elseif not redis.call('SET', '${seen}' .. seen_id, '1', 'NX', 'EX', window) then
-        duplicate = duplicate + 1
-      else
-        applied = applied + 1
-        local is_village_unit = #code == 12
-        -- Counted per location here and spread to the location's regions once per call, below:
-        -- most events of a batch share their regions, and building keys per event is the cost.
-        local lc = loc_counts[code]
-        if lc == nil then lc = {}; loc_counts[code] = lc end
-        for _, fld in ipairs(counters) do lc[fld] = (lc[fld] or 0) + 1 end
-        if (loc_newest[code] or -1) < ms then loc_newest[code] = ms end
-        if is_village_unit and station ~= nil and station ~= '' then
-          -- 一村一站: the first station seen at a village counts it once in villages_with_station.
-          if redis.call('SADD', stations_key(code), station) == 1 and redis.call('SCARD', stations_key(code)) == 1 then
-            for _, q in ipairs(u.segments) do
-              for _, rk in ipairs(region_keys_of(code)) do add(rk, '${villages_with_station}' .. q, 1) end
-            end
-          end
-        end
-        if reaches == 1 and is_village_unit then
-          -- Reach is settled per village at the end of the call, in one read and one write.
-          if first_reach[code] == nil or ms < first_reach[code] then first_reach[code] = ms end
-          local latest = last_reach[code]
-          if latest == nil then latest = {}; last_reach[code] = latest end
-          if (latest[''] or -1) < ms then latest[''] = ms end
-          for _, d in ipairs(dims) do
-            local s = '${dim_sep}' .. d
-            if (latest[s] or -1) < ms then latest[s] = ms end
-          end
-        end
-      end
+-- 5. Stations (一村一站): the first station seen at a village counts it once in villages_with_station.
+for code, stations in pairs(new_stations) do
+  local sk = stations_key(code)
+  local added = 0
+  for i = 1, #stations, SLICE do
+    added = added + redis.call('SADD', sk, unpack(stations, i, math.min(#stations, i + SLICE - 1)))
+  end
+  -- SADD answers how many were new: the set was empty before if that is all it holds now.
+  if added > 0 and redis.call('SCARD', sk) == added then
+    for _, q in ipairs(units[code].segments) do
+      for _, rk in ipairs(region_keys_of(code)) do add(rk, '${villages_with_station}' .. q, 1) end
     end
   end
 end
 
-local as_of = {}  -- region key -> newest occurred_ms
-for code, counts in pairs(loc_counts) do
-  local keys = region_keys_of(code)
-  if #code == 12 then
-    local lk = loc_key(code)
-    for fld, n in pairs(counts) do add(lk, fld, n) end
-  end
-  local ms = loc_newest[code]
-  for _, rk in ipairs(keys) do
-    for fld, n in pairs(counts) do add(rk, fld, n) end
-    if (as_of[rk] or -1) < ms then as_of[rk] = ms end
-  end
-end
-flush_increments()
-for key, ms in pairs(as_of) do
-  local cur = tonumber(redis.call('HGET', key, '${as_of_ms}') or '-1')
-  if ms > cur then redis.call('HSET', key, '${as_of_ms}', int(ms)) end
-end
--- Each reached village: one HMGET of its flags and times, one HSET of what changed. A flag set for the
--- first time counts the village once in every region above it, in each of its segments; a last reach
--- that moved forward moves the village in the lapse indexes.
-for code, latest in pairs(last_reach) do
+-- 6. Villages: one HMGET and one HSET each. A reach flag set for the first time counts the village once in
+--    every region above it, in each of its segments; a last reach that moved forward moves the village in
+--    the lapse indexes (gathered per index, one ZADD each).
+local zadds = {}  -- index key -> {score, member, ...}
+local touched = {}
+for code, _ in pairs(loc_counts) do if #code == 12 then touched[code] = true end end
+for code, _ in pairs(last_reach) do touched[code] = true end
+for code, _ in pairs(touched) do
   local lk = loc_key(code)
-  local u = unit_of(code)
-  local suffixes, fields = {}, {'${first_reach_ms}'}
+  local u = units[code]
+  local counts = loc_counts[code] or {}
+  local latest = last_reach[code] or {}
+  local fields, count_fields, suffixes = {}, {}, {}
+  for fld, _ in pairs(counts) do count_fields[#count_fields + 1] = fld; fields[#fields + 1] = fld end
+  local nc = #fields
+  fields[#fields + 1] = '${first_reach_ms}'
   for s, _ in pairs(latest) do
     suffixes[#suffixes + 1] = s
     fields[#fields + 1] = REACHED .. s
@@ -135,13 +237,18 @@ for code, latest in pairs(last_reach) do
   end
   local cur = redis.call('HMGET', lk, unpack(fields))
   local changes = {}
-  if cur[1] == false or first_reach[code] < tonumber(cur[1]) then
+  for i, fld in ipairs(count_fields) do
+    changes[#changes + 1] = fld
+    changes[#changes + 1] = int((tonumber(cur[i]) or 0) + counts[fld])
+  end
+  local first = first_reach[code]
+  if first ~= nil and (cur[nc + 1] == false or first < tonumber(cur[nc + 1])) then
     changes[#changes + 1] = '${first_reach_ms}'
-    changes[#changes + 1] = int(first_reach[code])
+    changes[#changes + 1] = int(first)
   end
   for i, s in ipairs(suffixes) do
     local ms = latest[s]
-    if cur[2 * i] == false then
+    if cur[nc + 2 * i] == false then
       changes[#changes + 1] = REACHED .. s
       changes[#changes + 1] = '1'
       if s == '' and u.kind == KIND_VILLAGE then newly_reached = newly_reached + 1 end
@@ -149,20 +256,30 @@ for code, latest in pairs(last_reach) do
         for _, rk in ipairs(region_keys_of(code)) do add(rk, '${villages_reached}' .. s .. q, 1) end
       end
     end
-    local last = cur[2 * i + 1]
+    local last = cur[nc + 2 * i + 1]
     if last == false or ms > tonumber(last) then
       changes[#changes + 1] = LAST_REACH .. s
       changes[#changes + 1] = int(ms)
       for _, q in ipairs(u.segments) do
         for _, r in ipairs(indexed_regions_of(code)) do
-          redis.call('ZADD', index_key(r .. s .. q), 'GT', int(ms), code)
+          local ik = index_key(r .. s .. q)
+          local z = zadds[ik]
+          if z == nil then z = {}; zadds[ik] = z end
+          z[#z + 1] = int(ms)
+          z[#z + 1] = code
         end
       end
     end
   end
   if #changes > 0 then redis.call('HSET', lk, unpack(changes)) end
 end
-flush_increments()
+for ik, z in pairs(zadds) do
+  for i = 1, #z, SLICE do
+    redis.call('ZADD', ik, 'GT', unpack(z, i, math.min(#z, i + SLICE - 1)))
+  end
+end
+
+flush_increments(as_of)
 
 for ofield, offset in pairs(stored_offsets) do redis.call('HSET', offsets_key, ofield, int(offset)) end
 
@@ -173,6 +290,7 @@ if records_applied > 0 or records_replayed > 0 then
   redis.call('HINCRBY', stats_key, '${stat_records_applied}', records_applied)
   redis.call('HINCRBY', stats_key, '${stat_records_replayed}', records_replayed)
   redis.call('HINCRBY', stats_key, '${stat_villages_newly_reached}', newly_reached)
+  if dead_letters > 0 then redis.call('HINCRBY', stats_key, '${stat_dead_letters}', dead_letters) end
   redis.call('HSET', stats_key, '${stat_applied_at_ms}', now_ms)
 end
 return {applied, duplicate, unknown, records_applied, records_replayed, newly_reached}

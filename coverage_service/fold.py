@@ -8,10 +8,10 @@ keeping the decision here lets the rules be unit-tested without Redis.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
@@ -31,17 +31,6 @@ class Entry:
     counters: tuple[str, ...]
     dimensions: tuple[str, ...]
     station_id: str = ""
-
-    def wire(self) -> list[Any]:
-        return [
-            self.seen_id,
-            self.location_code,
-            self.occurred_ms,
-            1 if self.reaches else 0,
-            list(self.counters),
-            list(self.dimensions),
-            self.station_id,
-        ]
 
 
 def entry(event: scan.ScanEvent) -> Entry:
@@ -114,12 +103,39 @@ class Record:
     partition: int
     offset: int
     entries: list[Entry]
-
-    def wire(self) -> list[Any]:
-        return [names.offset_field(self.topic, self.partition), self.offset, [e.wire() for e in self.entries]]
+    dead_letters: int = 0  # what of it went to the dead-letter topic, counted once when it is applied
 
 
-def payload(records: Iterable[Record]) -> bytes:
-    """The apply script's input: records in offset order within each partition."""
-    ordered = sorted(records, key=lambda r: (r.topic, r.partition, r.offset))
-    return orjson.dumps([r.wire() for r in ordered])
+# Fields of one entry in the apply script's flat entry list (see :func:`payload`).
+ENTRY_STRIDE: Final = 6
+
+
+def payload(records: Iterable[Record], expect: Mapping[str, int] | None = None) -> bytes:
+    """The apply script's input: records in offset order within each partition, and ``expect``, the offset
+    per partition (offset field) that Redis must already hold (the worker's position checks, apply.lua).
+
+    ``{"profiles": [[[counter, ...], [dimension, ...]], ...],
+    "records": [[offset_field, offset, flat, dead_letters], ...]}``
+    where ``flat`` holds :data:`ENTRY_STRIDE` values per entry: seen_id, location_code, occurred_ms, reaches
+    (0/1), profile (1-based index into ``profiles``), station_id or ''. Events share a handful of profiles
+    (type x carrier x year x model), so the script builds no table per event and interns each field name once:
+    inside Redis, decoding and garbage collection cost as much as the commands.
+    """
+    profiles: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}
+    wire_records: list[list[Any]] = []
+    for r in sorted(records, key=lambda r: (r.topic, r.partition, r.offset)):
+        flat: list[Any] = []
+        for e in r.entries:
+            key = (e.counters, e.dimensions)
+            profile = profiles.get(key)
+            if profile is None:
+                profile = profiles[key] = len(profiles) + 1
+            flat.extend((e.seen_id, e.location_code, e.occurred_ms, 1 if e.reaches else 0, profile, e.station_id))
+        wire_records.append([names.offset_field(r.topic, r.partition), r.offset, flat, r.dead_letters])
+    return orjson.dumps(
+        {
+            "expect": dict(expect or {}),
+            "profiles": [[list(c), list(d)] for c, d in profiles],
+            "records": wire_records,
+        }
+    )

@@ -49,17 +49,59 @@ local function segments(kind, population, tiers)
   return out
 end
 
--- Increments gathered first and written once per (key, field).
+-- Lua's unpack has a limit (LUAI_MAXCSTACK, 8000 values): long argument lists go in slices of this many.
+local SLICE = 4000
+
+-- Calls ``command key args...`` over ``list`` in slices; returns the replies concatenated.
+local function call_sliced(command, key, list, step)
+  local out, n = {}, SLICE - (SLICE % step)
+  for i = 1, #list, n do
+    local reply = redis.call(command, key, unpack(list, i, math.min(#list, i + n - 1)))
+    if type(reply) == 'table' then
+      for _, v in ipairs(reply) do out[#out + 1] = v end
+    end
+  end
+  return out
+end
+
+-- Increments gathered first and written once per hash: one HMGET of the fields it moves and one HSET of
+-- their sums, instead of one HINCRBY per field (a script's redis.call costs more than the command itself).
+-- ``also`` (key -> {field -> value}) are fields to raise to at least ``value`` in the same write (as_of_ms).
 local incr = {}
 local function add(key, fld, n)
   local h = incr[key]
   if h == nil then h = {}; incr[key] = h end
   h[fld] = (h[fld] or 0) + n
 end
-local function flush_increments()
+local function flush_increments(also)
+  also = also or {}
+  for key, _ in pairs(also) do
+    if incr[key] == nil then incr[key] = {} end
+  end
   for key, fields in pairs(incr) do
+    local names, deltas = {}, {}
     for fld, n in pairs(fields) do
-      if n ~= 0 then redis.call('HINCRBY', key, fld, n) end
+      if n ~= 0 then names[#names + 1] = fld; deltas[#deltas + 1] = n end
+    end
+    local at_least = also[key] or {}
+    local floors = {}
+    for fld, v in pairs(at_least) do names[#names + 1] = fld; floors[#floors + 1] = v end
+    if #names > 0 then
+      local cur = call_sliced('HMGET', key, names, 1)
+      local out = {}
+      for i = 1, #deltas do
+        out[#out + 1] = names[i]
+        out[#out + 1] = int((tonumber(cur[i]) or 0) + deltas[i])
+      end
+      for j = 1, #floors do
+        local i = #deltas + j
+        local now = tonumber(cur[i])
+        if now == nil or floors[j] > now then
+          out[#out + 1] = names[i]
+          out[#out + 1] = int(floors[j])
+        end
+      end
+      if #out > 0 then call_sliced('HSET', key, out, 2) end
     end
   end
   incr = {}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import string
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from coverage_service.fold import Record, payload
 from lastmile import names
@@ -20,6 +22,13 @@ def load_script(filename: str, prefix: str) -> str:
     package = resources.files("coverage_service")
     text = "\n".join(package.joinpath(f).read_text(encoding="utf-8") for f in (PRELUDE, filename))
     return string.Template(text).substitute(names.lua_names(prefix))
+
+
+REGISTRY_MISSING = "REGISTRY_MISSING"
+
+
+class RegistryMissing(Exception):
+    """No whole registry in Redis: folding now would take every event for an unknown location."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,20 +48,37 @@ class ReadModelWriter:
         self.window = dedup_window_seconds
         self._apply = redis.register_script(load_script("apply.lua", prefix))
 
-    async def apply(self, records: list[Record]) -> Applied:
-        """Fold ``records`` and store their offsets, atomically; records already applied are skipped."""
+    async def apply(self, records: list[Record], expect: Mapping[str, int] | None = None) -> Applied:
+        """Fold ``records`` and store their offsets, atomically; records already applied are skipped.
+
+        ``expect``: per partition (offset field), the offset Redis must hold already; when it holds less, nothing
+        is written and a ``ResponseError`` naming ``READ_MODEL_BEHIND`` is raised (it lost applied batches).
+        :class:`RegistryMissing`, writing nothing, while no whole registry is loaded.
+        """
         if not records:
             return Applied(0, 0, 0, 0, 0, 0)
         now_ms = int(time.time() * 1000)
-        result = await self._apply(args=[self.window, now_ms, payload(records)])
+        try:
+            result = await self._apply(args=[self.window, now_ms, payload(records, expect)])
+        except ResponseError as exc:
+            # A wipe between the worker's registry lookup and this call: the script refused, writing nothing.
+            if str(exc).startswith(REGISTRY_MISSING):
+                raise RegistryMissing(str(exc)) from exc
+            raise
         return Applied(*(int(x) for x in result))
 
     async def unknown_locations(self, codes: set[str]) -> set[str]:
-        """The codes the registry does not hold."""
-        if not codes:
-            return set()
+        """The codes the registry does not hold; :class:`RegistryMissing` while no whole registry is loaded
+        (after a wipe, or during the first load), when every code would look unknown."""
         ordered = sorted(codes)
-        kinds = await self.redis.hmget(names.key(self.prefix, names.REG_KIND), ordered)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(names.key(self.prefix, names.REG_META))
+            if ordered:
+                pipe.hmget(names.key(self.prefix, names.REG_KIND), ordered)
+            loaded, *found = await pipe.execute()
+        if not loaded:
+            raise RegistryMissing("the division registry is not loaded in Redis (lastmile registry load); waiting")
+        kinds = found[0] if found else []
         return {code for code, kind in zip(ordered, kinds, strict=True) if kind is None}
 
     async def forget_offset(self, topic: str, partition: int) -> None:

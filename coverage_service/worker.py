@@ -4,12 +4,19 @@ Faust acks an event when the agent moves past it and drops any event whose handl
 agent never raises: Redis and broker errors are retried in place until they succeed, which holds the
 partition back instead of losing data. Exactness does not rest on Faust's commits (at least once):
 the apply script stores each partition's offset with the effects of its records and skips replays.
+
+Nor does it rest on Redis keeping every write: with ``appendfsync everysec`` a crash of its machine loses up
+to a second of applied batches, offsets included, while this worker has moved past them. Each apply call
+therefore carries, per partition, the offset this worker last applied there (a position check, see
+apply.lua); when Redis holds less, the worker folds the lost records again from the topic, then goes on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
@@ -18,7 +25,9 @@ from typing import Any, TypeVar
 import faust
 import orjson
 import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP, EventT
+from redis.exceptions import ResponseError
 
 from coverage_service import history
 from coverage_service.fold import Record, Rejected, decode_record, entry
@@ -31,6 +40,15 @@ T = TypeVar("T")
 
 RETRY_FIRST_SECONDS = 0.2
 RETRY_MAX_SECONDS = 5.0
+# Each worker says it is alive in Redis; `lastmile rebuild --wipe` waits for these to expire before wiping.
+HEARTBEAT_SECONDS = 2.0
+HEARTBEAT_TTL_SECONDS = 3 * HEARTBEAT_SECONDS
+READ_MODEL_BEHIND = "READ_MODEL_BEHIND"
+REFOLD_FETCH_TIMEOUT_MS = 1_000
+
+
+class ReadModelBehind(Exception):
+    """Redis holds an older offset than this worker applied: it lost applied batches."""
 
 
 async def retrying(what: str, action: Callable[[], Awaitable[T]]) -> T:
@@ -44,7 +62,8 @@ async def retrying(what: str, action: Callable[[], Awaitable[T]]) -> T:
             raise
         except Exception as exc:
             log.warning(
-                "retrying after error", extra={"action": what, "attempt": attempt, "error": repr(exc), "delay": delay}
+                "retrying after error",
+                extra={"action": what, "attempt": attempt, "error": logs.describe(exc), "delay": delay},
             )
             await asyncio.sleep(delay)
             delay = min(delay * 2, RETRY_MAX_SECONDS)
@@ -61,43 +80,121 @@ class Folder:
         self.send_dead_letter = send_dead_letter
         self.totals = {"events_applied": 0, "events_duplicate": 0, "records_replayed": 0, "dead_letters": 0}
         self._last_report = time.monotonic()
+        # Per partition (offset field): the last offset this worker applied, or found applied when it was
+        # assigned the partition. Redis must hold at least this; less means it lost applied batches.
+        self.positions: dict[str, int] = {}
 
     async def handle(self, events: Sequence[EventT[bytes]]) -> Applied:
-        now = datetime.now(UTC)
-        records: list[Record] = []
-        dead: list[tuple[EventT[bytes], Rejected]] = []
-        for event in events:
-            msg = event.message
-            decoded = decode_record(msg.value, now=now)
-            dead.extend((event, r) for r in decoded.rejected)
-            # Every consumed record is passed on, even with nothing left to apply, so that its
-            # offset is stored and a replay recognises it.
-            records.append(Record(msg.topic, msg.partition, msg.offset, [entry(e) for e in decoded.events]))
-
-        codes = {e.location_code for r in records for e in r.entries}
-        unknown = await retrying("registry lookup", lambda: self.writer.unknown_locations(codes))
-        if unknown:
-            for event, record in zip(events, records, strict=True):
-                for e in record.entries:
-                    if e.location_code in unknown:
-                        dead.append(
-                            (
-                                event,
-                                Rejected(
-                                    None,
-                                    f"location_code {e.location_code} is not in the registry",
-                                    {"seen_id": e.seen_id, "location_code": e.location_code},
-                                ),
-                            )
-                        )
+        records, dead = await self._records([event.message for event in events])
         # Dead letters go out before the batch is applied: once its offsets are stored they are
         # never read again. A crash in between sends them twice; each names its source offset.
-        for event, rejected in dead:
-            await retrying("dead-letter publish", lambda e=event, r=rejected: self._dead_letter(e, r))  # type: ignore[misc]
+        for msg, rejected in dead:
+            await retrying("dead-letter publish", lambda m=msg, r=rejected: self._dead_letter(m, r))  # type: ignore[misc]
 
-        applied = await retrying("apply batch", lambda: self.writer.apply(records))
+        applied = await retrying("apply batch", lambda: self._apply(records))
         self._account(applied, len(dead))
         return applied
+
+    async def _records(self, messages: Sequence[Any]) -> tuple[list[Record], list[tuple[Any, Rejected]]]:
+        """The apply script's records of consumed messages (anything with topic, partition, offset, value),
+        and what of them is to be dead-lettered."""
+        now = datetime.now(UTC)
+        decoded = [decode_record(msg.value, now=now) for msg in messages]
+        codes = {e.location_code for d in decoded for e in d.events}
+        unknown = await retrying("registry lookup", lambda: self.writer.unknown_locations(codes))
+        records: list[Record] = []
+        dead: list[tuple[Any, Rejected]] = []
+        for msg, d in zip(messages, decoded, strict=True):
+            refused = list(d.rejected)
+            refused += [
+                Rejected(
+                    None,
+                    f"location_code {e.location_code} is not in the registry",
+                    {"seen_id": f"{e.carrier}:{e.event_id}", "location_code": e.location_code},
+                )
+                for e in d.events
+                if e.location_code in unknown
+            ]
+            dead.extend((msg, r) for r in refused)
+            # Every consumed record is passed on, even with nothing left to apply, so that its offset is
+            # stored and a replay recognises it; its dead letters are counted with it, once.
+            entries = [entry(e) for e in d.events]
+            records.append(Record(msg.topic, msg.partition, msg.offset, entries, dead_letters=len(refused)))
+        return records, dead
+
+    async def _apply(self, records: list[Record]) -> Applied:
+        """Apply the batch; when Redis lost applied batches, fold them again from the topic first."""
+        while True:
+            try:
+                return await self._apply_checked(records)
+            except ReadModelBehind as exc:
+                await self._refold_lost(records, str(exc))
+
+    async def _apply_checked(self, records: list[Record]) -> Applied:
+        """One apply call with a position check per partition of the batch this worker applied before."""
+        fields = {names.offset_field(r.topic, r.partition) for r in records}
+        expect = {f: self.positions[f] for f in fields if f in self.positions}
+        try:
+            applied = await self.writer.apply(records, expect)
+        except ResponseError as exc:
+            if READ_MODEL_BEHIND in str(exc):
+                raise ReadModelBehind(str(exc)) from exc
+            raise
+        for r in records:
+            ofield = names.offset_field(r.topic, r.partition)
+            self.positions[ofield] = max(self.positions.get(ofield, -1), r.offset)
+        return applied
+
+    async def _refold_lost(self, batch: list[Record], reason: str) -> None:
+        """Apply again, from the topic, what this worker had applied before ``batch`` and Redis lost."""
+        stored = await self.writer.applied_offsets()
+        firsts: dict[tuple[str, int], int] = {}
+        for r in batch:
+            firsts[(r.topic, r.partition)] = min(firsts.get((r.topic, r.partition), r.offset), r.offset)
+        for (topic, partition), first in sorted(firsts.items()):
+            ofield = names.offset_field(topic, partition)
+            last = stored.get(ofield)
+            if ofield not in self.positions or (last is not None and last >= self.positions[ofield]):
+                continue
+            log.error(
+                "the read model lost applied records (Redis lost writes); folding them again from the topic",
+                extra={"partition": partition, "stored": last, "applied": self.positions[ofield], "reason": reason},
+            )
+            if last is None:
+                del self.positions[ofield]
+            else:
+                self.positions[ofield] = last
+            await self._refold(topic, partition, None if last is None else last + 1, first)
+
+    async def _refold(self, topic: str, partition: int, start: int | None, end: int) -> None:
+        """Fold the partition's records from ``start`` (None: its beginning) up to ``end``, excluded. Their
+        dead letters were sent when they were first consumed: they are counted again, not sent again."""
+        tp = TopicPartition(topic, partition)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            if start is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, start)
+            done = False
+            while not done:
+                if await consumer.position(tp) >= end:
+                    break
+                fetched = await consumer.getmany(tp, timeout_ms=REFOLD_FETCH_TIMEOUT_MS, max_records=500)
+                messages = [m for m in fetched.get(tp, []) if m.offset < end]
+                done = any(m.offset >= end - 1 for m in fetched.get(tp, []))
+                for i in range(0, len(messages), self.settings.worker_batch_max):
+                    records, dead = await self._records(messages[i : i + self.settings.worker_batch_max])
+                    self._account(await self._apply_checked(records), len(dead))
+        finally:
+            await consumer.stop()
 
     async def resume_positions(self, app: faust.App, assigned: list[TP]) -> dict[TP, int]:
         """The next offset to read per partition: one past the last applied, from the read model."""
@@ -117,10 +214,16 @@ class Folder:
                 await self.writer.forget_offset(tp.topic, tp.partition)
                 last = None
             positions[tp] = earliest[tp] if last is None else max(last + 1, earliest[tp])
+        # What Redis holds now is what it must go on holding: the base of the position checks.
+        self.positions = {
+            ofield: last
+            for tp in assigned
+            if (last := applied.get(ofield := names.offset_field(tp.topic, tp.partition))) is not None
+            and last + 1 <= ends[tp]
+        }
         return positions
 
-    async def _dead_letter(self, event: EventT[bytes], rejected: Rejected) -> None:
-        msg = event.message
+    async def _dead_letter(self, msg: Any, rejected: Rejected) -> None:
         body = {
             "reason": rejected.reason,
             "source": {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset, "index": rejected.index},
@@ -203,7 +306,21 @@ def create_app(settings: Settings) -> faust.App:
         try:
             await history.take_if_due(folder.redis, settings, datetime.now(UTC))
         except Exception as exc:
-            log.warning("history snapshot failed; trying again in a minute", extra={"error": repr(exc)})
+            log.warning("history snapshot failed; trying again in a minute", extra={"error": logs.describe(exc)})
+
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
+    heartbeat_key = names.key(settings.redis_key_prefix, names.WORKER_HEARTBEAT, worker_id)
+
+    @app.task  # type: ignore[misc, untyped-decorator, unused-ignore]
+    async def heartbeat() -> None:
+        # A task, not a timer: the first beat goes out as the worker starts, before it folds anything.
+        while True:
+            body = orjson.dumps({"worker": worker_id, "group": settings.consumer_group, **folder.totals})
+            try:
+                await folder.redis.set(heartbeat_key, body, ex=int(HEARTBEAT_TTL_SECONDS))
+            except Exception as exc:
+                log.warning("heartbeat failed", extra={"error": logs.describe(exc)})
+            await asyncio.sleep(HEARTBEAT_SECONDS)
 
     return app
 

@@ -58,3 +58,10 @@ def dict_config(service: str, level: str = "INFO", fmt: str = "json") -> dict[st
 
 def configure(service: str, level: str = "INFO", fmt: str = "json") -> None:
     logging.config.dictConfig(dict_config(service, level, fmt))
+
+
+def describe(exc: BaseException) -> str:
+    """An error for a log line: its class and message. (redis-py 8's repr of its errors drops the message,
+    which is what tells ops what went wrong, e.g. that the registry is not loaded.)"""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -23,6 +23,7 @@ key                                type    holds
 ``{p}:seen:{carrier}:{event_id}``  string  dedup marker, expires after the dedup window
 ``{p}:offsets``                    hash    ``{topic}:{partition}`` -> last applied offset
 ``{p}:stats``                      hash    events applied / duplicate / records replayed ...
+``{p}:worker:{host}:{pid}``         string  a running worker's heartbeat (expires when it stops)
 ``{p}:history:{code}``             hash    daily snapshots: date -> JSON array of the region's
                                            figures (see coverage_service.history)
 ``{p}:history-days``               hash    date -> completion marker of that day's snapshot
@@ -63,6 +64,7 @@ REACH_INDEX: Final = "reach:"
 STATIONS: Final = "stations:"
 OFFSETS: Final = "offsets"
 STATS: Final = "stats"
+WORKER_HEARTBEAT: Final = "worker:"
 HISTORY: Final = "history:"
 HISTORY_DAYS: Final = "history-days"
 

@@ -83,8 +83,10 @@ _EVENT_ID_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 _CARRIER_RE: Final = re.compile(r"[a-z0-9_-]{2,32}")
 _CODE_RE: Final = re.compile(r"[0-9]{9}|[0-9]{12}")
 _CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
+# ASCII digits only: ``\d`` would also take full-width or Arabic-Indic digits, which RFC 3339 does not allow.
 _RFC3339_RE: Final = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))?"
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))?",
+    re.ASCII,
 )
 
 
@@ -235,8 +237,12 @@ def _parse_time(text: str, now: datetime, errors: list[str]) -> datetime | None:
         moment = datetime(
             int(year), int(month), int(day), int(hour), int(minute), int(second), micros, tzinfo=timezone(offset)
         )
+        moment.astimezone(UTC)  # 0001-01-01T00:00:00+08:00 is in year 0 in UTC: to_json could not write it
     except ValueError as exc:
         errors.append(f"{OCCURRED_AT}: {text!r} is not a valid date-time ({exc})")
+        return None
+    except OverflowError:
+        errors.append(f"{OCCURRED_AT}: {text!r} is before 0001-01-01T00:00:00Z")
         return None
     if moment - now > MAX_FUTURE:
         errors.append(f"{OCCURRED_AT}: {text} is more than 5 minutes in the future")

@@ -12,9 +12,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
 
 from coverage_service import fold
-from coverage_service.store import ReadModelWriter
+from coverage_service.store import ReadModelWriter, RegistryMissing
 from lastmile import scan
 from lastmile.settings import Settings
 
@@ -29,6 +30,7 @@ KINDS = {**{v: "village" for v in VILLAGES}, COMMUNITY: "community", TOWNSHIP: "
 
 async def seed_registry(redis: aioredis.Redis, prefix: str) -> None:
     await redis.hset(f"{prefix}:reg:kind", mapping=KINDS)
+    await redis.hset(f"{prefix}:reg:meta", "loaded_at", "2026-11-22T00:00:00+00:00")  # a whole registry is in
 
 
 def make_event(i: int, carrier: str, event_type: str, code: str, hours: int) -> scan.ScanEvent:
@@ -184,3 +186,36 @@ async def test_random_streams_with_duplicates_and_replays_match_the_reference(
             assert int(nation.get(f"type:{t}", 0)) == types_in_county[t], (trial, t)
         stats = await redis.hgetall(f"{p}:stats")
         assert int(stats["events_applied"]) == len(distinct)
+
+
+async def test_a_position_check_above_the_stored_offset_writes_nothing(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """The worker's position check: Redis holding less than the worker applied (it lost writes) stops the call."""
+    p = settings.redis_key_prefix
+    await seed_registry(redis, p)
+    writer = ReadModelWriter(redis, p, 3600)
+    await writer.apply([record(0, 4, [make_event(1, "sf", "delivered", VILLAGES[0], 1)])], {"scans:0": -1})
+    before = await region(redis, p, "CN")
+    with pytest.raises(ResponseError, match="READ_MODEL_BEHIND scans:0 stored 4 applied 7"):
+        await writer.apply([record(0, 8, [make_event(2, "sf", "delivered", VILLAGES[1], 1)])], {"scans:0": 7})
+    assert await region(redis, p, "CN") == before
+    assert await redis.hget(f"{p}:offsets", "scans:0") == "4"
+    assert not await redis.exists(f"{p}:seen:sf:e2")
+    applied = await writer.apply([record(0, 5, [make_event(2, "sf", "delivered", VILLAGES[1], 1)])], {"scans:0": 4})
+    assert applied.events_applied == 1
+
+
+async def test_without_a_whole_registry_the_script_writes_nothing_and_says_so(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """A wipe between the worker's registry lookup and its apply call: the script refuses, and the writer raises
+    RegistryMissing (the worker waits on it), not a bare ResponseError."""
+    p = settings.redis_key_prefix
+    await redis.hset(f"{p}:reg:kind", mapping=KINDS)  # a load under way: reg:meta is written last
+    writer = ReadModelWriter(redis, p, 3600)
+    with pytest.raises(RegistryMissing, match="REGISTRY_MISSING"):
+        await writer.apply([record(0, 0, [make_event(1, "sf", "delivered", VILLAGES[0], 1)])])
+    assert sorted(await redis.keys(f"{p}:*")) == [f"{p}:reg:kind"]
+    with pytest.raises(RegistryMissing):
+        await writer.unknown_locations({VILLAGES[0]})

@@ -51,6 +51,7 @@ def events(n: int, start: int = 0) -> list[scan.ScanEvent]:
 @pytest.fixture
 async def registry(settings: Settings, redis: aioredis.Redis) -> None:
     await redis.hset(names.key(settings.redis_key_prefix, names.REG_KIND), mapping=dict.fromkeys(VILLAGES, "village"))
+    await redis.hset(names.key(settings.redis_key_prefix, names.REG_META), names.meta.LOADED_AT, "2026-11-22")
     await ensure_topics(settings)
 
 
@@ -134,6 +135,7 @@ async def test_records_the_worker_cannot_use_are_dead_lettered_and_the_stream_go
     assert all(d["header"][names.HEADER_DEAD_LETTER_REASON] for d in letters)
     st = await stats(redis, settings)
     assert st[names.stat.EVENTS_APPLIED] == 3
+    assert st[names.stat.DEAD_LETTERS] == 5  # counted once each, with the records they came in
     assert await redis.hget(names.key(settings.redis_key_prefix, names.OFFSETS), f"{settings.scan_topic}:0") == "6"
 
 
@@ -153,8 +155,10 @@ async def test_after_redis_loses_its_data_the_worker_resumes_from_the_read_model
     # Redis loses everything but the registry (a restore from an old backup, a lost AOF tail ...).
     prefix = settings.redis_key_prefix
     kinds = await redis.hgetall(names.key(prefix, names.REG_KIND))
+    meta = await redis.hgetall(names.key(prefix, names.REG_META))
     await redis.delete(*await redis.keys(f"{prefix}:*"))
     await redis.hset(names.key(prefix, names.REG_KIND), mapping=kinds)
+    await redis.hset(names.key(prefix, names.REG_META), mapping=meta)
 
     worker = start_worker(settings, tmp_path)
     try:

@@ -95,4 +95,26 @@ def test_undecodable_records_are_rejected_whole() -> None:
 
 def test_payload_orders_records_by_partition_and_offset() -> None:
     records = [fold.Record("t", 1, 9, []), fold.Record("t", 0, 5, []), fold.Record("t", 1, 3, [])]
-    assert orjson.loads(fold.payload(records)) == [["t:0", 5, []], ["t:1", 3, []], ["t:1", 9, []]]
+    wire = orjson.loads(fold.payload(records))
+    assert wire["expect"] == {} and wire["profiles"] == []
+    assert wire["records"] == [["t:0", 5, [], 0], ["t:1", 3, [], 0], ["t:1", 9, [], 0]]
+
+
+def test_payload_entries_are_flat_and_share_their_profiles() -> None:
+    a = fold.entry(parsed(event_id="a"))
+    b = fold.entry(parsed(event_id="b", location_code="140322205207"))
+    c = fold.entry(parsed(event_id="c", carrier="zto"))
+    wire = orjson.loads(fold.payload([fold.Record("t", 0, 7, [a, b, c])]))
+    assert len(wire["profiles"]) == 2  # a and b count the same fields; c another carrier
+    [[_, _, flat, _]] = wire["records"]
+    assert len(flat) == 3 * fold.ENTRY_STRIDE
+    for i, e in enumerate((a, b, c)):
+        seen_id, code, ms, reaches, profile, station = flat[i * fold.ENTRY_STRIDE : (i + 1) * fold.ENTRY_STRIDE]
+        assert (seen_id, code, ms, reaches, station) == (
+            e.seen_id,
+            e.location_code,
+            e.occurred_ms,
+            int(e.reaches),
+            e.station_id,
+        )
+        assert wire["profiles"][profile - 1] == [list(e.counters), list(e.dimensions)]
