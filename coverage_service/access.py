@@ -106,8 +106,16 @@ def access_of(request: Request) -> Access:
     return found
 
 
+AUTHENTICATED: Final = "lastmile.regulator"
+"""ASGI scope key: the caller, already authenticated and charged to its budget for this request (by
+:mod:`coverage_service.fastpath`, which hands the requests it does not answer on to the routes)."""
+
+
 async def regulator(request: Request, _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Regulator:
     """The caller, authenticated and within its request budget."""
+    already = request.scope.get(AUTHENTICATED)
+    if isinstance(already, Regulator):
+        return already
     access = access_of(request)
     who = access.identify(request.headers.get("authorization"))
     wait_s = access.limiter.take(who.name)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import socket
 import sys
 import time
@@ -17,9 +18,11 @@ from typing import Any, Final, TypeVar
 
 import redis.asyncio as aioredis
 import uvicorn
+from aiohttp import web as aio_web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from fastapi import FastAPI, Request, Response
+from multidict import CIMultiDict
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -29,7 +32,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from coverage_service import access, pathguard, representation, views
+from coverage_service import access, aioserve, documents, fastpath, pathguard, representation, resp, views
 from coverage_service.routes import figures, reports, stream
 from coverage_service.routing import RETRY_AFTER_S
 from lastmile import logs, names, problem
@@ -106,11 +109,38 @@ def _describe(exc: Exception) -> str:
     return text if text.startswith(name) else f"{name}: {text}" if text else name
 
 
+class HttpMetrics:
+    """Requests and their latency by method, route template and status (the labelled children kept)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "lastmile_coverage_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
+        )
+        self.latency = Histogram(
+            "lastmile_coverage_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            registry=registry,
+        )
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def record(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+
 class _RequestMetrics:
     """ASGI middleware counting requests and their latency by route template and status."""
 
-    def __init__(self, app: ASGIApp, requests: Counter, latency: Histogram) -> None:
-        self.app, self.requests, self.latency = app, requests, latency
+    def __init__(self, app: ASGIApp, metrics: HttpMetrics) -> None:
+        self.app, self.metrics = app, metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -128,8 +158,7 @@ class _RequestMetrics:
             await self.app(scope, receive, send_status)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.requests.labels(scope["method"], route, str(status)).inc()
-            self.latency.labels(scope["method"], route).observe(time.perf_counter() - start)
+            self.metrics.record(scope["method"], route, status, time.perf_counter() - start)
 
 
 class _Scraped:
@@ -202,6 +231,9 @@ REDIS_POOL_SIZE: Final = 64
 
 def create_app(settings: Settings) -> FastAPI:
     prefix, topic = settings.redis_key_prefix, settings.scan_topic
+    max_age_s = settings.coverage_figures_max_age_seconds
+    if not math.isfinite(max_age_s) or max_age_s < 0:
+        raise SettingsError("COVERAGE_FIGURES_MAX_AGE_SECONDS: must be 0 (no cache) or a positive number of seconds")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -217,6 +249,18 @@ def create_app(settings: Settings) -> FastAPI:
             timeout=CHECK_TIMEOUT_S,
         )
         app.state.redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
+        # The hot documents are read through a pipelining client of their own when the URL allows (resp.py).
+        # The county counts of the larger regions are read on a connection of their own: Redis takes turns
+        # between connections, so those calls do not queue behind the documents' (nor these behind them).
+        fast = bulk = None
+        if resp.supports(settings.redis_url):
+            fast, bulk = resp.RespClient.from_url(settings.redis_url), resp.RespClient.from_url(settings.redis_url)
+        app.state.documents = documents.Documents(
+            app.state.redis, prefix, lapse_ms=settings.lapse_window_ms, max_age_s=max_age_s, fast=fast, bulk=bulk
+        )
+        app.state.fast_path = fastpath.FastPath(
+            app.state.access, app.state.documents, settings.coverage_cache_max_age_seconds
+        )
         app.state.broker = Broker(settings.kafka_bootstrap_servers)
         try:
             await app.state.broker.ping()
@@ -228,6 +272,10 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             stream.stop(app)
+            await app.state.documents.close()
+            for client in (fast, bulk):
+                if client is not None:
+                    await client.close()
             await app.state.broker.close()
             await app.state.redis.aclose()
 
@@ -236,6 +284,9 @@ def create_app(settings: Settings) -> FastAPI:
         version="1",
         summary="Express-into-villages (快递进村) coverage figures, live from carriers' last-mile scans.",
         lifespan=lifespan,
+        # No 307 to the path without its trailing slash: it would answer before authentication, with a
+        # Location built from the client's Host header. Such a path is a 404 problem like any unknown one.
+        redirect_slashes=False,
     )
     app.state.settings = settings
     app.state.access = access.Access.from_settings(settings)  # SettingsError for unusable tokens
@@ -252,24 +303,17 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(RedisTimeoutError, on_redis_down)
 
     registry = CollectorRegistry()
-    requests = Counter(
-        "lastmile_coverage_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
-    )
-    latency = Histogram(
-        "lastmile_coverage_http_request_duration_seconds",
-        "HTTP request latency",
-        ["method", "route"],
-        registry=registry,
-    )
+    app.state.http_metrics = HttpMetrics(registry)
     scraped = _Scraped()
     registry.register(scraped)
-    app.add_middleware(representation.HeadAsGet)  # inside the metrics: they count HEAD as HEAD
-    app.add_middleware(pathguard.PathGuard)  # before routing, tokens and Redis
-    app.add_middleware(_RequestMetrics, requests=requests, latency=latency)
-    app.state.registry = registry
-
     for router in (figures.router, stream.router, reports.router):
         app.include_router(router)
+    app.add_middleware(representation.HeadAsGet)  # inside the metrics: they count HEAD as HEAD
+    routes = {route.path: route for route in representation.api_routes(app.routes)}
+    app.add_middleware(fastpath.FastPathMiddleware, routes=routes)  # the hot GETs, before FastAPI's routing
+    app.add_middleware(pathguard.PathGuard)  # before routing, tokens and Redis
+    app.add_middleware(_RequestMetrics, metrics=app.state.http_metrics)
+    app.state.registry = registry
 
     @app.get("/healthz", responses=problem.openapi_responses(500))
     async def healthz() -> dict[str, str]:
@@ -305,11 +349,16 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
+SERVERS: Final = ("aiohttp", "uvicorn")
+
+
 class Server(uvicorn.Server):
     """uvicorn, ending the live streams first when it shuts down: it waits for open responses to finish."""
 
     def __init__(self, app: FastAPI, settings: Settings) -> None:
-        super().__init__(uvicorn.Config(app, host=settings.coverage_host, port=settings.coverage_port, log_config=None))
+        config = uvicorn.Config(app, host=settings.coverage_host, port=settings.coverage_port, log_config=None,
+                                access_log=settings.coverage_access_log)  # fmt: skip
+        super().__init__(config)
         self.app = app
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
@@ -318,11 +367,62 @@ class Server(uvicorn.Server):
 
 
 def serve(settings: Settings) -> None:
-    """Run the API under uvicorn on COVERAGE_HOST:COVERAGE_PORT until interrupted."""
+    """Run the API on COVERAGE_HOST:COVERAGE_PORT until interrupted: on aiohttp's server with the fast path in
+    front (coverage_service.aioserve), or on uvicorn (COVERAGE_SERVER=uvicorn)."""
     logs.configure("coverage", settings.log_level, settings.log_format)
     try:
+        if settings.coverage_server not in SERVERS:
+            raise SettingsError(f"COVERAGE_SERVER: {settings.coverage_server!r} is not one of {', '.join(SERVERS)}")
         app = create_app(settings)
     except SettingsError as exc:
         print(f"lastmile coverage: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    Server(app, settings).run()
+    if settings.coverage_server == "uvicorn":
+        Server(app, settings).run()
+        return
+    aioserve.AioServer(
+        app,
+        settings.coverage_host,
+        settings.coverage_port,
+        on_shutdown=lambda: stream.stop(app),
+        access_log=settings.coverage_access_log,
+        front=server_front(app),
+    ).run()
+
+
+def server_front(app: FastAPI) -> aioserve.Front:
+    """The fast path (coverage_service.fastpath) as the aiohttp server's first look at each request: the hot
+    requests are answered before they become ASGI requests; the others go on, marked as seen."""
+    metrics: HttpMetrics = app.state.http_metrics
+    declined: dict[str, Any] = {fastpath.DECLINED: True}
+    wanted = [(name, name.decode()) for name in fastpath.WANTED]
+
+    async def front(
+        request: aio_web.BaseRequest, raw: str, query: str
+    ) -> aio_web.StreamResponse | dict[str, Any] | None:
+        method = request.method
+        if query or method not in ("GET", "HEAD") or "%" in raw:
+            return None
+        found = fastpath.target(raw)
+        fast = fastpath.fast_path_of(app)
+        if found is None or fast is None:
+            return None
+        started = time.perf_counter()
+        asked = request.headers
+        headers = {name: value for name, text in wanted if (value := asked.get(text)) is not None}
+        try:
+            answer = await fast.answer(method, *found, headers)
+        except Exception:  # a bug, not a failure of Redis (answer hands those on): the app answers, with a problem
+            log.exception("the fast path failed on %s %s", method, raw)
+            return declined
+        if isinstance(answer, fastpath.Answer):  # counted like the app's requests (to the answer, not its write)
+            response = aio_web.Response(
+                status=answer.status,
+                body=answer.body,
+                headers=CIMultiDict((k.decode("latin-1"), v.decode("latin-1")) for k, v in answer.headers),
+            )
+            metrics.record(method, answer.route, answer.status, time.perf_counter() - started)
+            return response
+        return declined if answer is None else {**declined, access.AUTHENTICATED: answer}
+
+    return front

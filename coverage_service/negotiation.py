@@ -1,4 +1,5 @@
 """HTTP header arithmetic for representations (RFC 9110): Accept, entity tags, HTTP dates. Pure; no I/O.
+(The date conversions are remembered: responses carry the same few times over and over.)
 
 Kept apart from :mod:`coverage_service.representation` so each rule can be tested on its own strings.
 """
@@ -6,6 +7,7 @@ Kept apart from :mod:`coverage_service.representation` so each rule can be teste
 from __future__ import annotations
 
 import email.utils
+import functools
 import re
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
@@ -79,6 +81,7 @@ def none_match(if_none_match: str, etag: str) -> bool:
     return any(m.group(2) == opaque.group(2) for m in _ETAG.finditer(if_none_match))
 
 
+@functools.lru_cache(maxsize=4096)
 def http_date(ms: int) -> str:
     """IMF-fixdate, e.g. ``Wed, 01 May 2024 00:30:00 GMT`` (the second the millisecond falls in)."""
     return email.utils.formatdate(ms // 1000, usegmt=True)
@@ -95,6 +98,7 @@ def parse_http_date(value: str) -> int | None:
     return int(parsed.timestamp())
 
 
+@functools.lru_cache(maxsize=1024)
 def iso_ms(value: str | None) -> int | None:
     """Milliseconds of an ISO 8601 time such as ``2024-05-01T00:30:00Z``; None if absent or unreadable."""
     if not value:

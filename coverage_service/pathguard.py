@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from typing import Final
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from lastmile import problem
 
@@ -43,6 +43,19 @@ class PathGuard:
             reason = refusal(raw.split(b"?", 1)[0], path)
             if reason is not None:
                 detail = f"{reason}; division codes are plain ASCII digits"
-                await problem.response(400, detail, type_="invalid-path")(scope, receive, send)
+                answer = send if scope["method"] != "HEAD" else _without_body(send)
+                await problem.response(400, detail, type_="invalid-path")(scope, receive, answer)
                 return
         await self.app(scope, receive, send)
+
+
+def _without_body(send: Send) -> Send:
+    """The answer to HEAD: the GET's status and headers (Content-Length included), no body (RFC 9110 §9.3.2).
+    This middleware runs outside the app's own HEAD handling, so it drops the body itself."""
+
+    async def send_head(message: Message) -> None:
+        if message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await send(message)
+
+    return send_head

@@ -1,8 +1,9 @@
 """How a route's result goes out: JSON, or CSV for tables; validators, caching headers, 304 and HEAD.
 
-INTERFACE (routes call it): ``respond(request, body, table=..., filename=..., last_modified_ms=...)``.
-``body`` is the JSON document; ``table`` (columns and rows) is what a CSV export of it holds, for
-list and table endpoints. The format is ``?format=json|csv`` when given, else negotiated from Accept
+INTERFACE (routes call it): ``respond(request, body, table=..., filename=..., last_modified_ms=...)``, or
+``respond_rendered(request, rendered)`` with a :class:`Rendered` document (made once, maybe kept in a cache
+and served many times). ``body`` is the JSON document; ``table`` (columns and rows) is what a CSV export of it
+holds, for list and table endpoints. The format is ``?format=json|csv`` when given, else negotiated from Accept
 (RFC 9110; JSON when both are equally welcome). CSV is UTF-8 with a byte order mark, so spreadsheet
 tools read Chinese names correctly, with CRLF line ends and the table's columns as the header row.
 
@@ -21,7 +22,7 @@ import hashlib
 import io
 import re
 import urllib.parse
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -56,6 +57,86 @@ class Table:
     rows: Iterable[Sequence[Any]]
 
 
+class Rendered:
+    """A document and its representations: the JSON (and, for tables, CSV) bytes with their ETags, made once.
+
+    ``table`` is the CSV form's table, or a function making it from the document. ``last_modified_ms`` is the
+    read model's time the document was made at; None when it has none. With ``lookup_last_modified`` it is
+    read from the read model when the response is sent instead (documents answered once, which are not worth
+    a read of their own). A rendered document holds figures only: it may be kept and served to any caller
+    whose access was checked for it. :meth:`compact` keeps the JSON bytes and lets the document go (a kept
+    document costs the garbage collector a visit per object; the CSV form, rarely asked for, reads it back).
+    """
+
+    __slots__ = ("_body", "_forms", "_http_date", "filename", "last_modified_ms", "lookup_last_modified", "table")
+
+    def __init__(
+        self,
+        body: Any,
+        *,
+        table: Callable[[Any], Table] | Table | None = None,
+        filename: str = "export",
+        last_modified_ms: int | None = None,
+        lookup_last_modified: bool = False,
+    ) -> None:
+        self._body = body
+        self.table = table
+        self.filename = filename
+        self.last_modified_ms = last_modified_ms
+        self.lookup_last_modified = lookup_last_modified
+        self._forms: dict[str, tuple[bytes, str]] = {}
+        self._http_date: str | None = None
+
+    @property
+    def body(self) -> Any:
+        """The document (read back from its JSON form once compacted)."""
+        return self._body if self._body is not None else orjson.loads(self.form(JSON)[0])
+
+    def compact(self) -> Rendered:
+        self.form(JSON)
+        self._body = None
+        return self
+
+    @property
+    def http_last_modified(self) -> str | None:
+        """``last_modified_ms`` as an HTTP date (made once)."""
+        if self._http_date is None and self.last_modified_ms is not None:
+            self._http_date = negotiation.http_date(self.last_modified_ms)
+        return self._http_date
+
+    @property
+    def has_table(self) -> bool:
+        return self.table is not None
+
+    def form(self, media: str) -> tuple[bytes, str]:
+        """(content, ETag) of the JSON or CSV representation."""
+        found = self._forms.get(media)
+        if found is None:
+            if media == CSV:
+                table = self.table(self.body) if callable(self.table) else self.table
+                assert table is not None
+                content, content_type = render_csv(table), CSV_CONTENT_TYPE
+            else:
+                content, content_type = orjson.dumps(self._body), JSON
+            found = self._forms[media] = (content, etag_of(content_type, content))
+        return found
+
+    def headers(self, media: str, etag: str, cache_max_age: int) -> dict[str, str]:
+        """The headers of a 200 in ``media`` (Last-Modified too when it is known here)."""
+        headers = {"Cache-Control": f"private, max-age={cache_max_age}", "Vary": VARY, "ETag": etag}
+        if media == CSV:
+            headers["Content-Disposition"] = content_disposition(self.filename)
+        last_modified = self.http_last_modified
+        if last_modified is not None:
+            headers["Last-Modified"] = last_modified
+        return headers
+
+
+def etag_of(content_type: str, content: bytes) -> str:
+    """A strong ETag: a hash of the exact bytes sent and their type (so JSON and CSV differ)."""
+    return '"' + hashlib.sha256(content_type.encode() + b"\n" + content).hexdigest()[:32] + '"'
+
+
 def respond(
     request: Request,
     body: Any,
@@ -64,21 +145,28 @@ def respond(
     filename: str = "export",
     last_modified_ms: int | None = None,
 ) -> Response:
-    media = _negotiate(request, table is not None)
+    rendered = Rendered(
+        body,
+        table=table,
+        filename=filename,
+        last_modified_ms=last_modified_ms,
+        lookup_last_modified=last_modified_ms is None,
+    )
+    return respond_rendered(request, rendered)
+
+
+def respond_rendered(request: Request, rendered: Rendered) -> Response:
+    """The response to ``request`` with a document already rendered (maybe cached): its negotiated form."""
+    media = _negotiate(request, rendered.has_table)
     settings = settings_of(request)
-    headers = {"Cache-Control": f"private, max-age={settings.coverage_cache_max_age_seconds}", "Vary": VARY}
-    if media == CSV:
-        assert table is not None
-        content, content_type = render_csv(table), CSV_CONTENT_TYPE
-        headers["Content-Disposition"] = content_disposition(filename)
-    else:
-        content, content_type = orjson.dumps(body), JSON
-    headers["ETag"] = '"' + hashlib.sha256(content_type.encode() + b"\n" + content).hexdigest()[:32] + '"'
+    content, etag = rendered.form(media)
+    headers = rendered.headers(media, etag, settings.coverage_cache_max_age_seconds)
     return _Representation(
         content,
-        content_type,
+        CSV_CONTENT_TYPE if media == CSV else JSON,
         headers,
-        last_modified_ms=last_modified_ms,
+        last_modified_ms=rendered.last_modified_ms,
+        lookup=rendered.lookup_last_modified,
         redis=redis_of(request),
         prefix=settings.redis_key_prefix,
         if_none_match=request.headers.get("if-none-match"),
@@ -168,23 +256,24 @@ class _Representation(Response):
         headers: dict[str, str],
         *,
         last_modified_ms: int | None,
+        lookup: bool,
         redis: aioredis.Redis,
         prefix: str,
         if_none_match: str | None,
         if_modified_since: str | None,
     ) -> None:
         super().__init__(content, headers=headers, media_type=media_type)
-        self._last_modified_ms = last_modified_ms
+        self._last_modified_ms, self._lookup = last_modified_ms, lookup
         self._redis, self._prefix = redis, prefix
         self._if_none_match, self._if_modified_since = if_none_match, if_modified_since
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         ms = self._last_modified_ms
-        if ms is None:
+        if self._lookup:
             ms = await data_time_ms(self._redis, self._prefix)
-        if ms is not None:
-            self.headers["Last-Modified"] = negotiation.http_date(ms)
-        if self._not_modified(ms):
+            if ms is not None:
+                self.headers["Last-Modified"] = negotiation.http_date(ms)
+        if not_modified(self._if_none_match, self._if_modified_since, self.headers["etag"], ms):
             kept = ("etag", "last-modified", "cache-control", "vary")
             await Response(status_code=304, headers={k: self.headers[k] for k in kept if k in self.headers})(
                 scope, receive, send
@@ -192,13 +281,17 @@ class _Representation(Response):
             return
         await super().__call__(scope, receive, send)
 
-    def _not_modified(self, last_modified_ms: int | None) -> bool:
-        if self._if_none_match is not None:  # when present, If-Modified-Since is ignored (RFC 9110 §13.1.3)
-            return negotiation.none_match(self._if_none_match, self.headers["etag"])
-        if self._if_modified_since is None or last_modified_ms is None:
-            return False
-        since = negotiation.parse_http_date(self._if_modified_since)
-        return since is not None and last_modified_ms // 1000 <= since
+
+def not_modified(
+    if_none_match: str | None, if_modified_since: str | None, etag: str, last_modified_ms: int | None
+) -> bool:
+    """Whether the conditional headers make the answer a 304 (RFC 9110 §13.2.2)."""
+    if if_none_match is not None:  # when present, If-Modified-Since is ignored (RFC 9110 §13.1.3)
+        return negotiation.none_match(if_none_match, etag)
+    if if_modified_since is None or last_modified_ms is None:
+        return False
+    since = negotiation.parse_http_date(if_modified_since)
+    return since is not None and last_modified_ms // 1000 <= since
 
 
 class HeadAsGet:

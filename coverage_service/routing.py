@@ -15,6 +15,16 @@ from lastmile.settings import Settings
 RETRY_AFTER_S: Final = "5"
 CODE_DOC: Final = "Division code: 2 (province), 4 (city), 6 (county) or 9 (township) ASCII digits."
 VILLAGE_DOC: Final = "12-digit village-level division code."
+# The codes' forms, declared in the OpenAPI documents. The routes check them themselves (region_code,
+# village_code) so that a wrong code gets a problem naming the right endpoint, not a generic pattern error.
+REGION_PATTERN: Final = r"^(CN|[0-9]{2}|[0-9]{4}|[0-9]{6}|[0-9]{9})$"
+VILLAGE_PATTERN: Final = r"^[0-9]{12}$"
+COUNTY_PATTERN: Final = r"^[0-9]{6}$"
+
+
+def documented_pattern(pattern: str) -> dict[str, str]:
+    """``json_schema_extra`` stating a path parameter's pattern in the document only."""
+    return {"pattern": pattern}
 
 
 def redis_of(request: Request) -> aioredis.Redis:

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Mapping
-from typing import Annotated, Any, Final
+from typing import Annotated, Final
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from coverage_service import breakdown, unreached, views
 from coverage_service.access import Regulator, ensure_in_scope, regulator
-from coverage_service.representation import Table, respond
+from coverage_service.documents import Documents
+from coverage_service.representation import Rendered, Table, respond, respond_rendered
 from coverage_service.routing import (
     CODE_DOC,
+    REGION_PATTERN,
     VILLAGE_DOC,
+    VILLAGE_PATTERN,
+    documented_pattern,
     now_ms,
     redis_of,
     region_code,
@@ -29,34 +31,28 @@ from lastmile.problem import Problem
 router = APIRouter(tags=["coverage"])
 Caller = Annotated[Regulator, Depends(regulator)]
 _ERRORS = problem.openapi_responses(400, 401, 403, 404, 429, 503)
-CodePath = Annotated[str, Path(description=CODE_DOC, examples=["14", "140322", "140322100"])]
+CodePath = Annotated[
+    str,
+    Path(
+        description=CODE_DOC,
+        examples=["14", "140322", "140322100"],
+        json_schema_extra=documented_pattern(REGION_PATTERN),
+    ),
+]
 LIMIT_MAX: Final = 1000
 
 
-TABLE_COLUMNS: Final = (
-    "code", "name", "level", "villages_total", "villages_reached", "villages_active", "villages_lapsed",
-    "villages_with_station", "coverage_rate", "as_of",
-)  # fmt: skip
-
-
-def _table(body: Mapping[str, Any]) -> Table:
-    """The CSV form of a coverage response: the region itself first, so its totals travel with the file."""
-    rows = [body, *body["children"]]
-    return Table(TABLE_COLUMNS, [[row[c] for c in TABLE_COLUMNS] for row in rows])
+def documents_of(request: Request) -> Documents:
+    found: Documents = request.app.state.documents
+    return found
 
 
 async def _coverage(request: Request, who: Regulator, code: str, sc: Scope) -> Response:
-    ensure_in_scope(who, code)
-    settings = settings_of(request)
-    redis, prefix, now, lapse = redis_of(request), settings.redis_key_prefix, now_ms(), settings.lapse_window_ms
-    figures, parts = await asyncio.gather(
-        views.region_figures(redis, prefix, code, sc, now_ms=now, lapse_ms=lapse),
-        breakdown.region_breakdown(redis, prefix, code, sc, now_ms=now, lapse_ms=lapse),
-    )
-    if figures is None:
+    ensure_in_scope(who, code)  # before any figure, cached or not, is looked at
+    rendered = await documents_of(request).region(code, sc)
+    if rendered is None:
         raise unknown(code)
-    body: breakdown.CoverageReport = {**figures, "breakdown": parts}
-    return respond(request, body, table=_table(body), filename=f"coverage-{code}.csv")
+    return respond_rendered(request, rendered)
 
 
 @router.get("/v1/coverage", response_model=breakdown.CoverageReport, responses=_ERRORS)
@@ -115,15 +111,16 @@ async def unreached_villages(
 
 @router.get("/v1/villages/{code}", response_model=views.Village, responses=_ERRORS)
 async def village(
-    request: Request, who: Caller, code: str = Path(description=VILLAGE_DOC, examples=["140322100201"])
+    request: Request,
+    who: Caller,
+    code: str = Path(
+        description=VILLAGE_DOC, examples=["140322100201"], json_schema_extra=documented_pattern(VILLAGE_PATTERN)
+    ),
 ) -> Response:
     """One village-level unit: whether and when it was reached (per carrier too), whether it is active
     within the lapse window, its population, stations and parcel counts."""
     ensure_in_scope(who, village_code(code))
-    settings = settings_of(request)
-    body = await views.village_detail(
-        redis_of(request), settings.redis_key_prefix, code, now_ms=now_ms(), lapse_ms=settings.lapse_window_ms
-    )
+    body, last_modified_ms = await documents_of(request).village(code)
     if body is None:
         raise unknown(code)
-    return respond(request, body)
+    return respond_rendered(request, Rendered(body, last_modified_ms=last_modified_ms))

@@ -21,7 +21,17 @@ from typing_extensions import TypedDict
 from coverage_service import history, subsidies, targets, views
 from coverage_service.access import Regulator, ensure_in_scope, regulator
 from coverage_service.representation import Table, respond
-from coverage_service.routing import invalid, now_ms, redis_of, region_code, settings_of, unknown
+from coverage_service.routing import (
+    COUNTY_PATTERN,
+    REGION_PATTERN,
+    documented_pattern,
+    invalid,
+    now_ms,
+    redis_of,
+    region_code,
+    settings_of,
+    unknown,
+)
 from coverage_service.scope import ALL
 from coverage_service.scoping import ScopeParams
 from lastmile import divisions, names, problem
@@ -125,7 +135,9 @@ async def coverage_targets(
     request: Request,
     who: Caller,
     sc: ScopeParams,
-    code: str = PathParam(description=REGION_DOC, examples=["CN", "14", "140322"]),
+    code: str = PathParam(
+        description=REGION_DOC, examples=["CN", "14", "140322"], json_schema_extra=documented_pattern(REGION_PATTERN)
+    ),
 ) -> Response:
     """Each coverage milestone of the region (COVERAGE_TARGETS) with its status — met, missed, on track or at
     risk — the gap in villages and the pace needed to meet it; ``definition`` says exactly how each is decided.
@@ -209,7 +221,9 @@ async def laggards(
     request: Request,
     who: Caller,
     sc: ScopeParams,
-    code: str = PathParam(description=REGION_DOC, examples=["CN", "14", "140322"]),
+    code: str = PathParam(
+        description=REGION_DOC, examples=["CN", "14", "140322"], json_schema_extra=documented_pattern(REGION_PATTERN)
+    ),
     level: Annotated[Level, Query(description="Which units under the region to rank; must be below it")] = "township",
     limit: Annotated[int, Query(ge=1, le=2500, description="How many units, lowest coverage first")] = 50,
 ) -> Response:
@@ -275,12 +289,24 @@ _HISTORY_COLUMNS: Final = ("date", "villages_total", "villages_reached", "villag
 async def coverage_history(
     request: Request,
     who: Caller,
-    code: str = PathParam(description=REGION_DOC, examples=["CN", "14", "140322"]),
+    code: str = PathParam(
+        description=REGION_DOC, examples=["CN", "14", "140322"], json_schema_extra=documented_pattern(REGION_PATTERN)
+    ),
     start: Annotated[
-        str | None, Query(alias="from", description="First day, YYYY-MM-DD (default: 89 days before `to`)")
+        str | None,
+        Query(
+            alias="from",
+            description="First day, YYYY-MM-DD (default: 89 days before `to`)",
+            json_schema_extra={"format": "date"},
+        ),
     ] = None,
     end: Annotated[
-        str | None, Query(alias="to", description="Last day, YYYY-MM-DD, included (default: today, China time)")
+        str | None,
+        Query(
+            alias="to",
+            description="Last day, YYYY-MM-DD, included (default: today, China time)",
+            json_schema_extra={"format": "date"},
+        ),
     ] = None,
 ) -> Response:
     """The region's daily snapshots from ``from`` to ``to`` (both included; default the last 90 days), oldest
@@ -382,7 +408,9 @@ async def subsidy_report(
     request: Request,
     who: Caller,
     year: Annotated[int, Query(ge=2000, le=2100, description="Calendar year (China Standard Time) of the volumes")],
-    county: str = PathParam(description=COUNTY_DOC, examples=["140322"]),
+    county: str = PathParam(
+        description=COUNTY_DOC, examples=["140322"], json_schema_extra=documented_pattern(COUNTY_PATTERN)
+    ),
 ) -> Response:
     """The county's 快递进村 subsidy report for a year: parcel volume of the county and each township, villages
     with a station (一村一站), and for each rule of SUBSIDY_RULES_FILE (default: 驿城区 2021) which units are

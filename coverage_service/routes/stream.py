@@ -31,7 +31,17 @@ from starlette.types import Receive, Scope, Send
 from coverage_service import views
 from coverage_service.access import Regulator, ensure_in_scope, regulator
 from coverage_service.representation import is_head
-from coverage_service.routing import CODE_DOC, RETRY_AFTER_S, now_ms, redis_of, region_code, settings_of, unknown
+from coverage_service.routing import (
+    CODE_DOC,
+    REGION_PATTERN,
+    RETRY_AFTER_S,
+    documented_pattern,
+    now_ms,
+    redis_of,
+    region_code,
+    settings_of,
+    unknown,
+)
 from coverage_service.scope import Scope as FigureScope
 from coverage_service.scoping import ScopeParams
 from lastmile import names, problem
@@ -203,7 +213,12 @@ async def region_stream(
     request: Request,
     who: Caller,
     sc: ScopeParams,
-    code: Annotated[str, Path(description=CODE_DOC, examples=["140322", "140322100"])],
+    code: Annotated[
+        str,
+        Path(
+            description=CODE_DOC, examples=["140322", "140322100"], json_schema_extra=documented_pattern(REGION_PATTERN)
+        ),
+    ],
     last_event_id: LastEventId = None,
 ) -> Response:
     """One region's coverage, live."""
