@@ -13,10 +13,13 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 import uvicorn
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
+from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from starlette.requests import ClientDisconnect
 
+from ingest_service import server
 from ingest_service.auth import CarrierTokens
 from ingest_service.publisher import BrokerUnavailable, Publisher
 from lastmile import logs, names, problem, scan
@@ -27,8 +30,25 @@ from lastmile.topics import ensure_topics
 log = logging.getLogger("lastmile.ingest")
 
 
+# What the contract says and the event schema of lastmile.scan leaves out, so that the document is exact (found
+# by tests/hostile/test_openapi_fuzz.py): texts refuse control characters, and optional fields may be null.
+NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
+# The bearer token of a carrier; declared for the document only (auto_error off): the handler checks it.
+CARRIER_TOKEN = HTTPBearer(
+    auto_error=False,
+    scheme_name="carrierToken",
+    description="A carrier's token (INGEST_CARRIER_TOKENS); the events must name that carrier.",
+)
+
+
 def body_schema(max_events: int) -> dict[str, Any]:
-    events = {"type": "array", "minItems": 1, "maxItems": max_events, "items": scan.json_schema()}
+    item = scan.json_schema()
+    fields = item["properties"]
+    for name in (scan.WAYBILL, scan.STATION_ID, scan.REASON):
+        fields[name] = {**fields[name], "pattern": NO_CONTROL_CHARACTERS}
+    for name in (scan.STATION_ID, scan.COOPERATION_MODEL, scan.REASON):
+        fields[name] = {"anyOf": [fields[name], {"type": "null"}]}
+    events = {"type": "array", "minItems": 1, "maxItems": max_events, "items": item}
     return {"type": "object", "additionalProperties": False, "required": ["events"], "properties": {"events": events}}
 
 
@@ -77,7 +97,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             await ensure_topics(settings)
         except Exception as exc:  # the broker may come later; the publisher keeps trying
-            log.warning("could not check the topics at start", extra={"error": repr(exc)})
+            log.warning("could not check the topics at start", extra={"error": logs.describe(exc)})
         app.state.publisher.start()
         if not tokens:
             log.warning("no carrier tokens configured: every POST will be 401")
@@ -103,6 +123,7 @@ def create_app(settings: Settings) -> FastAPI:
             "when others in the batch are rejected. Retrying a batch is safe: a (carrier, event_id) already "
             "accepted is counted once."
         ),
+        dependencies=[Depends(CARRIER_TOKEN)],
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -111,7 +132,7 @@ def create_app(settings: Settings) -> FastAPI:
         },
         responses={
             202: {"description": "Accepted", "content": {"application/json": {"schema": RESULT_SCHEMA}}},
-            **problem.openapi_responses(400, 401, 413, 415, 422, 503),
+            **problem.openapi_responses(400, 401, 408, 413, 415, 422, 503),
         },
     )
     async def post_scans(request: Request) -> Response:
@@ -207,7 +228,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             kinds = await request.app.state.redis.hmget(reg_kind, ordered)
         except aioredis.RedisError as exc:
-            log.warning("registry lookup failed; answering 503", extra={"error": repr(exc)})
+            log.warning("registry lookup failed; answering 503", extra={"error": logs.describe(exc)})
             raise Problem(
                 503,
                 "the division registry cannot be read now; retry later",
@@ -250,13 +271,16 @@ async def _read_body(request: Request, limit: int) -> bytes:
         )
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Problem(
-                413, f"the body is over the limit of {limit} bytes", type_="body-too-large", limit_bytes=limit
-            )
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise Problem(
+                    413, f"the body is over the limit of {limit} bytes", type_="body-too-large", limit_bytes=limit
+                )
+            chunks.append(chunk)
+    except ClientDisconnect:  # the client left, or took longer than the server's read timeout: nothing to publish
+        raise Problem(400, "the connection closed before the body arrived whole", type_="incomplete-body") from None
     return b"".join(chunks)
 
 
@@ -288,11 +312,10 @@ def _rejection(index: int, raw: Any, errors: list[str]) -> dict[str, Any]:
 
 def serve(settings: Settings) -> None:
     logs.configure("ingest", settings.log_level, settings.log_format)
-    uvicorn.run(
+    config = server.config(
         create_app(settings),
         host=settings.ingest_host,
         port=settings.ingest_port,
-        log_config=None,
-        access_log=False,
-        server_header=False,
+        read_timeout=settings.ingest_request_read_timeout_seconds,
     )
+    uvicorn.Server(config).run()

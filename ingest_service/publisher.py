@@ -12,7 +12,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from lastmile import names, scan
+from lastmile import logs, names, scan
 from lastmile.settings import Settings
 from lastmile.topics import partition_for
 
@@ -56,7 +56,7 @@ class Publisher:
                 log.info("connected to the broker", extra={"topic": self.topic, "partitions": self._partitions})
             except (KafkaError, OSError, TimeoutError) as exc:
                 await producer.stop()
-                log.warning("broker not reachable yet", extra={"error": repr(exc), "retry_in": delay})
+                log.warning("broker not reachable yet", extra={"error": logs.describe(exc), "retry_in": delay})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 
@@ -112,4 +112,4 @@ class Publisher:
         try:
             await asyncio.wait_for(send_all(), self.timeout)
         except (KafkaError, OSError, TimeoutError) as exc:
-            raise BrokerUnavailable(repr(exc)) from exc
+            raise BrokerUnavailable(logs.describe(exc)) from exc
