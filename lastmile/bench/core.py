@@ -35,12 +35,13 @@ class Config:
     posters: int = 6  # concurrent HTTP posters of the throughput and freshness load
     freshness_seconds: float = 30.0  # how long the steady half-rate load of the freshness scenario runs
     scaling_events: int = 600_000  # events preloaded into the topic for each worker-scaling phase
+    runs: int = 3  # runs of each timed scenario (lastmile.bench.medians): the table shows their medians
 
     @classmethod
     def quick_run(cls, registry_dir: Path | None = None) -> Config:
         return cls(quick=True, duration_seconds=3.0, batch_size=500, api_clients=8, api_seconds=2.0,
                    memory_events=5_000, registry_dir=registry_dir, max_events=4_000, freshness_seconds=2.0,
-                   scaling_events=3_000)  # fmt: skip
+                   scaling_events=3_000, runs=1)  # fmt: skip
 
 
 @dataclass

@@ -4,8 +4,9 @@ A regulator cares how stale a figure can be while carriers are busy, so the pipe
 at half the sustained rate the throughput scenario measured (run first if it has not), and every
 :data:`PROBE_INTERVAL_SECONDS` a probe goes out: one ``delivered`` event by a carrier of its own
 (:data:`PROBE_CARRIER`) at a village it has not been to, posted like any batch. Once its 202 arrives, the
-village's ``GET /v1/villages/{code}`` is polled every 20 ms with the regulator token until the probe
-carrier's count there is 1: the same read path a dashboard uses, caches included. Probes are part of the
+village's township, ``GET /v1/coverage/{township}?carrier=<probe carrier>``, is polled every 20 ms with the
+regulator token until the village is reached there for the probe carrier: the read path a dashboard uses,
+the API's figures cache (``COVERAGE_FIGURES_MAX_AGE_SECONDS``) included. Probes are part of the
 generator's events, so the figures are checked for exactness afterwards like any other.
 """
 
@@ -119,12 +120,12 @@ async def _load_and_probe(
     async def probe(village: str) -> None:
         nonlocal timeouts
         answered = await poster.post([gen.probe(PROBE_CARRIER, village)])
-        url = f"{stack.coverage_url}/v1/villages/{village}"
+        url = f"{stack.coverage_url}/v1/coverage/{village[:9]}"
         while time.monotonic() - answered < PROBE_TIMEOUT_SECONDS:
-            response = await http.get(url, headers=headers)
+            response = await http.get(url, headers=headers, params={"carrier": PROBE_CARRIER})
             seen = time.monotonic()
             answers[response.status_code] += 1
-            if response.status_code == 200 and response.json()["counts"]["by_carrier"].get(PROBE_CARRIER, 0) >= 1:
+            if response.status_code == 200 and _reached(response.json(), village):
                 latencies.append(round((seen - answered) * 1000, 2))
                 return
             await asyncio.sleep(POLL_SECONDS)
@@ -155,3 +156,8 @@ async def _load_and_probe(
     if errors:
         raise errors[0]
     return latencies, timeouts, behind, seconds, load_events, dict(answers)
+
+
+def _reached(report: dict[str, Any], village: str) -> bool:
+    """Whether the township report shows ``village`` reached (in the filter's scope)."""
+    return any(c["code"] == village and c["villages_reached"] >= 1 for c in report.get("children", []))

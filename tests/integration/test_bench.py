@@ -8,6 +8,7 @@ here from Redis, the events applied and the villages reached in every county equ
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import orjson
@@ -72,3 +73,28 @@ async def test_a_quick_bench_runs_every_scenario_and_reports_exact_figures(
     assert written["versions"]["redis_server"]["redis_version"]
     assert [r["scenario"] for r in written["results"]] == present
     assert all("samples" in r for r in written["results"])
+
+
+async def test_repeated_runs_are_reported_as_medians_and_stay_exact(
+    broker_url: str, redis_url: str, tmp_path: Path
+) -> None:
+    config = dataclasses.replace(Config.quick_run(), runs=3)
+    run = await run_bench(config, ["throughput"], tmp_path, kafka=broker_url, redis=redis_url, live=False)
+
+    assert run.errors == []
+    (result,) = run.results
+    rates = [r["sustained_events_per_s"] for r in result.samples["runs"]]
+    assert len(rates) == 3 and result.samples["median_of_runs"] == 3
+    assert result.figures[0].value == sorted(rates)[1]  # the middle run's rate, whole
+    assert result.figures[0].note.startswith("median of 3 runs (")
+    assert result.exact is True
+    # All three runs posted into one read model, and it holds exactly the generator's distinct events.
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        applied = await client.hget(names.key(run.settings.redis_key_prefix, names.STATS), names.stat.EVENTS_APPLIED)
+    finally:
+        await client.aclose()
+    assert int(applied or 0) == run.generator.expected()["events_distinct"]
+    # Each run's own distinct events, plus the warm-up batch, are all of them.
+    posted = sum(r["events_distinct"] for r in result.samples["runs"])
+    assert 0 < posted < int(applied)
