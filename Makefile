@@ -32,7 +32,16 @@ lint: $(STAMP)
 # when it is there, else the bundled sample; results in bench-results/. E.g. make bench BENCH_ARGS="--duration 20".
 BENCH_ARGS ?=
 bench: $(STAMP)  ## the benchmark: prints the table of figures and targets, writes bench-results/latest.json
+	bash scripts/bootstrap --bench
 	$(BIN)/lastmile bench $(BENCH_ARGS)
+
+# The soak: first the worker-kill fault test at 25 kill points, then `lastmile soak` (a steady load for 30 minutes
+# while the worker, broker, Redis and coverage API are hurt in rotation, then an exact count); results in
+# bench-results/soak-<time>.json. E.g. make soak SOAK_ARGS="--minutes 10 --rate 5000".
+SOAK_ARGS ?=
+soak: $(STAMP)  ## the soak: fault test, then a 30-minute load with faults; prints the table, writes JSON
+	FAULT_KILL_POINTS=25 $(BIN)/pytest tests/faults/test_worker_kills.py -q
+	$(BIN)/lastmile soak $(SOAK_ARGS)
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

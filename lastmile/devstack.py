@@ -157,9 +157,17 @@ def redis_server_binary() -> str:
 
 
 def start_redis(
-    workdir: Path, port: int | None = None, *, appendonly: bool = True, host: str = "127.0.0.1"
+    workdir: Path,
+    port: int | None = None,
+    *,
+    appendonly: bool = True,
+    host: str = "127.0.0.1",
+    ready_within: float = 20.0,
 ) -> tuple[Proc, str]:
-    """Start redis-server with its data in ``workdir`` (AOF on by default) and return it with its URL."""
+    """Start redis-server with its data in ``workdir`` (AOF on by default) and return it with its URL.
+
+    ``ready_within``: how long it may take to answer; a restart loads its whole AOF first (about 10 s per GB here).
+    """
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
     argv = [
@@ -174,7 +182,11 @@ def start_redis(
         "--protected-mode", "no",
     ]  # fmt: skip
     proc = Proc("redis", argv, workdir / "redis.log").start()
-    proc.wait_until(lambda: _redis_pong(host, port), 20, f"port {port}")
+    try:
+        proc.wait_until(lambda: _redis_pong(host, port), ready_within, f"port {port}")
+    except StackError:
+        proc.kill()  # never leave a server behind that nobody holds
+        raise
     return proc, f"redis://{host}:{port}/0"
 
 

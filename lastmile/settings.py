@@ -97,6 +97,13 @@ class Settings:
         default=10.0,
         metadata=_env("INGEST_PUBLISH_TIMEOUT_SECONDS", "Longest wait for the broker's ack before answering 503"),
     )
+    ingest_request_read_timeout_seconds: float = field(
+        default=30.0,
+        metadata=_env(
+            "INGEST_REQUEST_READ_TIMEOUT_SECONDS",
+            "A request must arrive whole (headers and body) within this many seconds of its first byte, else 408",
+        ),
+    )
     ingest_retry_after_seconds: int = field(
         default=5, metadata=_env("INGEST_RETRY_AFTER_SECONDS", "Retry-After sent with 503")
     )
@@ -118,6 +125,20 @@ class Settings:
     )
     coverage_cache_max_age_seconds: int = field(
         default=30, metadata=_env("COVERAGE_CACHE_MAX_AGE_SECONDS", "max-age of the coverage API's Cache-Control")
+    )
+    coverage_figures_max_age_seconds: float = field(
+        default=0.5,
+        metadata=_env(
+            "COVERAGE_FIGURES_MAX_AGE_SECONDS",
+            "Longest time the coverage API serves a computed region report from memory (0: no cache)",
+        ),
+    )
+    coverage_server: str = field(
+        default="aiohttp",
+        metadata=_env("COVERAGE_SERVER", "HTTP server of the coverage API: aiohttp (C parser) or uvicorn"),
+    )
+    coverage_access_log: bool = field(
+        default=False, metadata=_env("COVERAGE_ACCESS_LOG", "Log one line per coverage API request (costly under load)")
     )
     coverage_stream_poll_seconds: float = field(
         default=1.0, metadata=_env("COVERAGE_STREAM_POLL_SECONDS", "How often a live stream reads its figures")
