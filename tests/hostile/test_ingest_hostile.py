@@ -15,21 +15,20 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx
+import ingest_world
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer
 from fastapi import FastAPI
+from ingest_world import Ingest, running_ingest, topic_records
 from live_services import service_env, start, wait_ready
 
-from ingest_service.app import create_app
-from lastmile import devstack, names
+from lastmile import devstack
 from lastmile.devstack import Proc
 from lastmile.settings import Settings
 
@@ -39,24 +38,15 @@ TOKEN = "sf-hostile-token-0123456789"
 OTHER_TOKEN = "yto-hostile-token-0123456789"
 LIMIT = 256 * 1024  # INGEST_MAX_BODY_BYTES of these tests
 MAX_EVENTS = 1000  # the documented default of INGEST_MAX_EVENTS
-VILLAGES = [f"1403222052{i:02d}" for i in range(6)]
 PROBLEM = "application/problem+json"
 
 
 def scan_event(i: int, **changes: Any) -> dict[str, Any]:
-    return {
-        "event_id": f"h-{i}",
-        "carrier": "sf",
-        "waybill": f"H{i}",
-        "event_type": "delivered",
-        "location_code": VILLAGES[i % len(VILLAGES)],
-        "occurred_at": (datetime.now(UTC) - timedelta(hours=1)).isoformat(),
-        **changes,
-    }
+    return ingest_world.scan_event(i, "h", **changes)
 
 
 def auth(token: str = TOKEN) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
+    return ingest_world.auth(token)
 
 
 JSON = {**auth(), "Content-Type": "application/json"}
@@ -76,50 +66,15 @@ def hostile_settings(settings: Settings) -> Settings:
     return replace(settings, carrier_tokens=tokens, ingest_max_body_bytes=LIMIT, ingest_max_events=MAX_EVENTS)
 
 
-async def registry(redis: aioredis.Redis, settings: Settings) -> None:
-    await redis.hset(names.key(settings.redis_key_prefix, names.REG_KIND),
-                     mapping={v: "village" for v in VILLAGES} | {"140322205": "township"})  # fmt: skip
-
-
-@dataclass
-class Ingest:
-    app: FastAPI
-    http: httpx.AsyncClient
-    settings: Settings
-
-
 @pytest.fixture
 async def ingest(settings: Settings, redis: aioredis.Redis) -> AsyncIterator[Ingest]:
-    mine = hostile_settings(settings)
-    await registry(redis, mine)
-    app = create_app(mine)
-    async with app.router.lifespan_context(app):
-        for _ in range(200):
-            if app.state.publisher.connected:
-                break
-            await asyncio.sleep(0.05)
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://ingest", timeout=10) as http:
-            yield Ingest(app, http, mine)
+    async with running_ingest(hostile_settings(settings), redis) as running:
+        yield running
 
 
 async def topic_events(settings: Settings, at_least: int) -> list[dict[str, Any]]:
     """Every event on the test's topic (waiting for ``at_least``, then a little more for anything extra)."""
-    consumer = AIOKafkaConsumer(settings.scan_topic, bootstrap_servers=settings.kafka_bootstrap_servers,
-                                auto_offset_reset="earliest", enable_auto_commit=False)  # fmt: skip
-    await consumer.start()
-    out: list[dict[str, Any]] = []
-    try:
-        quiet = 0
-        for _ in range(50):
-            batches = await consumer.getmany(timeout_ms=200)
-            out += [e for msgs in batches.values() for m in msgs for e in orjson.loads(m.value)["events"]]
-            quiet = quiet + 1 if not batches else 0
-            if len(out) >= at_least and quiet >= 2:
-                break
-    finally:
-        await consumer.stop()
-    return out
+    return [e for _, record in await topic_records(settings, at_least, settle=True) for e in record["events"]]
 
 
 # -- bodies: size, shape, encoding -------------------------------------------------------------------------
@@ -374,7 +329,7 @@ def run_ingest(broker_url: str, redis_url: str, logs: Path, **env: str) -> Itera
     async def load() -> None:
         client = aioredis.from_url(redis_url)
         try:
-            await registry(client, settings)
+            await ingest_world.seed_villages(client, settings)
         finally:
             await client.aclose()
 

@@ -35,6 +35,7 @@ from regulator_world import (
     World,
     app_for,
     event,
+    loaded_world,
 )
 
 from coverage_service import unreached
@@ -210,10 +211,7 @@ def assert_no_leak(body: bytes, what: str, *, figures: bool = False) -> None:
 
 @pytest.fixture
 async def world(redis: aioredis.Redis, settings: Settings, tmp_path: Path) -> World:
-    w = World(redis, settings)
-    await w.load(tmp_path / "registry")
-    await w.apply(event(DONGGUAN), event(YIJING))
-    return w
+    return await loaded_world(redis, settings, tmp_path / "registry", event(DONGGUAN), event(YIJING))
 
 
 @pytest.fixture

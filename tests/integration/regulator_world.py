@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from prometheus_client.parser import text_string_to_metric_families
 
 from coverage_service import fold
 from coverage_service.api import create_app
@@ -92,6 +93,26 @@ class World:
 
     async def apply(self, *entries: fold.Entry) -> None:
         await self.writer.apply([fold.Record("t", 0, next(self._offsets), list(entries))])
+
+
+async def loaded_world(redis: aioredis.Redis, settings: Settings, folder: Path, *entries: fold.Entry) -> World:
+    """The world's registry loaded from ``folder``, then ``entries`` applied as one record."""
+    world = World(redis, settings)
+    await world.load(folder)
+    if entries:
+        await world.apply(*entries)
+    return world
+
+
+def request_counts(metrics_text: str, method: str = "GET") -> dict[tuple[str, str], float]:
+    """The coverage service's request counter from a /metrics text: (route, status) -> requests."""
+    return {
+        (s.labels["route"], s.labels["status"]): s.value
+        for family in text_string_to_metric_families(metrics_text)
+        if family.name == "lastmile_coverage_http_requests"
+        for s in family.samples
+        if s.name.endswith("_total") and s.labels["method"] == method
+    }
 
 
 def with_tokens(settings: Settings, **changes: Any) -> Settings:

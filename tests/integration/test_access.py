@@ -32,6 +32,7 @@ from regulator_world import (
     app_for,
     bearer,
     event,
+    loaded_world,
     serving,
 )
 
@@ -46,10 +47,7 @@ SAME = "same-token-for-both-0123"
 
 @pytest.fixture
 async def world(redis: aioredis.Redis, settings: Settings, tmp_path: Path) -> World:
-    w = World(redis, settings)
-    await w.load(tmp_path / "registry")
-    await w.apply(event(DONGGUAN), event(YIJING))
-    return w
+    return await loaded_world(redis, settings, tmp_path / "registry", event(DONGGUAN), event(YIJING))
 
 
 @pytest.fixture

@@ -16,7 +16,6 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request
-from prometheus_client.parser import text_string_to_metric_families
 from regulator_world import (
     CHENGQU,
     DONGGUAN,
@@ -28,6 +27,8 @@ from regulator_world import (
     app_for,
     bearer,
     event,
+    loaded_world,
+    request_counts,
 )
 
 from coverage_service import aioserve, api
@@ -47,10 +48,7 @@ class Running:
 
 @pytest.fixture
 async def world(redis: aioredis.Redis, settings: Settings, tmp_path: Path) -> World:
-    w = World(redis, settings)
-    await w.load(tmp_path / "registry")
-    await w.apply(event(DONGGUAN), event(YIJING))
-    return w
+    return await loaded_world(redis, settings, tmp_path / "registry", event(DONGGUAN), event(YIJING))
 
 
 @contextlib.asynccontextmanager
@@ -164,13 +162,7 @@ async def test_metrics_count_the_fast_and_the_routed_requests(client: httpx.Asyn
     await client.get(f"/v1/coverage/{YUXIAN}?format=json")
     await client.get("/v1/coverage/16")
     text = (await client.get("/metrics")).text
-    counts = {
-        (s.labels["route"], s.labels["status"]): s.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "lastmile_coverage_http_requests"
-        for s in family.samples
-        if s.name.endswith("_total") and s.labels["method"] == "GET"
-    }
+    counts = request_counts(text)
     assert counts[("/v1/coverage/{code}", "200")] == 2
     assert counts[("/v1/coverage/{code}", "404")] == 1
 

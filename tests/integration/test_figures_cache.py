@@ -19,7 +19,6 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from prometheus_client.parser import text_string_to_metric_families
 from regulator_world import (
     CHENGQU,
     CHENGQU_TOKEN,
@@ -36,6 +35,8 @@ from regulator_world import (
     app_for,
     bearer,
     event,
+    loaded_world,
+    request_counts,
     serving,
 )
 from test_figures_api import seed
@@ -124,10 +125,7 @@ async def test_counts_made_before_a_new_carrier_fall_back_to_the_reference_read(
 
 @pytest.fixture
 async def world(redis: aioredis.Redis, settings: Settings, tmp_path: Path) -> World:
-    w = World(redis, settings)
-    await w.load(tmp_path / "registry")
-    await w.apply(event(DONGGUAN), event(YIJING))
-    return w
+    return await loaded_world(redis, settings, tmp_path / "registry", event(DONGGUAN), event(YIJING))
 
 
 async def reached(client: httpx.AsyncClient, path: str) -> int:
@@ -289,13 +287,7 @@ async def test_fast_answers_are_counted_by_route(world: World, settings: Setting
         for path in ("/v1/coverage", f"/v1/coverage/{YUXIAN}", f"/v1/coverage/{YUXIAN}", f"/v1/villages/{DONGGUAN}"):
             assert (await client.get(path)).status_code == 200
         text = (await client.get("/metrics")).text
-    counts = {
-        (s.labels["route"], s.labels["status"]): s.value
-        for family in text_string_to_metric_families(text)
-        if family.name == "lastmile_coverage_http_requests"
-        for s in family.samples
-        if s.name.endswith("_total") and s.labels["method"] == "GET"
-    }
+    counts = request_counts(text)
     assert counts[("/v1/coverage", "200")] == 1
     assert counts[("/v1/coverage/{code}", "200")] == 2
     assert counts[("/v1/villages/{code}", "200")] == 1

@@ -2,19 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
-from typing import Any
 
 import httpx
-import orjson
 import pytest
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer
+from ingest_world import VILLAGES, running_ingest, scan_event, topic_records
+from ingest_world import auth as bearer
 
 from ingest_service.app import create_app
 from lastmile import devstack, names
@@ -25,19 +22,6 @@ pytestmark = pytest.mark.integration
 
 TOKEN = "sf-token-0123456789abcdef"
 OTHER_TOKEN = "yto-token-0123456789abcdef"
-VILLAGES = [f"1403222052{i:02d}" for i in range(6)]
-
-
-def scan_event(i: int, **changes: Any) -> dict[str, Any]:
-    return {
-        "event_id": f"sf-{i}",
-        "carrier": "sf",
-        "waybill": f"W{i}",
-        "event_type": "delivered",
-        "location_code": VILLAGES[i % len(VILLAGES)],
-        "occurred_at": (datetime.now(UTC) - timedelta(hours=1)).isoformat(),
-        **changes,
-    }
 
 
 @pytest.fixture
@@ -48,40 +32,12 @@ def ingest_settings(settings: Settings) -> Settings:
 
 @pytest.fixture
 async def client(ingest_settings: Settings, redis: aioredis.Redis) -> AsyncIterator[httpx.AsyncClient]:
-    await redis.hset(names.key(ingest_settings.redis_key_prefix, names.REG_KIND),
-                     mapping={v: "village" for v in VILLAGES} | {"140322205": "township"})  # fmt: skip
-    app = create_app(ingest_settings)
-    async with app.router.lifespan_context(app):
-        for _ in range(200):
-            if app.state.publisher.connected:
-                break
-            await asyncio.sleep(0.05)
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://ingest") as c:
-            yield c
+    async with running_ingest(ingest_settings, redis) as ingest:
+        yield ingest.http
 
 
 def auth(token: str = TOKEN) -> dict[str, str]:
-    return {"Authorization": f"Bearer {token}"}
-
-
-async def consume_all(settings: Settings, expected_events: int) -> list[tuple[int, dict[str, Any]]]:
-    consumer = AIOKafkaConsumer(
-        settings.scan_topic, bootstrap_servers=settings.kafka_bootstrap_servers, auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )  # fmt: skip
-    await consumer.start()
-    out: list[tuple[int, dict[str, Any]]] = []
-    try:
-        for _ in range(50):
-            batches = await consumer.getmany(timeout_ms=200)
-            for tp, msgs in batches.items():
-                out += [(tp.partition, orjson.loads(m.value)) for m in msgs]
-            if sum(len(r["events"]) for _, r in out) >= expected_events:
-                break
-    finally:
-        await consumer.stop()
-    return out
+    return bearer(token)
 
 
 async def test_a_valid_batch_is_acknowledged_and_packed_per_partition(
@@ -94,7 +50,7 @@ async def test_a_valid_batch_is_acknowledged_and_packed_per_partition(
     assert body["accepted"] == 12 and body["rejected"] == []
     assert response.headers["x-request-id"] == body["request_id"]
 
-    records = await consume_all(ingest_settings, 12)
+    records = await topic_records(ingest_settings, 12)
     seen = [(part, e["event_id"], e["location_code"]) for part, r in records for e in r["events"]]
     assert sorted(e for _, e, _ in seen) == sorted(e["event_id"] for e in events)
     for part, _, code in seen:  # each event sits where Kafka's partitioner puts its location

@@ -31,6 +31,7 @@ from regulator_world import (
     World,
     app_for,
     event,
+    loaded_world,
     serving,
 )
 
@@ -49,10 +50,9 @@ FIXED_MS = 1714523400123  # 2024-05-01T00:30:00.123Z
 
 @pytest.fixture
 async def world(redis: aioredis.Redis, settings: Settings, tmp_path: Path) -> World:
-    w = World(redis, settings)
-    await w.load(tmp_path / "registry")
-    await w.apply(event(DONGGUAN))  # 盂县: 东关 reached; 西关 and 甲 not (the community never counts)
-    return w
+    return await loaded_world(
+        redis, settings, tmp_path / "registry", event(DONGGUAN)
+    )  # 盂县: 东关 reached; 西关 and 甲 not (the community never counts)
 
 
 def tiny_routes(app: FastAPI) -> None:

@@ -31,6 +31,7 @@ from regulator_world import (
     app_for,
     bearer,
     event,
+    loaded_world,
 )
 
 from coverage_service.api import Server
@@ -169,10 +170,7 @@ async def until(condition: Callable[[], bool], within: float, what: str) -> None
 
 @pytest.fixture
 async def world(redis: aioredis.Redis, settings: Settings, tmp_path: Path) -> World:
-    w = World(redis, settings)
-    await w.load(tmp_path / "registry")
-    await w.apply(event(DONGGUAN))
-    return w
+    return await loaded_world(redis, settings, tmp_path / "registry", event(DONGGUAN))
 
 
 @pytest.fixture
