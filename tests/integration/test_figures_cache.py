@@ -149,7 +149,8 @@ async def test_a_change_shows_once_the_cached_figures_are_max_age_old(world: Wor
         if time.monotonic() - read < max_age / 2:
             assert first == before  # served from the cache: the figures were read before the change
         while (now := await reached(client, path)) == before:
-            assert time.monotonic() - applied < max_age + 0.3, "the change did not show within the max age"
+            # A cache that never expired fails here; the margin is for a loaded machine's stalls.
+            assert time.monotonic() - applied < max_age + 3.0, "the change did not show once the max age passed"
             await asyncio.sleep(0.02)
         assert now == before + 1
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import gzip
 import shutil
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -223,7 +222,7 @@ async def test_a_bad_folder_writes_nothing(redis: aioredis.Redis, settings: Sett
 
 
 async def test_the_national_registry(redis: aioredis.Redis, settings: Settings) -> None:
-    """The whole 2023 edition: counts as in the README table, and fast enough for `lastmile registry load`."""
+    """The whole 2023 edition: counts as in the README table. (Its load time is a figure of `make bench`.)"""
     if not NATIONAL.is_dir():
         pytest.skip(f"no national registry at {NATIONAL}")
     prefix = settings.redis_key_prefix
@@ -234,15 +233,11 @@ async def test_the_national_registry(redis: aioredis.Redis, settings: Settings) 
         by_suffix["bare" if bare else "committee" if is_village(name) else "not"] += 1
     assert (by_suffix["committee"], by_suffix["bare"]) == (456_459, 30_033)
     try:
-        started = time.perf_counter()
-        registry = read_registry(NATIONAL)
-        read_seconds = time.perf_counter() - started
-        report = await load_registry(redis, prefix, registry)
+        report = await load_registry(redis, prefix, read_registry(NATIONAL))
         assert report.kinds == {"village": 486_492, "community": 126_714, "other": 7_367}
         assert report.regions == {"province": 31, "city": 342, "county": 2_978, "township": 41_352}
         total = await redis.hget(names.key(prefix, names.REGION, names.NATIONAL), names.field.VILLAGES_TOTAL)
         assert int(total or 0) == by_suffix["committee"] + by_suffix["bare"] == 486_492
         assert await redis.hlen(names.key(prefix, names.REG_KIND)) == 620_573 + 31 + 342 + 2_978 + 41_352
-        assert read_seconds + report.elapsed_seconds < 60, (read_seconds, report.elapsed_seconds)
     finally:
         await delete_all(redis, prefix)  # 750k keys; the other tests share this redis-server
