@@ -202,8 +202,10 @@ class Folder:
         earliest = await app.consumer.earliest_offsets(*assigned)
         ends = await app.consumer.highwaters(*assigned)
         positions: dict[TP, int] = {}
+        held: dict[str, int] = {}  # what Redis holds now is what it must go on holding: the position checks' base
         for tp in assigned:
-            last = applied.get(names.offset_field(tp.topic, tp.partition))
+            ofield = names.offset_field(tp.topic, tp.partition)
+            last = applied.get(ofield)
             if last is not None and last + 1 > ends[tp]:
                 # The log ends before what was applied: the topic was recreated or truncated. Its
                 # records are new, so they must not be mistaken for replays.
@@ -213,14 +215,10 @@ class Folder:
                 )
                 await self.writer.forget_offset(tp.topic, tp.partition)
                 last = None
+            if last is not None:
+                held[ofield] = last
             positions[tp] = earliest[tp] if last is None else max(last + 1, earliest[tp])
-        # What Redis holds now is what it must go on holding: the base of the position checks.
-        self.positions = {
-            ofield: last
-            for tp in assigned
-            if (last := applied.get(ofield := names.offset_field(tp.topic, tp.partition))) is not None
-            and last + 1 <= ends[tp]
-        }
+        self.positions = held
         return positions
 
     async def _dead_letter(self, msg: Any, rejected: Rejected) -> None:

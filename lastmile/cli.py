@@ -96,13 +96,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help="runs of each timed scenario, reported as medians (default 3; 1 with --quick)",
     )
-    bench.add_argument(
-        "--registry",
-        type=Path,
-        default=None,
-        help=f"registry folder (default: {NATIONAL_REGISTRY} if present, else the bundled sample)",
-    )
-    bench.add_argument("--out", type=Path, default=Path("bench-results"), help="results folder")
+    _add_stack_arguments(bench)
     soak = sub.add_parser(
         "soak",
         help="post a steady load for minutes while killing and stopping services; check the figures are exact",
@@ -123,13 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     soak.add_argument(
         "--fault-every-minutes", type=_positive, default=4.0, help="a fault this often, in rotation (default 4)"
     )
-    soak.add_argument(
-        "--registry",
-        type=Path,
-        default=None,
-        help=f"registry folder (default: {NATIONAL_REGISTRY} if present, else the bundled sample)",
-    )
-    soak.add_argument("--out", type=Path, default=Path("bench-results"), help="results folder")
+    _add_stack_arguments(soak)
     return parser
 
 
@@ -216,6 +204,17 @@ def _bench(args: argparse.Namespace) -> int:
             return 2
         config = dataclasses.replace(config, runs=args.runs)
     return bench_main(config, args.scenarios, args.out)
+
+
+def _add_stack_arguments(command: argparse.ArgumentParser) -> None:
+    """The registry and results folder of the commands that run the local stack under load (bench, soak)."""
+    command.add_argument(
+        "--registry",
+        type=Path,
+        default=None,
+        help=f"registry folder (default: {NATIONAL_REGISTRY} if present, else the bundled sample)",
+    )
+    command.add_argument("--out", type=Path, default=Path("bench-results"), help="results folder")
 
 
 def _positive(text: str) -> float:
