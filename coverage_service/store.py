@@ -24,11 +24,20 @@ def load_script(filename: str, prefix: str) -> str:
     return string.Template(text).substitute(names.lua_names(prefix))
 
 
+# The apply script's refusals: it writes nothing and fails with an error that starts with one of these.
 REGISTRY_MISSING = "REGISTRY_MISSING"
+READ_MODEL_BEHIND = "READ_MODEL_BEHIND"
 
 
 class RegistryMissing(Exception):
     """No whole registry in Redis: folding now would take every event for an unknown location."""
+
+
+class ReadModelBehind(Exception):
+    """Redis holds an older offset than the worker applied: it lost applied batches."""
+
+
+_REFUSALS: dict[str, type[Exception]] = {REGISTRY_MISSING: RegistryMissing, READ_MODEL_BEHIND: ReadModelBehind}
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +61,8 @@ class ReadModelWriter:
         """Fold ``records`` and store their offsets, atomically; records already applied are skipped.
 
         ``expect``: per partition (offset field), the offset Redis must hold already; when it holds less, nothing
-        is written and a ``ResponseError`` naming ``READ_MODEL_BEHIND`` is raised (it lost applied batches).
-        :class:`RegistryMissing`, writing nothing, while no whole registry is loaded.
+        is written and :class:`ReadModelBehind` is raised (it lost applied batches). :class:`RegistryMissing`,
+        writing nothing, while no whole registry is loaded.
         """
         if not records:
             return Applied(0, 0, 0, 0, 0, 0)
@@ -61,9 +70,9 @@ class ReadModelWriter:
         try:
             result = await self._apply(args=[self.window, now_ms, payload(records, expect)])
         except ResponseError as exc:
-            # A wipe between the worker's registry lookup and this call: the script refused, writing nothing.
-            if str(exc).startswith(REGISTRY_MISSING):
-                raise RegistryMissing(str(exc)) from exc
+            refusal = _REFUSALS.get(str(exc).split(" ", 1)[0])
+            if refusal is not None:
+                raise refusal(str(exc)) from exc
             raise
         return Applied(*(int(x) for x in result))
 

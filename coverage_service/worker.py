@@ -27,11 +27,10 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP, EventT
-from redis.exceptions import ResponseError
 
 from coverage_service import history
 from coverage_service.fold import Record, Rejected, decode_record, entry
-from coverage_service.store import Applied, ReadModelWriter
+from coverage_service.store import Applied, ReadModelBehind, ReadModelWriter
 from lastmile import logs, names
 from lastmile.settings import Settings
 
@@ -43,12 +42,7 @@ RETRY_MAX_SECONDS = 5.0
 # Each worker says it is alive in Redis; `lastmile rebuild --wipe` waits for these to expire before wiping.
 HEARTBEAT_SECONDS = 2.0
 HEARTBEAT_TTL_SECONDS = 3 * HEARTBEAT_SECONDS
-READ_MODEL_BEHIND = "READ_MODEL_BEHIND"
 REFOLD_FETCH_TIMEOUT_MS = 1_000
-
-
-class ReadModelBehind(Exception):
-    """Redis holds an older offset than this worker applied: it lost applied batches."""
 
 
 async def retrying(what: str, action: Callable[[], Awaitable[T]]) -> T:
@@ -134,12 +128,7 @@ class Folder:
         """One apply call with a position check per partition of the batch this worker applied before."""
         fields = {names.offset_field(r.topic, r.partition) for r in records}
         expect = {f: self.positions[f] for f in fields if f in self.positions}
-        try:
-            applied = await self.writer.apply(records, expect)
-        except ResponseError as exc:
-            if READ_MODEL_BEHIND in str(exc):
-                raise ReadModelBehind(str(exc)) from exc
-            raise
+        applied = await self.writer.apply(records, expect)
         for r in records:
             ofield = names.offset_field(r.topic, r.partition)
             self.positions[ofield] = max(self.positions.get(ofield, -1), r.offset)

@@ -12,10 +12,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
 
 from coverage_service import fold
-from coverage_service.store import ReadModelWriter, RegistryMissing
+from coverage_service.store import ReadModelBehind, ReadModelWriter, RegistryMissing
 from lastmile import scan
 from lastmile.settings import Settings
 
@@ -197,7 +196,7 @@ async def test_a_position_check_above_the_stored_offset_writes_nothing(
     writer = ReadModelWriter(redis, p, 3600)
     await writer.apply([record(0, 4, [make_event(1, "sf", "delivered", VILLAGES[0], 1)])], {"scans:0": -1})
     before = await region(redis, p, "CN")
-    with pytest.raises(ResponseError, match="READ_MODEL_BEHIND scans:0 stored 4 applied 7"):
+    with pytest.raises(ReadModelBehind, match="READ_MODEL_BEHIND scans:0 stored 4 applied 7"):
         await writer.apply([record(0, 8, [make_event(2, "sf", "delivered", VILLAGES[1], 1)])], {"scans:0": 7})
     assert await region(redis, p, "CN") == before
     assert await redis.hget(f"{p}:offsets", "scans:0") == "4"
