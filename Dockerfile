@@ -32,7 +32,7 @@ COPY requirements-runtime.lock ./
 RUN pip install --require-hashes -r requirements-runtime.lock
 
 # Then the project itself, without touching the dependencies the lock just pinned.
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY lastmile ./lastmile
 COPY ingest_service ./ingest_service
 COPY coverage_service ./coverage_service

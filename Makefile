@@ -5,10 +5,11 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv lint typecheck check bench soak clean
+.PHONY: run test venv lint typecheck check bench soak docs compose-secrets clean
 
-run: $(STAMP)  ## everything up locally (embedded broker, redis-server, the services, sample registry)
-	$(BIN)/lastmile run
+REGISTRY ?= sample
+run: $(STAMP)  ## everything up locally (embedded broker, redis-server, the services); REGISTRY=national for all of China
+	$(BIN)/lastmile run --registry $(REGISTRY)
 
 test: $(STAMP)  ## the whole suite: unit, integration and end-to-end, against a real broker and Redis
 	$(BIN)/pytest
@@ -17,16 +18,17 @@ venv: $(STAMP)
 
 # The environment is rebuilt when the lock or the project metadata change. Dependencies install only
 # from requirements.lock, every file checked against its hash.
-$(STAMP): requirements.lock pyproject.toml scripts/bootstrap
+$(STAMP): requirements.lock pyproject.toml tools/pyproject.toml scripts/bootstrap
 	bash scripts/bootstrap
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e . -e tools
 	touch $@
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 # The benchmark scenarios against a fresh local stack, on the national registry (../shared/data/cn-divisions-2023)
 # when it is there, else the bundled sample; results in bench-results/. E.g. make bench BENCH_ARGS="--duration 20".
@@ -42,6 +44,12 @@ SOAK_ARGS ?=
 soak: $(STAMP)  ## the soak: fault test, then a 30-minute load with faults; prints the table, writes JSON
 	FAULT_KILL_POINTS=25 $(BIN)/pytest tests/faults/test_worker_kills.py -q
 	$(BIN)/lastmile soak $(SOAK_ARGS)
+
+docs: $(STAMP)  ## the documentation site (mkdocs-material) from docs/, built into site/
+	$(BIN)/mkdocs build --strict
+
+compose-secrets:  ## first run of docker compose: the secret files it mounts, with fresh tokens (kept if present)
+	sh scripts/compose-secrets
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -22,7 +22,7 @@ from starlette.requests import ClientDisconnect
 from ingest_service import server
 from ingest_service.auth import CarrierTokens
 from ingest_service.publisher import BrokerUnavailable, Publisher
-from lastmile import logs, names, problem, scan
+from lastmile import apidocs, logs, names, problem, scan
 from lastmile.problem import Problem
 from lastmile.settings import Settings
 from lastmile.topics import ensure_topics
@@ -30,26 +30,12 @@ from lastmile.topics import ensure_topics
 log = logging.getLogger("lastmile.ingest")
 
 
-# What the contract says and the event schema of lastmile.scan leaves out, so that the document is exact (found
-# by tests/hostile/test_openapi_fuzz.py): texts refuse control characters, and optional fields may be null.
-NO_CONTROL_CHARACTERS = r"^[^\x00-\x1f\x7f]*$"
 # The bearer token of a carrier; declared for the document only (auto_error off): the handler checks it.
 CARRIER_TOKEN = HTTPBearer(
     auto_error=False,
     scheme_name="carrierToken",
     description="A carrier's token (INGEST_CARRIER_TOKENS); the events must name that carrier.",
 )
-
-
-def body_schema(max_events: int) -> dict[str, Any]:
-    item = scan.json_schema()
-    fields = item["properties"]
-    for name in (scan.WAYBILL, scan.STATION_ID, scan.REASON):
-        fields[name] = {**fields[name], "pattern": NO_CONTROL_CHARACTERS}
-    for name in (scan.STATION_ID, scan.COOPERATION_MODEL, scan.REASON):
-        fields[name] = {"anyOf": [fields[name], {"type": "null"}]}
-    events = {"type": "array", "minItems": 1, "maxItems": max_events, "items": item}
-    return {"type": "object", "additionalProperties": False, "required": ["events"], "properties": {"events": events}}
 
 
 RESULT_SCHEMA = {
@@ -105,14 +91,19 @@ def create_app(settings: Settings) -> FastAPI:
         await app.state.publisher.stop()
         await app.state.redis.aclose()
 
+    body_schema, components = scan.json_schema(settings.ingest_max_events)
     app = FastAPI(
         title="lastmile-coverage ingest API",
         version="1",
         summary="Carriers post last-mile scan events (scan event contract v1).",
         lifespan=lifespan,
+        docs_url=None,  # served by lastmile.apidocs from vendored assets: no CDN
+        redoc_url=None,
     )
+    apidocs.install(app)
     problem.install(app)
     problem.document_validation_as_400(app)
+    _document_components(app, components)
 
     @app.post(
         "/v1/scans",
@@ -125,10 +116,7 @@ def create_app(settings: Settings) -> FastAPI:
         ),
         dependencies=[Depends(CARRIER_TOKEN)],
         openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": body_schema(settings.ingest_max_events)}},
-            },
+            "requestBody": {"required": True, "content": {"application/json": {"schema": body_schema}}},
         },
         responses={
             202: {"description": "Accepted", "content": {"application/json": {"schema": RESULT_SCHEMA}}},
@@ -154,37 +142,48 @@ def create_app(settings: Settings) -> FastAPI:
                 type_="unsupported-media-type",
             )
         body = await _read_body(request, settings.ingest_max_body_bytes)
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError as exc:
-            raise Problem(400, f"the body is not valid JSON: {exc}", type_="malformed-json") from None
-        raw_events = _events_of(data, settings.ingest_max_events)
-
         now = datetime.now(UTC)
         rejected: list[dict[str, Any]] = []
         valid: list[tuple[int, scan.ScanEvent]] = []
         first_index: dict[str, int] = {}
-        for i, raw in enumerate(raw_events):
-            result = scan.validate(raw, now=now, carrier=carrier)
-            if isinstance(result, list):
-                rejected.append(_rejection(i, raw, result))
-            elif result.event_id in first_index:
-                rejected.append(
-                    _rejection(i, raw, [f"event_id: repeats the event at index {first_index[result.event_id]}"])
-                )
+
+        def accept(i: int, event: scan.ScanEvent) -> None:
+            first = first_index.setdefault(event.event_id, i)
+            if first != i:
+                rejected.append(_rejection(i, event.event_id, [f"event_id: repeats the event at index {first}"]))
             else:
-                first_index[result.event_id] = i
-                valid.append((i, result))
+                valid.append((i, event))
+
+        events = scan.decode_batch(body)  # the whole batch in one pass when every event is well formed
+        if events is not None:
+            total = _check_count(len(events), settings.ingest_max_events)
+            for i, event in enumerate(events):
+                errors = scan.rules(event, now=now, carrier=carrier)
+                if errors:
+                    rejected.append(_rejection(i, event.event_id, errors))
+                else:
+                    accept(i, event)
+        else:  # else event by event, to say which are not and why
+            try:
+                data = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise Problem(400, f"the body is not valid JSON: {exc}", type_="malformed-json") from None
+            raw_events = _events_of(data, settings.ingest_max_events)
+            total = len(raw_events)
+            for i, raw in enumerate(raw_events):
+                result = scan.validate(raw, now=now, carrier=carrier)
+                if isinstance(result, list):
+                    event_id = raw.get(scan.EVENT_ID) if isinstance(raw, dict) else None
+                    rejected.append(_rejection(i, event_id if isinstance(event_id, str) else None, result))
+                else:
+                    accept(i, result)
 
         unknown = await _unknown_codes(request, {e.location_code for _, e in valid})
         accepted: list[scan.ScanEvent] = []
         for i, event in valid:
             if event.location_code in unknown:
-                rejected.append(
-                    _rejection(
-                        i, raw_events[i], [f"location_code: {event.location_code} is not in the division registry"]
-                    )
-                )
+                errors = [f"location_code: {event.location_code} is not in the division registry"]
+                rejected.append(_rejection(i, event.event_id, errors))
             else:
                 accepted.append(event)
         rejected.sort(key=lambda r: r["index"])
@@ -192,7 +191,7 @@ def create_app(settings: Settings) -> FastAPI:
         if not accepted:
             raise Problem(
                 422,
-                f"none of the {len(raw_events)} events is valid",
+                f"none of the {total} events is valid",
                 type_="no-valid-events",
                 accepted=0,
                 rejected=rejected,
@@ -256,6 +255,20 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
+def _document_components(app: FastAPI, components: dict[str, Any]) -> None:
+    """The scan event's schema (lastmile.scan) among the document's component schemas, where the body refers to it."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = build()
+            schema.setdefault("components", {}).setdefault("schemas", {}).update(components)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
 async def _redis_ok(request: Request) -> bool:
     try:
         return bool(await request.app.state.redis.ping())
@@ -295,23 +308,28 @@ def _events_of(data: Any, max_events: int) -> list[Any]:
         raise Problem(400, "'events' must be an array of scan events", type_="invalid-body")
     if not events:
         raise Problem(400, "'events' is empty; send 1 to 1000 events", type_="invalid-body")
-    if len(events) > max_events:
-        raise Problem(
-            413,
-            f"{len(events)} events in one request; the limit is {max_events}",
-            type_="too-many-events",
-            limit_events=max_events,
-        )
+    _check_count(len(events), max_events)
     return events
 
 
-def _rejection(index: int, raw: Any, errors: list[str]) -> dict[str, Any]:
-    event_id = raw.get(scan.EVENT_ID) if isinstance(raw, dict) else None
-    return {"index": index, "event_id": event_id if isinstance(event_id, str) else None, "errors": errors}
+def _check_count(count: int, max_events: int) -> int:
+    if count > max_events:
+        raise Problem(
+            413,
+            f"{count} events in one request; the limit is {max_events}",
+            type_="too-many-events",
+            limit_events=max_events,
+        )
+    return count
+
+
+def _rejection(index: int, event_id: str | None, errors: list[str]) -> dict[str, Any]:
+    return {"index": index, "event_id": event_id, "errors": errors}
 
 
 def serve(settings: Settings) -> None:
     logs.configure("ingest", settings.log_level, settings.log_format)
+    log.info("starting", extra=settings.describe())
     config = server.config(
         create_app(settings),
         host=settings.ingest_host,

@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-import orjson
+import msgspec
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
@@ -85,9 +85,9 @@ class Publisher:
         producer, partitions = self._producer, self._partitions
         if producer is None or partitions is None:
             raise BrokerUnavailable("not connected to the broker")
-        by_partition: dict[int, list[dict[str, object]]] = defaultdict(list)
+        by_partition: dict[int, list[scan.ScanEvent]] = defaultdict(list)
         for event in events:
-            by_partition[partition_for(event.location_code, partitions)].append(event.to_json())
+            by_partition[partition_for(event.location_code, partitions)].append(event)
         received_at = scan.format_time(datetime.now(UTC))
         headers = [
             (names.HEADER_SCHEMA, names.SCHEMA_BATCH_V1.encode()),
@@ -99,7 +99,7 @@ class Publisher:
             futures = [
                 await producer.send(
                     self.topic,
-                    orjson.dumps({"received_at": received_at, "events": batch}),
+                    msgspec.json.encode(scan.Batch(batch, received_at)),
                     key=request_id.encode(),
                     partition=partition,
                     headers=headers,

@@ -28,13 +28,15 @@ TIMED_OUT_TYPE: Final = "request-timeout"
 
 
 def timed_out_body(seconds: float) -> bytes:
-    return orjson.dumps({
-        "type": problem.TYPE_BASE + TIMED_OUT_TYPE,
-        "title": "Request Timeout",
-        "status": 408,
-        "detail": f"the request did not arrive whole within {seconds:g} s of its first byte; send it again",
-        "timeout_seconds": seconds,
-    })  # fmt: skip
+    return orjson.dumps(
+        {
+            "type": problem.TYPE_BASE + TIMED_OUT_TYPE,
+            "title": "Request Timeout",
+            "status": 408,
+            "detail": f"the request did not arrive whole within {seconds:g} s of its first byte; send it again",
+            "timeout_seconds": seconds,
+        }
+    )
 
 
 class DeadlineH11Protocol(H11Protocol):
@@ -94,9 +96,12 @@ class DeadlineH11Protocol(H11Protocol):
     def _answer_408(self) -> None:
         body = timed_out_body(self.read_timeout)
         head = (
-            b"HTTP/1.1 408 Request Timeout\r\ncontent-type: " + problem.MEDIA_TYPE.encode()
-            + b"\r\ncontent-length: " + str(len(body)).encode() + b"\r\nconnection: close\r\n\r\n"
-        )  # fmt: skip
+            b"HTTP/1.1 408 Request Timeout\r\ncontent-type: "
+            + problem.MEDIA_TYPE.encode()
+            + b"\r\ncontent-length: "
+            + str(len(body)).encode()
+            + b"\r\nconnection: close\r\n\r\n"
+        )
         self.transport.write(head + body)
 
 

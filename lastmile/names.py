@@ -146,6 +146,7 @@ def lua_names(prefix: str) -> dict[str, str]:
         "stations": key(prefix, STATIONS),
         "reg_meta": key(prefix, REG_META),
         "meta_population_tiers": meta.POPULATION_TIERS,
+        "meta_loaded_at": meta.LOADED_AT,
         "villages_with_station": field.VILLAGES_WITH_STATION,
         "tier_sep": field.TIER_SEP,
         "offsets": key(prefix, OFFSETS),

@@ -26,6 +26,16 @@ if TYPE_CHECKING:
 MAX_ERRORS: Final = 20
 NATION_NAME: Final = "全国"
 
+# Registries shipped with the project, by the name `lastmile registry load NAME` takes: the sample (three
+# counties, for `make run` and the tests) and the national 2023 edition (620,573 village-level units).
+_DATA: Final = Path(__file__).resolve().parent / "registry_data"
+BUNDLED: Final = {"sample": _DATA / "sample", "national": _DATA / "cn-2023"}
+
+
+def locate(name_or_folder: str | Path) -> Path:
+    """The folder of a bundled registry (``sample``, ``national``), or the folder given."""
+    return BUNDLED.get(str(name_or_folder), Path(name_or_folder))
+
 
 @dataclass(frozen=True, slots=True)
 class Unit:

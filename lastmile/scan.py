@@ -1,15 +1,20 @@
 """The scan event contract, version 1: what a carrier may send and what it means. Pure; no I/O.
 
-Both services call :func:`validate`: ingest before publishing, the worker again on every record it
-reads (anything with write access to the topic can publish), so the rules live here only.
+One typed model, :class:`ScanEvent` (msgspec), is the contract: ingest and the worker decode with it (a whole
+batch in one compiled pass), and the OpenAPI schema is generated from it. What a schema cannot say (a village
+code for the village-only types, a reason for a failed delivery, the time's offset and bounds) is :func:`rules`.
+A batch that does not decode whole is checked event by event, each error message naming its field.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta, timezone
-from typing import Any, Final
+import typing
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any, Final, Literal
+
+import msgspec
+from msgspec import Meta
 
 EVENT_ID: Final = "event_id"
 CARRIER: Final = "carrier"
@@ -20,17 +25,6 @@ OCCURRED_AT: Final = "occurred_at"
 STATION_ID: Final = "station_id"
 COOPERATION_MODEL: Final = "cooperation_model"
 REASON: Final = "reason"
-FIELDS: Final = (
-    EVENT_ID,
-    CARRIER,
-    WAYBILL,
-    EVENT_TYPE,
-    LOCATION_CODE,
-    OCCURRED_AT,
-    STATION_ID,
-    COOPERATION_MODEL,
-    REASON,
-)
 
 ARRIVED_AT_HUB: Final = "arrived_at_hub"
 OUT_FOR_DELIVERY: Final = "out_for_delivery"
@@ -39,15 +33,10 @@ DELIVERED: Final = "delivered"
 PICKED_UP: Final = "picked_up"
 DELIVERY_FAILED: Final = "delivery_failed"
 COLLECTED: Final = "collected"
-EVENT_TYPES: Final = (
-    ARRIVED_AT_HUB,
-    OUT_FOR_DELIVERY,
-    ARRIVED_AT_STATION,
-    DELIVERED,
-    PICKED_UP,
-    DELIVERY_FAILED,
-    COLLECTED,
-)
+EventType = Literal[
+    "arrived_at_hub", "out_for_delivery", "arrived_at_station", "delivered", "picked_up", "delivery_failed", "collected"
+]
+EVENT_TYPES: Final[tuple[str, ...]] = typing.get_args(EventType)
 # An event of these types at a village means the last mile reached it.
 REACH_TYPES: Final = frozenset({ARRIVED_AT_STATION, DELIVERED, PICKED_UP, COLLECTED})
 VILLAGE_ONLY_TYPES: Final = REACH_TYPES
@@ -58,6 +47,19 @@ OUTBOUND: Final = "outbound"  # 上行: parcels (farm produce) leaving it
 VOLUME_TYPES: Final = frozenset({DELIVERED, PICKED_UP, COLLECTED})
 DIRECTION: Final = {ARRIVED_AT_STATION: INBOUND, DELIVERED: INBOUND, PICKED_UP: INBOUND, COLLECTED: OUTBOUND}
 
+CooperationModel = Literal[
+    "postal_express",  # 邮快合作
+    "transport_express",  # 交快合作
+    "express_express",  # 快快合作
+    "own_station",  # 驻村设点
+    "express_commerce",  # 快商合作
+    "supply_coop",  # 快销合作
+    "other",  # 新业态 / other
+]
+COOPERATION_MODELS: Final[tuple[str, ...]] = typing.get_args(CooperationModel)
+
+MAX_FUTURE: Final = timedelta(minutes=5)
+
 
 def direction_counts(by_type: dict[str, int]) -> dict[str, int]:
     """Inbound and outbound counts from counts per event type (every directional type is village-only)."""
@@ -67,40 +69,71 @@ def direction_counts(by_type: dict[str, int]) -> dict[str, int]:
     return out
 
 
-COOPERATION_MODELS: Final = (
-    "postal_express",  # 邮快合作
-    "transport_express",  # 交快合作
-    "express_express",  # 快快合作
-    "own_station",  # 驻村设点
-    "express_commerce",  # 快商合作
-    "supply_coop",  # 快销合作
-    "other",  # 新业态 / other
-)
-
-MAX_FUTURE: Final = timedelta(minutes=5)
-
-_EVENT_ID_RE: Final = re.compile(r"[A-Za-z0-9._:-]{1,128}")
-_CARRIER_RE: Final = re.compile(r"[a-z0-9_-]{2,32}")
-_CODE_RE: Final = re.compile(r"[0-9]{9}|[0-9]{12}")
-_CONTROL_RE: Final = re.compile(r"[\x00-\x1f\x7f]")
-# ASCII digits only: ``\d`` would also take full-width or Arabic-Indic digits, which RFC 3339 does not allow.
-_RFC3339_RE: Final = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(?:\.(\d{1,9}))?(?:([Zz])|([+-])(\d{2}):(\d{2}))?",
-    re.ASCII,
-)
+# -- the model --------------------------------------------------------------------------------------------------
+# Patterns end in `$(?!\n)`: Python's `$` also matches before a final newline; the lookahead refuses it in both
+# Python's and ECMA-262's dialects, so the OpenAPI document says exactly what is checked. `invalid` is the message
+# of a value the pattern refuses.
 
 
-@dataclass(frozen=True, slots=True)
-class ScanEvent:
-    event_id: str
-    carrier: str
-    waybill: str
-    event_type: str
-    location_code: str
-    occurred_at: datetime  # timezone-aware
-    station_id: str | None = None
-    cooperation_model: str | None = None
-    reason: str | None = None
+def _text(max_length: int, description: str = "") -> Any:
+    return Meta(
+        min_length=1,
+        max_length=max_length,
+        pattern=r"^[^\x00-\x1f\x7f]*$(?!\n)",
+        description=description,
+        extra={"invalid": "must not contain control characters"},
+    )
+
+
+EventId = Annotated[
+    str,
+    Meta(
+        pattern=r"^[A-Za-z0-9._:-]{1,128}$(?!\n)",
+        description="Unique per carrier: (carrier, event_id) identifies an event; a repeat is counted once.",
+        extra={"invalid": "must be 1-128 characters of A-Z a-z 0-9 . _ : -"},
+    ),
+]
+CarrierName = Annotated[
+    str,
+    Meta(
+        pattern=r"^[a-z0-9_-]{2,32}$(?!\n)",
+        description="Must be the carrier the token belongs to.",
+        extra={"invalid": "must be 2-32 characters of a-z 0-9 _ -"},
+    ),
+]
+LocationCode = Annotated[
+    str,
+    Meta(
+        pattern=r"^([0-9]{9}|[0-9]{12})$(?!\n)",
+        description="Registry division code: 9-digit township or 12-digit village; "
+        + ", ".join(sorted(VILLAGE_ONLY_TYPES))
+        + " need a village.",
+        extra={"invalid": "must be a 9-digit township or 12-digit village division code"},
+    ),
+]
+OccurredAt = Annotated[
+    datetime,
+    Meta(
+        tz=True,
+        description="RFC 3339 with an explicit offset (Z or +08:00; -00:00, 'offset unknown', is refused); at "
+        "most 5 minutes in the future.",
+        examples=["2024-05-01T08:30:00+08:00"],
+    ),
+]
+
+
+class ScanEvent(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_defaults=True):
+    """One last-mile scan event (contract v1). Optional fields may be omitted or null."""
+
+    event_id: EventId
+    carrier: CarrierName
+    waybill: Annotated[str, _text(64)]
+    event_type: EventType
+    location_code: LocationCode
+    occurred_at: OccurredAt
+    station_id: Annotated[str, _text(64)] | None = None
+    cooperation_model: CooperationModel | None = None
+    reason: Annotated[str, _text(200, f"Required for {DELIVERY_FAILED}.")] | None = None
 
     @property
     def occurred_ms(self) -> int:
@@ -116,22 +149,43 @@ class ScanEvent:
         return self.event_type in REACH_TYPES and self.is_village
 
     def to_json(self) -> dict[str, Any]:
-        """The canonical JSON form published to the topic; optional fields only when present."""
-        out: dict[str, Any] = {
-            EVENT_ID: self.event_id,
-            CARRIER: self.carrier,
-            WAYBILL: self.waybill,
-            EVENT_TYPE: self.event_type,
-            LOCATION_CODE: self.location_code,
-            OCCURRED_AT: format_time(self.occurred_at),
-        }
-        if self.station_id is not None:
-            out[STATION_ID] = self.station_id
-        if self.cooperation_model is not None:
-            out[COOPERATION_MODEL] = self.cooperation_model
-        if self.reason is not None:
-            out[REASON] = self.reason
+        """The JSON form published to the topic; optional fields only when present."""
+        out: dict[str, Any] = msgspec.to_builtins(self)
         return out
+
+
+class Batch(msgspec.Struct, forbid_unknown_fields=True):
+    """What ``POST /v1/scans`` takes, and what a scan-topic record holds (with the time ingest received it)."""
+
+    events: Annotated[list[ScanEvent], Meta(min_length=1)]
+    received_at: str | None = None
+
+
+FIELDS: Final = ScanEvent.__struct_fields__
+_INFO: Final = {f.name: f for f in msgspec.structs.fields(ScanEvent)}
+_UNKNOWN_OFFSET: Final = b'-00:00"'
+
+
+# -- checking ----------------------------------------------------------------------------------------------------
+
+
+def rules(event: ScanEvent, *, now: datetime, carrier: str | None = None) -> list[str]:
+    """What the model cannot say: the token's carrier, village-only types, a failed delivery's reason, the time."""
+    errors: list[str] = []
+    if carrier is not None and event.carrier != carrier:
+        errors.append(f"{CARRIER}: {event.carrier!r} is not the carrier this token belongs to ({carrier!r})")
+    if event.event_type in VILLAGE_ONLY_TYPES and len(event.location_code) != 12:
+        errors.append(f"{LOCATION_CODE}: {event.event_type} needs a 12-digit village code")
+    if event.event_type == DELIVERY_FAILED and event.reason is None:
+        errors.append(f"{REASON}: required for {DELIVERY_FAILED}")
+    try:
+        moment = event.occurred_at.astimezone(UTC)  # 0001-01-01T00:00:00+08:00 is in year 0 in UTC
+    except OverflowError:
+        errors.append(f"{OCCURRED_AT}: {format_time_raw(event.occurred_at)} is before 0001-01-01T00:00:00Z")
+    else:
+        if moment - now > MAX_FUTURE:
+            errors.append(f"{OCCURRED_AT}: {format_time_raw(event.occurred_at)} is more than 5 minutes in the future")
+    return errors
 
 
 def validate(raw: Any, *, now: datetime, carrier: str | None = None) -> ScanEvent | list[str]:
@@ -141,113 +195,93 @@ def validate(raw: Any, *, now: datetime, carrier: str | None = None) -> ScanEven
     """
     if not isinstance(raw, dict):
         return [f"event: must be a JSON object, not {_json_type(raw)}"]
-    errors: list[str] = [f"{name}: unknown field" for name in raw if name not in FIELDS]
-
-    event_id = _text(raw, EVENT_ID, errors, required=True)
-    if event_id is not None and not _EVENT_ID_RE.fullmatch(event_id):
-        errors.append(f"{EVENT_ID}: must be 1-128 characters of A-Z a-z 0-9 . _ : -")
-
-    sender = _text(raw, CARRIER, errors, required=True)
-    if sender is not None:
-        if not _CARRIER_RE.fullmatch(sender):
-            errors.append(f"{CARRIER}: must be 2-32 characters of a-z 0-9 _ -")
-        elif carrier is not None and sender != carrier:
-            errors.append(f"{CARRIER}: {sender!r} is not the carrier this token belongs to ({carrier!r})")
-
-    waybill = _text(raw, WAYBILL, errors, required=True, max_len=64)
-
-    event_type = _text(raw, EVENT_TYPE, errors, required=True)
-    if event_type is not None and event_type not in EVENT_TYPES:
-        errors.append(f"{EVENT_TYPE}: {event_type!r} is not one of {', '.join(EVENT_TYPES)}")
-        event_type = None
-
-    code = _text(raw, LOCATION_CODE, errors, required=True)
-    if code is not None:
-        if not _CODE_RE.fullmatch(code):
-            errors.append(f"{LOCATION_CODE}: must be a 9-digit township or 12-digit village division code")
-        elif event_type in VILLAGE_ONLY_TYPES and len(code) != 12:
-            errors.append(f"{LOCATION_CODE}: {event_type} needs a 12-digit village code")
-
-    occurred_at = None
-    occurred_raw = _text(raw, OCCURRED_AT, errors, required=True)
-    if occurred_raw is not None:
-        occurred_at = _parse_time(occurred_raw, now, errors)
-
-    station_id = _text(raw, STATION_ID, errors, max_len=64)
-    model = _text(raw, COOPERATION_MODEL, errors)
-    if model is not None and model not in COOPERATION_MODELS:
-        errors.append(f"{COOPERATION_MODEL}: {model!r} is not one of {', '.join(COOPERATION_MODELS)}")
-    reason = _text(raw, REASON, errors, max_len=200)
-    if event_type == DELIVERY_FAILED and reason is None and REASON not in _present_errors(errors):
-        errors.append(f"{REASON}: required for {DELIVERY_FAILED}")
-
+    errors = [f"{name}: unknown field" for name in raw if name not in _INFO]
+    for name, info in _INFO.items():
+        value = raw.get(name)
+        if value is None:
+            if info.required:
+                errors.append(f"{name}: required")
+            continue
+        problem = _field_problem(name, value, info.type)
+        if problem is not None:
+            errors.append(f"{name}: {problem}")
     if errors:
         return errors
-    assert event_id and sender and waybill and event_type and code and occurred_at  # guaranteed by no errors
-    return ScanEvent(event_id, sender, waybill, event_type, code, occurred_at, station_id, model, reason)
+    event = msgspec.convert(raw, ScanEvent)
+    return rules(event, now=now, carrier=carrier) or event
 
 
-def format_time(moment: datetime) -> str:
-    """RFC 3339 in UTC with millisecond precision, the form every response uses."""
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def format_ms(ms: int) -> str:
-    return format_time(datetime.fromtimestamp(ms / 1000, UTC))
-
-
-def _present_errors(errors: list[str]) -> set[str]:
-    return {e.split(":", 1)[0] for e in errors}
-
-
-def _text(raw: dict[str, Any], name: str, errors: list[str], *, required: bool = False, max_len: int = 0) -> str | None:
-    value = raw.get(name)
-    if value is None:
-        if required:
-            errors.append(f"{name}: required")
-        return None
-    if not isinstance(value, str):
-        errors.append(f"{name}: must be a string, not {_json_type(value)}")
-        return None
-    if max_len:
-        if not 1 <= len(value) <= max_len:
-            errors.append(f"{name}: must be 1-{max_len} characters, got {len(value)}")
-            return None
-        if _CONTROL_RE.search(value):
-            errors.append(f"{name}: must not contain control characters")
-            return None
-    return value
-
-
-def _parse_time(text: str, now: datetime, errors: list[str]) -> datetime | None:
-    m = _RFC3339_RE.fullmatch(text)
-    if not m:
-        errors.append(f"{OCCURRED_AT}: {text!r} is not an RFC 3339 date-time such as 2024-05-01T08:30:00+08:00")
-        return None
-    year, month, day, hour, minute, second, frac, zulu, sign, off_h, off_m = m.groups()
-    if not zulu and not sign:
-        errors.append(f"{OCCURRED_AT}: needs an explicit UTC offset (Z or +08:00); local times are ambiguous")
-        return None
-    if sign == "-" and off_h == "00" and off_m == "00":
-        errors.append(f"{OCCURRED_AT}: offset -00:00 means the offset is unknown (RFC 3339); send the real offset")
+def decode_batch(body: bytes) -> list[ScanEvent] | None:
+    """The events of a batch whose every event is well formed, decoded in one pass; None when any is not (then
+    :func:`validate` each to learn which and why)."""
+    if _UNKNOWN_OFFSET in body:  # a time with offset -00:00, which msgspec reads as UTC: checked event by event
         return None
     try:
-        offset = timedelta(0) if zulu else (1 if sign == "+" else -1) * timedelta(hours=int(off_h), minutes=int(off_m))
-        micros = int((frac or "0").ljust(6, "0")[:6])
-        moment = datetime(
-            int(year), int(month), int(day), int(hour), int(minute), int(second), micros, tzinfo=timezone(offset)
-        )
-        moment.astimezone(UTC)  # 0001-01-01T00:00:00+08:00 is in year 0 in UTC: to_json could not write it
-    except ValueError as exc:
-        errors.append(f"{OCCURRED_AT}: {text!r} is not a valid date-time ({exc})")
+        return msgspec.json.decode(body, type=Batch).events
+    except msgspec.DecodeError:
         return None
-    except OverflowError:
-        errors.append(f"{OCCURRED_AT}: {text!r} is before 0001-01-01T00:00:00Z")
+
+
+def _field_problem(name: str, value: Any, type_: Any) -> str | None:
+    """What is wrong with one field's value, in the words of its metadata; None when the model takes it."""
+    if name == OCCURRED_AT:
+        return _time_problem(value)
+    try:
+        msgspec.convert(value, type_, strict=True)
+    except msgspec.ValidationError:
+        pass
+    else:
         return None
-    if moment - now > MAX_FUTURE:
-        errors.append(f"{OCCURRED_AT}: {text} is more than 5 minutes in the future")
-        return None
-    return moment
+    if not isinstance(value, str):
+        return f"must be a string, not {_json_type(value)}"
+    choices = _choices(type_)
+    if choices:
+        return f"{value!r} is not one of {', '.join(choices)}"
+    meta = _meta(type_)
+    if (
+        meta.min_length is not None
+        and meta.max_length is not None
+        and not meta.min_length <= len(value) <= meta.max_length
+    ):
+        return f"must be {meta.min_length}-{meta.max_length} characters, got {len(value)}"
+    return str((meta.extra or {}).get("invalid", "is not valid"))
+
+
+_RFC3339_SHAPE: Final = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.[0-9]{1,9})?([Zz]|[+-][0-9]{2}:[0-9]{2})?"
+)
+
+
+def _time_problem(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"must be a string, not {_json_type(value)}"
+    shape = _RFC3339_SHAPE.fullmatch(value)
+    if shape is None:
+        return f"{value!r} is not an RFC 3339 date-time such as 2024-05-01T08:30:00+08:00"
+    if shape.group(1) is None:
+        return "needs an explicit UTC offset (Z or +08:00); local times are ambiguous"
+    if shape.group(1) == "-00:00":
+        return "offset -00:00 means the offset is unknown (RFC 3339); send the real offset"
+    try:
+        msgspec.convert(value, OccurredAt)
+    except msgspec.ValidationError:
+        return f"{value!r} is not a valid date-time"
+    return None
+
+
+def _meta(type_: Any) -> Meta:
+    for arg in typing.get_args(type_):
+        if isinstance(arg, Meta):
+            return arg
+        if typing.get_origin(arg) is Annotated:
+            return _meta(arg)
+    return Meta()
+
+
+def _choices(type_: Any) -> tuple[str, ...]:
+    if typing.get_origin(type_) is Literal:
+        return typing.get_args(type_)
+    return next((_choices(a) for a in typing.get_args(type_) if typing.get_origin(a) is Literal), ())
 
 
 def _json_type(value: Any) -> str:
@@ -264,33 +298,28 @@ def _json_type(value: Any) -> str:
     return "a string"
 
 
-def json_schema() -> dict[str, Any]:
-    """JSON Schema of one event, for the OpenAPI document (the checks above are the authority)."""
-    text = {"type": "string"}
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "required": [EVENT_ID, CARRIER, WAYBILL, EVENT_TYPE, LOCATION_CODE, OCCURRED_AT],
-        "properties": {
-            EVENT_ID: {**text, "pattern": r"^[A-Za-z0-9._:-]{1,128}$", "description": "Unique per carrier."},
-            CARRIER: {**text, "pattern": r"^[a-z0-9_-]{2,32}$", "description": "Must be the token's carrier."},
-            WAYBILL: {**text, "minLength": 1, "maxLength": 64},
-            EVENT_TYPE: {**text, "enum": list(EVENT_TYPES)},
-            LOCATION_CODE: {
-                **text,
-                "pattern": r"^([0-9]{9}|[0-9]{12})$",
-                "description": "Registry division code: 9-digit township or 12-digit village; "
-                + ", ".join(sorted(VILLAGE_ONLY_TYPES))
-                + " need a village.",
-            },
-            OCCURRED_AT: {
-                **text,
-                "format": "date-time",
-                "description": "RFC 3339 with an explicit offset; at most 5 minutes in the future.",
-                "examples": ["2024-05-01T08:30:00+08:00"],
-            },
-            STATION_ID: {**text, "minLength": 1, "maxLength": 64},
-            COOPERATION_MODEL: {**text, "enum": list(COOPERATION_MODELS)},
-            REASON: {**text, "minLength": 1, "maxLength": 200, "description": f"Required for {DELIVERY_FAILED}."},
-        },
-    }
+# -- times and the schema ----------------------------------------------------------------------------------------
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC with millisecond precision, the form every response uses."""
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def format_time_raw(moment: datetime) -> str:
+    """A time as it was sent (its own offset), for messages about it."""
+    return moment.isoformat()
+
+
+def format_ms(ms: int) -> str:
+    return format_time(datetime.fromtimestamp(ms / 1000, UTC))
+
+
+def json_schema(max_events: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """JSON Schema of a ``POST /v1/scans`` body, and the component schemas it refers to (``#/components/schemas``)."""
+    (batch,), components = msgspec.json.schema_components([Batch], ref_template="#/components/schemas/{name}")
+    body = components.pop("Batch")
+    body["properties"]["events"]["maxItems"] = max_events
+    del body["properties"]["received_at"]  # set by ingest on the topic, never by a carrier
+    del batch
+    return body, components

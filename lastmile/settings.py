@@ -1,18 +1,23 @@
-"""Every setting, read from the environment in one place.
+"""Every setting, read from the environment in one place (pydantic-settings), each checked when a process starts.
 
-Each field's metadata names its environment variable and says what it does; the README's settings
-table and the docker-compose test are generated from / checked against :func:`documented`.
+A field's alias is its environment variable and its description the help text; the settings table in
+docs/settings.md is generated from :func:`documented`. A bad value stops the process with a message naming the
+variable (:class:`SettingsError`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
+import math
 import os
+import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Final, Literal
+
+from dotenv import dotenv_values
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lastmile import divisions, names
 
@@ -21,181 +26,212 @@ class SettingsError(ValueError):
     """A setting is present but unusable; the message names the variable."""
 
 
-def _env(name: str, help: str) -> dict[str, str]:
-    return {"env": name, "help": help}
+def _upper(value: Any) -> Any:
+    return value.upper() if isinstance(value, str) else value
 
 
-@dataclass(frozen=True)
-class Settings:
-    kafka_bootstrap_servers: str = field(
-        default="localhost:9092", metadata=_env("KAFKA_BOOTSTRAP_SERVERS", "Kafka bootstrap servers, host:port[,...]")
+def _tiers(text: str) -> str:
+    parts = [t.strip() for t in text.split(",") if t.strip()]
+    if not all(p.isascii() and p.isdigit() and int(p) > 0 for p in parts):
+        raise ValueError(f"{text!r} is not a comma-separated list of positive whole numbers")
+    return text
+
+
+def _finite(value: float) -> float:
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
+def _token_json(text: str) -> str:
+    if text.strip():
+        try:
+            parse_token_map("", text)
+        except SettingsError as exc:
+            raise ValueError(str(exc).removeprefix(": ")) from None
+    return text
+
+
+def _env(name: str, default: Any, help: str, **constraints: Any) -> Any:
+    return Field(default, validation_alias=name, description=help, **constraints)
+
+
+Positive = Annotated[float, Field(gt=0), AfterValidator(_finite)]
+NonNegative = Annotated[float, Field(ge=0), AfterValidator(_finite)]
+Port = Annotated[int, Field(ge=0, le=65535)]
+TokenJson = Annotated[str, AfterValidator(_token_json)]
+LogLevel = Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        frozen=True,
+        case_sensitive=True,
+        env_ignore_empty=True,
+        extra="ignore",
+        validate_by_name=True,
+        validate_by_alias=True,
+        validate_default=True,
     )
-    redis_url: str = field(
-        default="redis://localhost:6379/0", metadata=_env("REDIS_URL", "Redis URL of the read model")
+
+    kafka_bootstrap_servers: str = _env(
+        "KAFKA_BOOTSTRAP_SERVERS", "localhost:9092", "Kafka bootstrap servers, host:port[,...]", min_length=1
     )
-    redis_key_prefix: str = field(default="lm", metadata=_env("REDIS_KEY_PREFIX", "Prefix of every Redis key"))
-    scan_topic: str = field(default=names.SCAN_TOPIC, metadata=_env("SCAN_TOPIC", "Topic the scan events go to"))
-    dead_letter_topic: str = field(
-        default=names.DEAD_LETTER_TOPIC, metadata=_env("DEAD_LETTER_TOPIC", "Topic for records the worker cannot use")
+    redis_url: str = _env(
+        "REDIS_URL", "redis://localhost:6379/0", "Redis URL of the read model", pattern=r"^(redis|rediss|unix)://"
     )
-    scan_topic_partitions: int = field(
-        default=8, metadata=_env("SCAN_TOPIC_PARTITIONS", "Partitions of the scan topic when it is created")
+    redis_key_prefix: str = _env("REDIS_KEY_PREFIX", "lm", "Prefix of every Redis key", pattern=r"^[A-Za-z0-9_.-]+$")
+    scan_topic: str = _env("SCAN_TOPIC", names.SCAN_TOPIC, "Topic the scan events go to", min_length=1)
+    dead_letter_topic: str = _env(
+        "DEAD_LETTER_TOPIC", names.DEAD_LETTER_TOPIC, "Topic for records the worker cannot use", min_length=1
     )
-    kafka_replication_factor: int = field(
-        default=1, metadata=_env("KAFKA_REPLICATION_FACTOR", "Replication factor of topics created by lastmile")
+    scan_topic_partitions: int = _env(
+        "SCAN_TOPIC_PARTITIONS", 8, "Partitions of the scan topic when it is created", ge=1
     )
-    kafka_enable_idempotence: bool = field(
-        default=False,
-        metadata=_env(
-            "KAFKA_ENABLE_IDEMPOTENCE", "Idempotent producer (Apache Kafka yes; the embedded Tansu has none)"
-        ),
+    kafka_replication_factor: int = _env(
+        "KAFKA_REPLICATION_FACTOR", 1, "Replication factor of topics created by lastmile", ge=1
     )
-    consumer_group: str = field(
-        default=names.CONSUMER_GROUP, metadata=_env("WORKER_GROUP_ID", "Consumer group (Faust app id) of the workers")
+    kafka_enable_idempotence: bool = _env(
+        "KAFKA_ENABLE_IDEMPOTENCE", False, "Idempotent producer (Apache Kafka yes; the embedded Tansu has none)"
     )
-    worker_batch_max: int = field(
-        # Records, not events: an ingest record holds one POST's share of a partition (up to ~1,000 events),
-        # and one Lua call blocks Redis for its whole length, so calls are kept well under a second.
-        default=16,
-        metadata=_env("WORKER_BATCH_MAX", "Most records the worker folds in one Redis call"),
+    consumer_group: str = _env(
+        "WORKER_GROUP_ID", names.CONSUMER_GROUP, "Consumer group (Faust app id) of the workers", min_length=1
     )
-    worker_batch_within_seconds: float = field(
-        default=0.05, metadata=_env("WORKER_BATCH_WITHIN_SECONDS", "Longest wait to fill a worker batch")
+    # Records, not events: an ingest record holds one POST's share of a partition (up to ~1,000 events), and
+    # one Lua call blocks Redis for its whole length, so calls are kept well under a second.
+    worker_batch_max: int = _env("WORKER_BATCH_MAX", 16, "Most records the worker folds in one Redis call", ge=1)
+    worker_batch_within_seconds: Positive = _env(
+        "WORKER_BATCH_WITHIN_SECONDS", 0.05, "Longest wait to fill a worker batch"
     )
-    worker_session_timeout_seconds: float = field(
-        default=10.0,
-        metadata=_env("WORKER_SESSION_TIMEOUT_SECONDS", "How soon a dead worker's partitions move to another"),
+    worker_session_timeout_seconds: Positive = _env(
+        "WORKER_SESSION_TIMEOUT_SECONDS", 10.0, "How soon a dead worker's partitions move to another"
     )
-    dedup_window_hours: float = field(
-        default=72.0,
-        metadata=_env("DEDUP_WINDOW_HOURS", "How long a (carrier, event_id) is remembered to drop repeats"),
+    dedup_window_hours: Positive = _env(
+        "DEDUP_WINDOW_HOURS", 72.0, "How long a (carrier, event_id) is remembered to drop repeats"
     )
-    lapse_window_days: float = field(
-        default=30.0,
-        metadata=_env("LAPSE_WINDOW_DAYS", "A reached village not reached again for this long is lapsed (防回退)"),
+    lapse_window_days: Positive = _env(
+        "LAPSE_WINDOW_DAYS", 30.0, "A reached village not reached again for this long is lapsed (防回退)"
     )
-    priority_population_tiers: str = field(
-        default="2500",
-        metadata=_env("PRIORITY_POPULATION_TIERS", "Population thresholds for ?min_population=, comma-separated"),
+    priority_population_tiers: Annotated[str, AfterValidator(_tiers)] = _env(
+        "PRIORITY_POPULATION_TIERS", "2500", "Population thresholds for ?min_population=, comma-separated"
     )
-    ingest_host: str = field(default="127.0.0.1", metadata=_env("INGEST_HOST", "Address the ingest API binds"))
-    ingest_port: int = field(default=8000, metadata=_env("INGEST_PORT", "Port of the ingest API"))
-    coverage_host: str = field(default="127.0.0.1", metadata=_env("COVERAGE_HOST", "Address the coverage API binds"))
-    coverage_port: int = field(default=8001, metadata=_env("COVERAGE_PORT", "Port of the coverage API"))
-    carrier_tokens: str = field(
-        default="",
-        metadata=_env("INGEST_CARRIER_TOKENS", 'Carrier tokens, a JSON object {"<token>": "<carrier>"}'),
+    ingest_host: str = _env("INGEST_HOST", "127.0.0.1", "Address the ingest API binds")
+    ingest_port: Port = _env("INGEST_PORT", 8000, "Port of the ingest API")
+    coverage_host: str = _env("COVERAGE_HOST", "127.0.0.1", "Address the coverage API binds")
+    coverage_port: Port = _env("COVERAGE_PORT", 8001, "Port of the coverage API")
+    carrier_tokens: TokenJson = _env(
+        "INGEST_CARRIER_TOKENS", "", 'Carrier tokens, a JSON object {"<token>": "<carrier>"}'
     )
-    carrier_tokens_file: str = field(
-        default="", metadata=_env("INGEST_CARRIER_TOKENS_FILE", "A file holding the same JSON object")
+    carrier_tokens_file: str = _env("INGEST_CARRIER_TOKENS_FILE", "", "A file holding the same JSON object")
+    ingest_max_events: int = _env("INGEST_MAX_EVENTS", 1000, "Most events in one POST", ge=1)
+    ingest_max_body_bytes: int = _env(
+        "INGEST_MAX_BODY_BYTES", 4 * 1024 * 1024, "Largest POST body accepted, in bytes", ge=1
     )
-    ingest_max_events: int = field(default=1000, metadata=_env("INGEST_MAX_EVENTS", "Most events in one POST"))
-    ingest_max_body_bytes: int = field(
-        default=4 * 1024 * 1024, metadata=_env("INGEST_MAX_BODY_BYTES", "Largest POST body accepted, in bytes")
+    ingest_publish_timeout_seconds: Positive = _env(
+        "INGEST_PUBLISH_TIMEOUT_SECONDS", 10.0, "Longest wait for the broker's ack before answering 503"
     )
-    ingest_publish_timeout_seconds: float = field(
-        default=10.0,
-        metadata=_env("INGEST_PUBLISH_TIMEOUT_SECONDS", "Longest wait for the broker's ack before answering 503"),
+    ingest_request_read_timeout_seconds: Positive = _env(
+        "INGEST_REQUEST_READ_TIMEOUT_SECONDS",
+        30.0,
+        "A request must arrive whole (headers and body) within this many seconds of its first byte, else 408",
     )
-    ingest_request_read_timeout_seconds: float = field(
-        default=30.0,
-        metadata=_env(
-            "INGEST_REQUEST_READ_TIMEOUT_SECONDS",
-            "A request must arrive whole (headers and body) within this many seconds of its first byte, else 408",
-        ),
+    ingest_retry_after_seconds: int = _env("INGEST_RETRY_AFTER_SECONDS", 5, "Retry-After sent with 503", ge=1)
+    regulator_tokens: TokenJson = _env(
+        "COVERAGE_REGULATOR_TOKENS",
+        "",
+        'Regulator tokens, a JSON object {"<token>": "<region prefix>"}, "" national',
     )
-    ingest_retry_after_seconds: int = field(
-        default=5, metadata=_env("INGEST_RETRY_AFTER_SECONDS", "Retry-After sent with 503")
+    regulator_tokens_file: str = _env("COVERAGE_REGULATOR_TOKENS_FILE", "", "A file holding the same JSON object")
+    coverage_rate_limit_per_second: NonNegative = _env(
+        "COVERAGE_RATE_LIMIT_PER_SECOND", 20.0, "Requests a regulator token may make per second (0: no limit)"
     )
-    regulator_tokens: str = field(
-        default="",
-        metadata=_env(
-            "COVERAGE_REGULATOR_TOKENS", 'Regulator tokens, a JSON object {"<token>": "<region prefix>"}, "" national'
-        ),
+    coverage_rate_limit_burst: int = _env(
+        "COVERAGE_RATE_LIMIT_BURST", 100, "Requests a regulator token may make in one burst", ge=1
     )
-    regulator_tokens_file: str = field(
-        default="", metadata=_env("COVERAGE_REGULATOR_TOKENS_FILE", "A file holding the same JSON object")
+    coverage_cache_max_age_seconds: int = _env(
+        "COVERAGE_CACHE_MAX_AGE_SECONDS", 30, "max-age of the coverage API's Cache-Control", ge=0
     )
-    coverage_rate_limit_per_second: float = field(
-        default=20.0,
-        metadata=_env("COVERAGE_RATE_LIMIT_PER_SECOND", "Requests a regulator token may make per second (0: no limit)"),
+    coverage_figures_max_age_seconds: NonNegative = _env(
+        "COVERAGE_FIGURES_MAX_AGE_SECONDS",
+        0.5,
+        "Longest time the coverage API serves a computed region report from memory (0: no cache)",
     )
-    coverage_rate_limit_burst: int = field(
-        default=100, metadata=_env("COVERAGE_RATE_LIMIT_BURST", "Requests a regulator token may make in one burst")
+    coverage_access_log: bool = _env(
+        "COVERAGE_ACCESS_LOG", False, "Log one line per coverage API request (costly under load)"
     )
-    coverage_cache_max_age_seconds: int = field(
-        default=30, metadata=_env("COVERAGE_CACHE_MAX_AGE_SECONDS", "max-age of the coverage API's Cache-Control")
+    coverage_stream_poll_seconds: Positive = _env(
+        "COVERAGE_STREAM_POLL_SECONDS", 1.0, "How often a live stream reads its figures"
     )
-    coverage_figures_max_age_seconds: float = field(
-        default=0.5,
-        metadata=_env(
-            "COVERAGE_FIGURES_MAX_AGE_SECONDS",
-            "Longest time the coverage API serves a computed region report from memory (0: no cache)",
-        ),
+    coverage_stream_keepalive_seconds: Positive = _env(
+        "COVERAGE_STREAM_KEEPALIVE_SECONDS", 15.0, "A live stream sends a keep-alive comment after this idle"
     )
-    coverage_server: str = field(
-        default="aiohttp",
-        metadata=_env("COVERAGE_SERVER", "HTTP server of the coverage API: aiohttp (C parser) or uvicorn"),
+    coverage_streams_per_token: int = _env(
+        "COVERAGE_STREAMS_PER_TOKEN", 5, "Live streams one regulator token may hold open", ge=1
     )
-    coverage_access_log: bool = field(
-        default=False, metadata=_env("COVERAGE_ACCESS_LOG", "Log one line per coverage API request (costly under load)")
+    coverage_targets: str = _env(
+        "COVERAGE_TARGETS",
+        "",
+        "Coverage milestones, JSON (docs: reports); empty: 2021-12-31 ≥ 0.90 and 2022-12-31 ≥ 1.00",
     )
-    coverage_stream_poll_seconds: float = field(
-        default=1.0, metadata=_env("COVERAGE_STREAM_POLL_SECONDS", "How often a live stream reads its figures")
+    coverage_targets_file: str = _env(
+        "COVERAGE_TARGETS_FILE", "", "A file holding the same JSON (instead of COVERAGE_TARGETS)"
     )
-    coverage_stream_keepalive_seconds: float = field(
-        default=15.0,
-        metadata=_env("COVERAGE_STREAM_KEEPALIVE_SECONDS", "A live stream sends a keep-alive comment after this idle"),
+    snapshot_hour: int = _env(
+        "SNAPSHOT_HOUR",
+        23,
+        "Hour (0-23, China Standard Time) from which the worker takes the daily snapshot",
+        ge=0,
+        le=23,
     )
-    coverage_streams_per_token: int = field(
-        default=5, metadata=_env("COVERAGE_STREAMS_PER_TOKEN", "Live streams one regulator token may hold open")
+    subsidy_rules_file: str = _env(
+        "SUBSIDY_RULES_FILE", "", "Subsidy rules, a JSON file; empty: the bundled 驿城区 2021 rules"
     )
-    coverage_targets: str = field(
-        default="",
-        metadata=_env(
-            "COVERAGE_TARGETS",
-            "Coverage milestones, JSON (README, Targets); empty: 2021-12-31 ≥ 0.90 and 2022-12-31 ≥ 1.00",
-        ),
-    )
-    coverage_targets_file: str = field(
-        default="", metadata=_env("COVERAGE_TARGETS_FILE", "A file holding the same JSON (instead of COVERAGE_TARGETS)")
-    )
-    snapshot_hour: int = field(
-        default=23,
-        metadata=_env(
-            "SNAPSHOT_HOUR", "Hour (0-23, China Standard Time) from which the worker takes the daily snapshot"
-        ),
-    )
-    subsidy_rules_file: str = field(
-        default="",
-        metadata=_env("SUBSIDY_RULES_FILE", "Subsidy rules, a JSON file; empty: the bundled 驿城区 2021 rules"),
-    )
-    log_level: str = field(default="INFO", metadata=_env("LOG_LEVEL", "DEBUG, INFO, WARNING or ERROR"))
-    log_format: str = field(default="json", metadata=_env("LOG_FORMAT", "json (one object a line) or console"))
+    log_level: LogLevel = _env("LOG_LEVEL", "INFO", "DEBUG, INFO, WARNING or ERROR")
+    log_format: Literal["json", "console"] = _env("LOG_FORMAT", "json", "json (one object a line) or console")
 
     @classmethod
-    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        environ = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            raw = environ.get(f.metadata["env"])
-            if raw is None or raw == "":
-                continue
-            values[f.name] = _parse(f.metadata["env"], f.type, raw)
-        values.update(overrides)
-        return cls(**values)
+    def from_env(cls, environ: Mapping[str, str] | None = None, *, env_file: Path | None = None) -> Settings:
+        """The settings of this process's environment (or of ``environ``); ``env_file`` (KEY=value lines) fills
+        in what the environment does not set. :class:`SettingsError` names every variable at fault."""
+        values = _read_env_file(env_file) if env_file is not None else {}
+        values.update({k: v for k, v in (os.environ if environ is None else environ).items() if v != ""})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc, values)) from None
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` (by field name), checked like the environment's values."""
+        try:
+            return type(self).model_validate({**self.model_dump(), **changes})
+        except ValidationError as exc:
+            raise SettingsError(_describe(exc, {})) from None
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables that give exactly these settings (:meth:`from_env` reads them back)."""
+        out = {}
+        for name, info in type(self).model_fields.items():
+            value = getattr(self, name)
+            out[str(info.validation_alias)] = ("true" if value else "false") if isinstance(value, bool) else str(value)
+        return out
+
+    @property
+    def redis_url_shown(self) -> str:
+        """REDIS_URL for logs and messages: any password in it masked."""
+        return re.sub(r"(://[^:@/]*:)[^@/]*@", r"\1***@", self.redis_url)
+
+    def describe(self) -> dict[str, str]:
+        """What a process talks to, for its first log line."""
+        return {
+            "redis": self.redis_url_shown,
+            "broker": self.kafka_bootstrap_servers,
+            "key_prefix": self.redis_key_prefix,
+            "topic": self.scan_topic,
+        }
 
     @property
     def population_tiers(self) -> tuple[int, ...]:
-        try:
-            tiers = tuple(sorted({int(t) for t in self.priority_population_tiers.split(",") if t.strip()}))
-        except ValueError:
-            raise SettingsError(
-                f"PRIORITY_POPULATION_TIERS: {self.priority_population_tiers!r} is not a list of whole numbers"
-            ) from None
-        if any(t <= 0 for t in tiers):
-            raise SettingsError("PRIORITY_POPULATION_TIERS: thresholds must be positive")
-        return tiers
+        return tuple(sorted({int(t) for t in self.priority_population_tiers.split(",") if t.strip()}))
 
     @property
     def lapse_window_ms(self) -> int:
@@ -260,25 +296,27 @@ def parse_token_map(env: str, text: str) -> dict[str, str]:
     return data
 
 
-def _parse(env: str, type_: Any, raw: str) -> Any:
-    kind = type_ if isinstance(type_, str) else type_.__name__
-    try:
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind == "bool":
-            lowered = raw.strip().lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(raw)
-    except ValueError:
-        raise SettingsError(f"{env}: {raw!r} is not a valid {kind}") from None
-    return raw
+def _read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=value`` lines (``#`` comments, optional quotes), as ``lastmile run`` writes .run/lastmile.env."""
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def _describe(exc: ValidationError, given: Mapping[str, str]) -> str:
+    """One part per variable at fault: ``SNAPSHOT_HOUR: '99' is not valid: Input should be ...``, with the value as
+    the environment gave it."""
+    parts = []
+    for error in exc.errors():
+        name = str(error["loc"][0]) if error["loc"] else "settings"
+        field = Settings.model_fields.get(name)
+        env = field.validation_alias if field is not None and isinstance(field.validation_alias, str) else name
+        value = "(value not shown: it holds tokens)" if env in _SECRET else repr(given.get(env, error["input"]))
+        parts.append(f"{env}: {value} is not valid: {error['msg']}")
+    return "; ".join(parts)
+
+
+_SECRET: Final = frozenset({"INGEST_CARRIER_TOKENS", "COVERAGE_REGULATOR_TOKENS"})
 
 
 def documented() -> list[tuple[str, str, str]]:
-    """(variable, default, help) for every setting, for the README and the compose check."""
-    return [(f.metadata["env"], str(f.default), f.metadata["help"]) for f in dataclasses.fields(Settings)]
+    """(variable, default, help) for every setting, for the docs' settings table and the compose check."""
+    return [(str(f.validation_alias), str(f.default), str(f.description)) for f in Settings.model_fields.values()]

@@ -1,4 +1,4 @@
-"""Rebuild lastmile/sample_registry/ from the national registry: whole counties plus the rows above them.
+"""Rebuild lastmile/registry_data/sample/ from the national registry: whole counties plus the rows above them.
 
     .venv/bin/python scripts/extract_sample_registry.py 140322 411702 152529
 
@@ -17,7 +17,7 @@ from lastmile.registry import read_registry
 
 REPO = Path(__file__).resolve().parents[1]
 NATIONAL = REPO.parent / "shared" / "data" / "cn-divisions-2023"
-SAMPLE = REPO / "lastmile" / "sample_registry"
+SAMPLE = REPO / "lastmile" / "registry_data" / "sample"
 # File stem -> how many leading digits of a county code select its rows (the province and city above it,
 # the county, and everything below).
 STEMS = {"provinces": 2, "cities": 4, "areas": 6, "streets": 6, "villages": 6}

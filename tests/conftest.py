@@ -10,17 +10,16 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Generator, Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 
-from lastmile import devstack
+from lastmile.registry import BUNDLED
 from lastmile.settings import Settings
+from lastmile_dev import devstack
 
-REPO = Path(__file__).resolve().parent.parent
-SAMPLE_REGISTRY = REPO / "lastmile" / "sample_registry"
+SAMPLE_REGISTRY = BUNDLED["sample"]
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -16,11 +16,11 @@ from typing import Any
 
 import httpx
 import pytest
-from live_services import load_sample_registry, sample_villages, service_env, start, wait_ready
 
-from lastmile import devstack
 from lastmile.settings import Settings
 from lastmile.topics import partition_for
+from lastmile_dev import devstack
+from tests.support.services import load_sample_registry, sample_villages, service_env, start, wait_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -80,14 +80,33 @@ async def test_a_stream_shows_posted_scans(stack: tuple[str, str]) -> None:
     first, second, third = same[:3]
     when = (datetime.now(UTC) - timedelta(hours=2)).isoformat()
     posted = [
-        {"event_id": "live-1", "carrier": "sf", "waybill": "SF1", "event_type": "delivered",
-         "location_code": first, "occurred_at": when, "station_id": "YX-1"},
-        {"event_id": "live-2", "carrier": "sf", "waybill": "SF2", "event_type": "picked_up",
-         "location_code": second, "occurred_at": when},
+        {
+            "event_id": "live-1",
+            "carrier": "sf",
+            "waybill": "SF1",
+            "event_type": "delivered",
+            "location_code": first,
+            "occurred_at": when,
+            "station_id": "YX-1",
+        },
+        {
+            "event_id": "live-2",
+            "carrier": "sf",
+            "waybill": "SF2",
+            "event_type": "picked_up",
+            "location_code": second,
+            "occurred_at": when,
+        },
         # Out for delivery does not reach a village.
-        {"event_id": "live-3", "carrier": "sf", "waybill": "SF3", "event_type": "out_for_delivery",
-         "location_code": third, "occurred_at": when},
-    ]  # fmt: skip
+        {
+            "event_id": "live-3",
+            "carrier": "sf",
+            "waybill": "SF3",
+            "event_type": "out_for_delivery",
+            "location_code": third,
+            "occurred_at": when,
+        },
+    ]
     total = len(villages)
 
     headers = {"Authorization": f"Bearer {COUNTY_TOKEN}"}
@@ -103,8 +122,9 @@ async def test_a_stream_shows_posted_scans(stack: tuple[str, str]) -> None:
         assert before["figures"]["code"] == TOWNSHIP
         assert (before["figures"]["villages_total"], before["figures"]["villages_reached"]) == (total, 0)
 
-        r = await client.post(f"{ingest}/v1/scans", json={"events": posted},
-                              headers={"Authorization": f"Bearer {CARRIER_TOKEN}"})  # fmt: skip
+        r = await client.post(
+            f"{ingest}/v1/scans", json={"events": posted}, headers={"Authorization": f"Bearer {CARRIER_TOKEN}"}
+        )
         assert r.status_code == 202, r.text
         assert (r.json()["accepted"], r.json()["rejected"]) == (3, [])
 

@@ -14,20 +14,39 @@ from typing import Any
 import httpx
 import pytest
 
-from lastmile import devstack
+from lastmile_dev import devstack
 
 pytestmark = pytest.mark.e2e
 
 # The README's example post: two villages of 盂县 reached, one event refused.
 README_EVENTS = [
-    {"event_id": "demo-1", "carrier": "demo", "waybill": "YT0001", "event_type": "delivered",
-     "location_code": "140322205206", "occurred_at": "2024-05-01T09:15:00+08:00"},
-    {"event_id": "demo-2", "carrier": "demo", "waybill": "YT0002", "event_type": "collected",
-     "location_code": "140322100200", "occurred_at": "2024-05-01T10:00:00+08:00",
-     "station_id": "YX-ST-01", "cooperation_model": "postal_express"},
-    {"event_id": "demo-3", "carrier": "demo", "waybill": "YT0003", "event_type": "delivered",
-     "location_code": "140322205", "occurred_at": "2024-05-01T10:00:00+08:00"},
-]  # fmt: skip
+    {
+        "event_id": "demo-1",
+        "carrier": "demo",
+        "waybill": "YT0001",
+        "event_type": "delivered",
+        "location_code": "140322205206",
+        "occurred_at": "2024-05-01T09:15:00+08:00",
+    },
+    {
+        "event_id": "demo-2",
+        "carrier": "demo",
+        "waybill": "YT0002",
+        "event_type": "collected",
+        "location_code": "140322100200",
+        "occurred_at": "2024-05-01T10:00:00+08:00",
+        "station_id": "YX-ST-01",
+        "cooperation_model": "postal_express",
+    },
+    {
+        "event_id": "demo-3",
+        "carrier": "demo",
+        "waybill": "YT0003",
+        "event_type": "delivered",
+        "location_code": "140322205",
+        "occurred_at": "2024-05-01T10:00:00+08:00",
+    },
+]
 
 
 def children(pid: int) -> dict[int, str]:
@@ -67,14 +86,21 @@ def wait(condition: Callable[[], Any], within: float, what: str) -> Any:
 def test_local_run_serves_the_readme_example_survives_a_killed_worker_and_stops_clean(tmp_path: Path) -> None:
     ingest_port, coverage_port = devstack.free_port(), devstack.free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")}
-    env.update(INGEST_PORT=str(ingest_port), COVERAGE_PORT=str(coverage_port), LOG_FORMAT="console",
-               WORKER_SESSION_TIMEOUT_SECONDS="6")  # fmt: skip
+    env.update(
+        INGEST_PORT=str(ingest_port),
+        COVERAGE_PORT=str(coverage_port),
+        LOG_FORMAT="console",
+        WORKER_SESSION_TIMEOUT_SECONDS="6",
+    )
     out = tmp_path / "run.out"
     with open(out, "wb") as sink:
         run = subprocess.Popen(
             devstack.lastmile_command("run", "--data-dir", str(tmp_path / "data")),
-            stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True,
-        )  # fmt: skip
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
     ingest, coverage = f"http://127.0.0.1:{ingest_port}", f"http://127.0.0.1:{coverage_port}"
     try:
         wait(lambda: "Press Ctrl-C" in out.read_text() or run.poll() is not None, 120, "the stack to start")
@@ -85,12 +111,15 @@ def test_local_run_serves_the_readme_example_survives_a_killed_worker_and_stops_
         assert regulator in out.read_text()
         services = children(run.pid)
         assert sorted(cmd.split()[-1] for cmd in services.values() if "lastmile.cli" in cmd) == [
-            "coverage", "ingest", "worker",
-        ]  # fmt: skip
+            "coverage",
+            "ingest",
+            "worker",
+        ]
 
         def post() -> dict[str, Any]:
-            r = httpx.post(f"{ingest}/v1/scans", json={"events": README_EVENTS},
-                           headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+            r = httpx.post(
+                f"{ingest}/v1/scans", json={"events": README_EVENTS}, headers={"Authorization": f"Bearer {token}"}
+            )
             assert r.status_code == 202, r.text
             return dict(r.json())
 

@@ -18,11 +18,11 @@ from typing import Any
 
 import httpx
 import pytest
-from live_services import load_sample_registry, sample_units, sample_villages, service_env, start, wait_ready
 
-from lastmile import devstack
-from lastmile.devstack import Proc
 from lastmile.settings import Settings
+from lastmile_dev import devstack
+from lastmile_dev.devstack import Proc
+from tests.support.services import load_sample_registry, sample_units, sample_villages, service_env, start, wait_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -92,16 +92,19 @@ def make_events(rng: random.Random, units: list[str], start: int, n: int) -> lis
         event_type = rng.choice([*REACH, "out_for_delivery", "out_for_delivery", "arrived_at_hub"])
         if event_type == "arrived_at_hub":
             code = code[:9]
-        events.append({
-            "event_id": f"e2e-{i}",
-            "carrier": "sf",
-            "waybill": f"SF{i:010d}",
-            "event_type": event_type,
-            "location_code": code,
-            # Out of order on purpose: times are random within three days.
-            "occurred_at": (base + timedelta(minutes=rng.randint(0, 3 * 24 * 60))).astimezone(
-                __import__("datetime").timezone(timedelta(hours=8))).isoformat(),
-        })  # fmt: skip
+        events.append(
+            {
+                "event_id": f"e2e-{i}",
+                "carrier": "sf",
+                "waybill": f"SF{i:010d}",
+                "event_type": event_type,
+                "location_code": code,
+                # Out of order on purpose: times are random within three days.
+                "occurred_at": (base + timedelta(minutes=rng.randint(0, 3 * 24 * 60)))
+                .astimezone(__import__("datetime").timezone(timedelta(hours=8)))
+                .isoformat(),
+            }
+        )
     return events
 
 
@@ -120,8 +123,9 @@ async def post_all(
     for i in range(0, len(events), size):
         await asyncio.sleep(pause)
         while True:
-            r = await http.post(f"{url}/v1/scans", json={"events": events[i : i + size]},
-                                headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
+            r = await http.post(
+                f"{url}/v1/scans", json={"events": events[i : i + size]}, headers={"Authorization": f"Bearer {TOKEN}"}
+            )
             if r.status_code == 503:  # the documented answer while the broker cannot take writes
                 await asyncio.sleep(float(r.headers["retry-after"]))
                 continue

@@ -16,7 +16,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -24,13 +24,14 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from live_services import SAMPLE, sample_villages, service_env, start, wait_ready
 
-from coverage_service.registry_store import load_registry
-from lastmile import devstack, names
-from lastmile.devstack import Proc
+from coverage_service.readmodel.registry_store import load_registry
+from lastmile import names
 from lastmile.registry import read_registry
 from lastmile.settings import Settings
+from lastmile_dev import devstack
+from lastmile_dev.devstack import Proc
+from tests.support.services import SAMPLE, sample_villages, service_env, start, wait_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -56,7 +57,7 @@ class Outage:
 @pytest.fixture
 async def outage(settings: Settings, tmp_path: Path, redis: aioredis.Redis) -> AsyncIterator[Outage]:
     broker, url = devstack.start_broker(tmp_path / "broker")  # this test's own broker, not the session one
-    mine = replace(settings, kafka_bootstrap_servers=url)
+    mine = settings.replace(kafka_bootstrap_servers=url)
     await load_registry(redis, mine.redis_key_prefix, read_registry(SAMPLE))
     port = devstack.free_port()
     env = service_env(
@@ -82,10 +83,16 @@ async def outage(settings: Settings, tmp_path: Path, redis: aioredis.Redis) -> A
 def batch(start: int, n: int) -> list[dict[str, Any]]:
     when = (datetime.now(UTC) - timedelta(hours=2)).isoformat()
     return [
-        {"event_id": f"bo-{i}", "carrier": "sf", "waybill": f"BO{i:08d}", "event_type": "delivered",
-         "location_code": VILLAGES[i % len(VILLAGES)], "occurred_at": when}
+        {
+            "event_id": f"bo-{i}",
+            "carrier": "sf",
+            "waybill": f"BO{i:08d}",
+            "event_type": "delivered",
+            "location_code": VILLAGES[i % len(VILLAGES)],
+            "occurred_at": when,
+        }
         for i in range(start, start + n)
-    ]  # fmt: skip
+    ]
 
 
 @dataclass

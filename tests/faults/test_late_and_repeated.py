@@ -25,13 +25,14 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
-from faultkit import VILLAGES, EventMaker, Expected, assert_exact, seeded, wait_caught_up
-from live_services import load_sample_registry, service_env, start, wait_ready
 
-from lastmile import devstack, names
-from lastmile.devstack import Proc
+from lastmile import names
 from lastmile.settings import Settings
 from lastmile.topics import partition_for
+from lastmile_dev import devstack
+from lastmile_dev.devstack import Proc
+from tests.support.faultkit import VILLAGES, EventMaker, Expected, assert_exact, seeded, wait_caught_up
+from tests.support.services import load_sample_registry, service_env, start, wait_ready
 
 pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 

@@ -18,12 +18,18 @@ import asyncio
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
-from faultkit import (
+
+from coverage_service.readmodel.registry_store import load_registry
+from lastmile import names
+from lastmile.registry import read_registry
+from lastmile.settings import Settings
+from lastmile.topics import ensure_topics
+from lastmile_dev import devstack
+from tests.support.faultkit import (
     EventMaker,
     Expected,
     Stream,
@@ -35,13 +41,7 @@ from faultkit import (
     until,
     wait_caught_up,
 )
-from live_services import SAMPLE, service_env, start
-
-from coverage_service.registry_store import load_registry
-from lastmile import devstack, names
-from lastmile.registry import read_registry
-from lastmile.settings import Settings
-from lastmile.topics import ensure_topics
+from tests.support.services import SAMPLE, service_env, start
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
@@ -87,7 +87,7 @@ async def test_redis_restarts_and_a_wipe_under_the_worker_end_exact(
     settings: Settings, own_redis: OwnRedis, tmp_path: Path
 ) -> None:
     rng, seed = seeded("test_redis_restarts_and_a_wipe_under_the_worker_end_exact")
-    mine = replace(settings, redis_url=own_redis.url)
+    mine = settings.replace(redis_url=own_redis.url)
     prefix = mine.redis_key_prefix
     redis = aioredis.from_url(own_redis.url, decode_responses=True)
     await load_registry(redis, prefix, read_registry(SAMPLE))
@@ -166,7 +166,7 @@ async def test_redis_wiped_under_a_running_worker_waits_for_the_registry_then_re
     not fold (every event would look like an unknown location and be lost); it waits. Once the registry is
     loaded again it finds every partition's offset gone and folds each topic partition from its beginning."""
     rng, seed = seeded("test_redis_wiped_under_a_running_worker_waits_for_the_registry_then_refolds_exact")
-    mine = replace(settings, redis_url=own_redis.url)
+    mine = settings.replace(redis_url=own_redis.url)
     prefix = mine.redis_key_prefix
     redis = aioredis.from_url(own_redis.url, decode_responses=True)
     registry = read_registry(SAMPLE)
@@ -186,8 +186,12 @@ async def test_redis_wiped_under_a_running_worker_waits_for_the_registry_then_re
         await redis.flushall()
         wiped_at = expected.sent
         await until(lambda: _true(expected.sent > wiped_at + 200), within=30, what="more events flow")
-        await until(lambda: _true("RegistryMissing" in worker.log_path.read_text(errors="replace")),
-                    within=30, what="the worker meets the missing registry", context=logs)  # fmt: skip
+        await until(
+            lambda: _true("RegistryMissing" in worker.log_path.read_text(errors="replace")),
+            within=30,
+            what="the worker meets the missing registry",
+            context=logs,
+        )
         # Nothing is folded while there is no registry: no stats, no offsets, no dead letters.
         assert not await redis.exists(names.key(prefix, names.STATS), names.key(prefix, names.OFFSETS))
         assert not await redis.exists(names.key(prefix, names.REGION, names.NATIONAL))

@@ -17,7 +17,14 @@ from pathlib import Path
 import orjson
 import pytest
 import redis.asyncio as aioredis
-from faultkit import (
+
+from coverage_service.readmodel.registry_store import load_registry
+from lastmile import names
+from lastmile.registry import read_registry
+from lastmile.settings import Settings
+from lastmile.topics import ensure_topics
+from lastmile_dev.devstack import Proc
+from tests.support.faultkit import (
     EventMaker,
     Expected,
     Stream,
@@ -27,14 +34,7 @@ from faultkit import (
     until,
     wait_caught_up,
 )
-from live_services import SAMPLE, service_env, start
-
-from coverage_service.registry_store import load_registry
-from lastmile import names
-from lastmile.devstack import Proc
-from lastmile.registry import read_registry
-from lastmile.settings import Settings
-from lastmile.topics import ensure_topics
+from tests.support.services import SAMPLE, service_env, start
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 

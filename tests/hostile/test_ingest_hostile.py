@@ -15,22 +15,21 @@ import os
 import socket
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx
-import ingest_world
 import orjson
 import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI
-from ingest_world import Ingest, running_ingest, topic_records
-from live_services import service_env, start, wait_ready
 
-from lastmile import devstack
-from lastmile.devstack import Proc
 from lastmile.settings import Settings
+from lastmile_dev import devstack
+from lastmile_dev.devstack import Proc
+from tests.support import ingest_world
+from tests.support.ingest_world import Ingest, running_ingest, topic_records
+from tests.support.services import service_env, start, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -63,7 +62,7 @@ def problem(r: httpx.Response, status: int, type_: str, detail: str) -> dict[str
 
 def hostile_settings(settings: Settings) -> Settings:
     tokens = json.dumps({TOKEN: "sf", OTHER_TOKEN: "yto"})
-    return replace(settings, carrier_tokens=tokens, ingest_max_body_bytes=LIMIT, ingest_max_events=MAX_EVENTS)
+    return settings.replace(carrier_tokens=tokens, ingest_max_body_bytes=LIMIT, ingest_max_events=MAX_EVENTS)
 
 
 @pytest.fixture
@@ -96,11 +95,19 @@ class Body:
 
 async def asgi_post(app: FastAPI, headers: dict[str, str], body: Body) -> tuple[int, dict[str, str], bytes]:
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
-        "path": "/v1/scans", "raw_path": b"/v1/scans", "root_path": "", "query_string": b"",
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/scans",
+        "raw_path": b"/v1/scans",
+        "root_path": "",
+        "query_string": b"",
         "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-        "client": ("127.0.0.1", 1), "server": ("ingest", 80),
-    }  # fmt: skip
+        "client": ("127.0.0.1", 1),
+        "server": ("ingest", 80),
+    }
     sent: list[dict[str, Any]] = []
 
     async def send(message: dict[str, Any]) -> None:
@@ -196,8 +203,10 @@ async def test_malformed_bodies_are_400_problems(ingest: Ingest, content: bytes,
 
 async def test_deep_but_parseable_nesting_in_an_event_is_a_rejection_not_a_crash(ingest: Ingest) -> None:
     deep = b"[" * 1000 + b"]" * 1000  # as deep as the parser goes (encoders give up earlier: written by hand)
-    events = [orjson.dumps(scan_event(0, waybill="W")).replace(b'"W"', deep),
-              orjson.dumps(scan_event(1, extra="X")).replace(b'"X"', b'{"a":' + deep + b"}")]  # fmt: skip
+    events = [
+        orjson.dumps(scan_event(0, waybill="W")).replace(b'"W"', deep),
+        orjson.dumps(scan_event(1, extra="X")).replace(b'"X"', b'{"a":' + deep + b"}"),
+    ]
     content = b'{"events": [' + b",".join(events) + b"]}"
     r = await ingest.http.post("/v1/scans", content=content, headers=JSON)
     body = problem(r, 422, "no-valid-events", "none of the 2 events is valid")
@@ -214,8 +223,10 @@ async def test_events_over_the_documented_limit_are_413(ingest: Ingest) -> None:
 
 async def test_dates_out_of_range_are_rejections_not_500(ingest: Ingest) -> None:
     # 0001-01-01T00:00:00+08:00 is in year 0 in UTC: it used to pass validation and crash the publisher (500).
-    events = [scan_event(0, occurred_at="0001-01-01T00:00:00+08:00"),
-              scan_event(1, occurred_at="２０２４-05-01T08:30:00+08:00")]  # fmt: skip
+    events = [
+        scan_event(0, occurred_at="0001-01-01T00:00:00+08:00"),
+        scan_event(1, occurred_at="２０２４-05-01T08:30:00+08:00"),
+    ]
     r = await ingest.http.post("/v1/scans", json={"events": events}, headers=auth())
     body = problem(r, 422, "no-valid-events", "none of the 2 events is valid")
     assert [rej["errors"][0].split(":")[0] for rej in body["rejected"]] == ["occurred_at", "occurred_at"]
@@ -223,9 +234,19 @@ async def test_dates_out_of_range_are_rejections_not_500(ingest: Ingest) -> None
 
 @pytest.mark.parametrize(
     "content_type",
-    [None, "", "text/plain", "text/json", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x",
-     "application/json-patch+json", "application/jsonx", "application/problem+json", "json"],
-)  # fmt: skip
+    [
+        None,
+        "",
+        "text/plain",
+        "text/json",
+        "application/x-www-form-urlencoded",
+        "multipart/form-data; boundary=x",
+        "application/json-patch+json",
+        "application/jsonx",
+        "application/problem+json",
+        "json",
+    ],
+)
 async def test_a_body_that_is_not_declared_json_is_415(ingest: Ingest, content_type: str | None) -> None:
     headers = auth() if content_type is None else {**auth(), "Content-Type": content_type}
     r = await ingest.http.post("/v1/scans", content=orjson.dumps({"events": [scan_event(0)]}), headers=headers)
@@ -248,8 +269,9 @@ async def test_events_naming_another_carrier_are_refused(ingest: Ingest) -> None
     theirs = [scan_event(i, carrier="yto", event_id=f"yto-{i}") for i in range(3)]
     r = await ingest.http.post("/v1/scans", json={"events": theirs}, headers=auth())
     body = problem(r, 422, "no-valid-events", "none of the 3 events is valid")
-    assert all(rej["errors"] == ["carrier: 'yto' is not the carrier this token belongs to ('sf')"]
-               for rej in body["rejected"])  # fmt: skip
+    assert all(
+        rej["errors"] == ["carrier: 'yto' is not the carrier this token belongs to ('sf')"] for rej in body["rejected"]
+    )
     mixed = await ingest.http.post("/v1/scans", json={"events": [scan_event(10), *theirs]}, headers=auth())
     assert mixed.status_code == 202 and mixed.json()["accepted"] == 1
     assert [rej["index"] for rej in mixed.json()["rejected"]] == [1, 2, 3]
@@ -305,8 +327,13 @@ async def test_nothing_invalid_reaches_the_topic(ingest: Ingest) -> None:
     ]
     assert [r.status_code for r in refusals] == [401, 401, 415, 413, 400, 400, 413, 400, 422, 422, 422]
     # A mixed batch: only its valid events go on; then the good batch again (a retry).
-    mixed = [scan_event(300), scan_event(301, carrier="yto"), scan_event(302, location_code="140322299999"),
-             scan_event(303, event_type="teleported"), scan_event(300)]  # fmt: skip
+    mixed = [
+        scan_event(300),
+        scan_event(301, carrier="yto"),
+        scan_event(302, location_code="140322299999"),
+        scan_event(303, event_type="teleported"),
+        scan_event(300),
+    ]
     r = await http.post("/v1/scans", json={"events": mixed}, headers=auth())
     assert r.status_code == 202 and r.json()["accepted"] == 1, r.text
     assert (await http.post("/v1/scans", content=body, headers=JSON)).status_code == 202
@@ -322,9 +349,15 @@ def run_ingest(broker_url: str, redis_url: str, logs: Path, **env: str) -> Itera
     """`lastmile ingest` as a process on its own topic and key prefix: its address, process and settings."""
     unique = os.urandom(5).hex()
     settings = hostile_settings(
-        Settings(kafka_bootstrap_servers=broker_url, redis_url=redis_url, redis_key_prefix=f"t{unique}",
-                 scan_topic=f"scans-{unique}", dead_letter_topic=f"scans-{unique}-dl", scan_topic_partitions=2)
-    )  # fmt: skip
+        Settings(
+            kafka_bootstrap_servers=broker_url,
+            redis_url=redis_url,
+            redis_key_prefix=f"t{unique}",
+            scan_topic=f"scans-{unique}",
+            dead_letter_topic=f"scans-{unique}-dl",
+            scan_topic_partitions=2,
+        )
+    )
 
     async def load() -> None:
         client = aioredis.from_url(redis_url)
@@ -335,8 +368,18 @@ def run_ingest(broker_url: str, redis_url: str, logs: Path, **env: str) -> Itera
 
     asyncio.run(load())
     port = devstack.free_port()
-    proc = start("ingest", service_env(settings, INGEST_PORT=str(port), INGEST_CARRIER_TOKENS=settings.carrier_tokens,
-                                       INGEST_MAX_BODY_BYTES=str(LIMIT), LOG_LEVEL="DEBUG", **env), logs)  # fmt: skip
+    proc = start(
+        "ingest",
+        service_env(
+            settings,
+            INGEST_PORT=str(port),
+            INGEST_CARRIER_TOKENS=settings.carrier_tokens,
+            INGEST_MAX_BODY_BYTES=str(LIMIT),
+            LOG_LEVEL="DEBUG",
+            **env,
+        ),
+        logs,
+    )
     try:
         wait_ready([(proc, f"http://127.0.0.1:{port}")])
         yield f"127.0.0.1:{port}", proc, settings
@@ -381,8 +424,13 @@ async def test_slow_clients_do_not_hold_up_the_others(server: tuple[str, Proc]) 
     _, writer = await asyncio.open_connection(host, port)  # a body that trickles in
     writer.write((head + f"Content-Length: {len(body)}\r\n\r\n").encode() + body[:5])
     await writer.drain()
-    slow.append(asyncio.create_task(dribble(host, port, (head + "Transfer-Encoding: chunked\r\n\r\n").encode()
-                                            + b"1\r\n{\r\n" * 200, 0.05, stop)))  # fmt: skip
+    slow.append(
+        asyncio.create_task(
+            dribble(
+                host, port, (head + "Transfer-Encoding: chunked\r\n\r\n").encode() + b"1\r\n{\r\n" * 200, 0.05, stop
+            )
+        )
+    )
     try:
         await asyncio.sleep(0.5)  # they are all mid-request
         async with httpx.AsyncClient(base_url=f"http://{server[0]}", timeout=5) as http:
@@ -413,8 +461,11 @@ def test_an_endless_chunked_upload_gets_413_and_the_server_stays_small(server: t
     chunk = b"%x\r\n%s\r\n" % (65536, b" " * 65536)
     sent, answer = 0, b""
     with socket.create_connection(address(server), timeout=10) as s:
-        s.sendall(b"POST /v1/scans HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
-                  + b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")  # fmt: skip
+        s.sendall(
+            b"POST /v1/scans HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + TOKEN.encode()
+            + b"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
         s.setblocking(False)
         try:
             while sent < 64 * 1024 * 1024:  # 256 times the limit
@@ -442,8 +493,11 @@ def test_an_endless_chunked_upload_gets_413_and_the_server_stays_small(server: t
 
 def test_a_huge_declared_length_is_answered_at_once(server: tuple[str, Proc]) -> None:
     with socket.create_connection(address(server), timeout=5) as s:
-        s.sendall(b"POST /v1/scans HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + TOKEN.encode()
-                  + b"\r\nContent-Type: application/json\r\nContent-Length: 1000000000000\r\n\r\n{")  # fmt: skip
+        s.sendall(
+            b"POST /v1/scans HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+            + TOKEN.encode()
+            + b"\r\nContent-Type: application/json\r\nContent-Length: 1000000000000\r\n\r\n{"
+        )
         answer = s.recv(65536)
         while b"the limit is" not in answer and (more := s.recv(65536)):  # the body may come in a packet of its own
             answer += more
@@ -478,8 +532,12 @@ READ_TIMEOUT_S = 2.0  # short for the test, with room for a loaded machine's sta
 def strict_server(
     broker_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[tuple[str, Proc, Settings]]:
-    yield from run_ingest(broker_url, redis_url, tmp_path_factory.mktemp("strict"),
-                          INGEST_REQUEST_READ_TIMEOUT_SECONDS=str(READ_TIMEOUT_S))  # fmt: skip
+    yield from run_ingest(
+        broker_url,
+        redis_url,
+        tmp_path_factory.mktemp("strict"),
+        INGEST_REQUEST_READ_TIMEOUT_SECONDS=str(READ_TIMEOUT_S),
+    )
 
 
 def post_bytes(event_id: int) -> bytes:

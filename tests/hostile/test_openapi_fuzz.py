@@ -46,7 +46,6 @@ from aiokafka import AIOKafkaConsumer
 from fastapi import FastAPI
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
-from regulator_world import CARRIER_TOKEN, DONGGUAN, JIA, NATIONAL_TOKEN, XIGUAN, World, event, with_tokens
 from schemathesis import GenerationMode
 from schemathesis.checks import (
     content_type_conformance,
@@ -59,11 +58,22 @@ from schemathesis.checks import (
 )
 from schemathesis.core.failures import Failure, FailureGroup
 
-from coverage_service.api import create_app as coverage_app
+from coverage_service.api.app import create_app as coverage_app
 from ingest_service.app import create_app as ingest_app
-from lastmile import devstack, scan
+from lastmile import scan
 from lastmile.settings import Settings
 from lastmile.topics import ensure_topics
+from lastmile_dev import devstack
+from tests.support.regulator_world import (
+    CARRIER_TOKEN,
+    DONGGUAN,
+    JIA,
+    NATIONAL_TOKEN,
+    XIGUAN,
+    World,
+    event,
+    with_tokens,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -316,9 +326,11 @@ def test_nothing_invalid_reached_the_topic(targets: dict[str, Target]) -> None:
 
 async def _consume(settings_: Settings) -> list[dict[str, Any]]:
     consumer = AIOKafkaConsumer(
-        settings_.scan_topic, bootstrap_servers=settings_.kafka_bootstrap_servers, auto_offset_reset="earliest",
+        settings_.scan_topic,
+        bootstrap_servers=settings_.kafka_bootstrap_servers,
+        auto_offset_reset="earliest",
         enable_auto_commit=False,
-    )  # fmt: skip
+    )
     await consumer.start()
     out: list[dict[str, Any]] = []
     try:

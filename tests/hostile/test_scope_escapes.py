@@ -1,10 +1,10 @@
 """A county bureau's token trying to read beyond its county on the coverage API.
 
-tests/integration/test_access.py covers the plain cases (neighbours, parents, the nation, path tricks with a
+tests/integration/api/test_access.py covers the plain cases (neighbours, parents, the nation, path tricks with a
 national token, 400 before Redis). Here the county token (盂县 140322) tries the tricks on every endpoint:
 codes that start with its own prefix but are not codes, the neighbour's code in other digits or encoded,
 dot segments, doubled or trailing slashes, query parameters, CSV, HEAD and validators, another region's
-cursor, and the same through the real servers (aiohttp and uvicorn) over a raw socket, which no client
+cursor, and the same through the real server (uvicorn) over a raw socket, which no client
 normalises. Every answer is a refusal (400, 403 or 404, problem+json) and none shows the neighbour's figures.
 """
 
@@ -22,10 +22,15 @@ from urllib.parse import quote, unquote
 import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI
-from live_services import service_env, start, wait_ready
-from regulator_world import (
+
+from coverage_service.readmodel import unreached
+from lastmile.settings import Settings
+from lastmile_dev import devstack
+from lastmile_dev.devstack import Proc
+from tests.support.regulator_world import (
     CARRIER_TOKEN,
     CHENGQU,
+    CHENGQU_TOKEN,
     DONGGUAN,
     DONGJIE,
     TOKENS,
@@ -37,11 +42,7 @@ from regulator_world import (
     event,
     loaded_world,
 )
-
-from coverage_service import unreached
-from lastmile import devstack
-from lastmile.devstack import Proc
-from lastmile.settings import Settings
+from tests.support.services import service_env, start, wait_ready
 
 pytestmark = pytest.mark.integration
 
@@ -157,11 +158,19 @@ async def asgi(
     """One request straight through ASGI, the path exactly as a server passes it (percent-decoded ``path``)."""
     raw_path, query = split(target)
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method, "scheme": "http",
-        "path": unquote(raw_path.decode("ascii")), "raw_path": raw_path, "root_path": "", "query_string": query,
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": unquote(raw_path.decode("ascii")),
+        "raw_path": raw_path,
+        "root_path": "",
+        "query_string": query,
         "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
-        "client": ("127.0.0.1", 1), "server": ("coverage.test", 80),
-    }  # fmt: skip
+        "client": ("127.0.0.1", 1),
+        "server": ("coverage.test", 80),
+    }
     sent: list[dict[str, Any]] = []
     done = asyncio.Event()
 
@@ -226,8 +235,6 @@ async def app(world: World, settings: Settings) -> AsyncIterator[FastAPI]:
 
 async def test_the_neighbour_is_readable_by_its_own_token(app: FastAPI) -> None:
     """The leak markers are real: the neighbour's own answers hold them."""
-    from regulator_world import CHENGQU_TOKEN
-
     status, _, body = await asgi(app, f"/v1/coverage/{CHENGQU}", bearer(CHENGQU_TOKEN))
     assert status == 200
     with pytest.raises(AssertionError):
@@ -273,9 +280,17 @@ async def test_another_regions_cursor_is_refused(app: FastAPI) -> None:
 
 @pytest.mark.parametrize(
     "query",
-    [f"code={CHENGQU}", f"region={CHENGQU}", f"carrier=../{CHENGQU}", f"carrier={CHENGQU}", "cooperation_model=x",
-     f"min_population={CHENGQU}", f"code={CHENGQU}&code={YUXIAN}", "format=json&format=csv"],
-)  # fmt: skip
+    [
+        f"code={CHENGQU}",
+        f"region={CHENGQU}",
+        f"carrier=../{CHENGQU}",
+        f"carrier={CHENGQU}",
+        "cooperation_model=x",
+        f"min_population={CHENGQU}",
+        f"code={CHENGQU}&code={YUXIAN}",
+        "format=json&format=csv",
+    ],
+)
 async def test_queries_on_our_own_region_show_only_our_own(app: FastAPI, query: str) -> None:
     status, headers, body = await asgi(app, f"/v1/coverage/{YUXIAN}?{query}", bearer())
     assert status in (200, 400), (query, status, body[:300])
@@ -290,8 +305,12 @@ async def test_queries_on_our_own_region_show_only_our_own(app: FastAPI, query: 
 
 async def test_other_tokens_get_nothing_either(app: FastAPI) -> None:
     for headers in ({}, bearer(CARRIER_TOKEN), bearer(YUXIAN_TOKEN + "0"), {"Authorization": f"Basic {YUXIAN_TOKEN}"}):
-        for target in (f"/v1/coverage/{CHENGQU}", f"/v1/coverage/{CHENGQU}?format=csv", f"/v1/stream/{CHENGQU}",
-                       f"/v1/coverage/{CHENGQU}?access_token={YUXIAN_TOKEN}"):  # fmt: skip
+        for target in (
+            f"/v1/coverage/{CHENGQU}",
+            f"/v1/coverage/{CHENGQU}?format=csv",
+            f"/v1/stream/{CHENGQU}",
+            f"/v1/coverage/{CHENGQU}?access_token={YUXIAN_TOKEN}",
+        ):
             status, response_headers, body = await asgi(app, target, headers)
             assert_refused(status, response_headers, body, (401, 403), target)
 
@@ -349,11 +368,15 @@ def dechunk(data: bytes) -> bytes:
     return out
 
 
-@pytest.fixture(params=["aiohttp", "uvicorn"])
-def server(request: pytest.FixtureRequest, world: World, settings: Settings, tmp_path: Path) -> Iterator[Server]:
+@pytest.fixture
+def server(world: World, settings: Settings, tmp_path: Path) -> Iterator[Server]:
     port = devstack.free_port()
-    env = service_env(settings, COVERAGE_PORT=str(port), COVERAGE_SERVER=request.param,
-                      COVERAGE_REGULATOR_TOKENS=json.dumps(TOKENS), COVERAGE_RATE_LIMIT_PER_SECOND="0")  # fmt: skip
+    env = service_env(
+        settings,
+        COVERAGE_PORT=str(port),
+        COVERAGE_REGULATOR_TOKENS=json.dumps(TOKENS),
+        COVERAGE_RATE_LIMIT_PER_SECOND="0",
+    )
     proc = start("coverage", env, tmp_path)
     try:
         wait_ready([(proc, f"http://127.0.0.1:{port}")])

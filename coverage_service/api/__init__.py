@@ -1,0 +1,1 @@
+"""The regulator-facing coverage HTTP API: the app, its routes, access control and representations."""

@@ -1,0 +1,113 @@
+"""The coverage API's Prometheus metrics: its requests, and the pipeline's progress read from the read model."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Iterable
+from typing import Any, Final, TypeVar
+
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from coverage_service.api.broker import Broker
+from coverage_service.readmodel import queries
+from lastmile import logs, names
+from lastmile.names import stat
+
+log = logging.getLogger("lastmile.coverage")
+T = TypeVar("T")
+
+
+class HttpMetrics:
+    """Requests and their latency by method, route template and status (the labelled children kept)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.requests = Counter(
+            "lastmile_coverage_http_requests", "HTTP requests", ["method", "route", "status"], registry=registry
+        )
+        self.latency = Histogram(
+            "lastmile_coverage_http_request_duration_seconds",
+            "HTTP request latency",
+            ["method", "route"],
+            registry=registry,
+        )
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def record(self, method: str, route: str, status: int, seconds: float) -> None:
+        key = (method, route, status)
+        children = self._children.get(key)
+        if children is None:
+            children = self._children[key] = (
+                self.requests.labels(method, route, str(status)),
+                self.latency.labels(method, route),
+            )
+        children[0].inc()
+        children[1].observe(seconds)
+
+
+class Scraped:
+    """Collector yielding the families computed by the latest ``/metrics`` request."""
+
+    def __init__(self) -> None:
+        self.families: list[Metric] = []
+
+    def collect(self) -> Iterable[Metric]:
+        return self.families
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+
+_STAT_HELP: Final = {
+    stat.EVENTS_APPLIED: "Scan events folded into the read model",
+    stat.EVENTS_DUPLICATE: "Scan events dropped as repeats of a (carrier, event_id)",
+    stat.EVENTS_UNKNOWN_LOCATION: "Scan events at a code not in the registry",
+    stat.RECORDS_APPLIED: "Kafka records applied",
+    stat.RECORDS_REPLAYED: "Kafka records skipped as already applied (replays)",
+    stat.VILLAGES_NEWLY_REACHED: "Units reached for the first time",
+    stat.DEAD_LETTERS: "Records sent to the dead-letter topic",
+}
+
+
+async def scrape(redis: aioredis.Redis, prefix: str, broker: Broker, topic: str) -> list[Metric]:
+    (progress, redis_err), (ends, broker_err) = await asyncio.gather(
+        _attempt(queries.progress(redis, prefix)), _attempt(broker.end_offsets(topic))
+    )
+    up = GaugeMetricFamily("lastmile_coverage_dependency_up", "1 if the last scrape reached it", labels=["dependency"])
+    up.add_metric(["redis"], 0 if redis_err else 1)
+    up.add_metric(["broker"], 0 if broker_err else 1)
+    out: list[Metric] = [up]
+    if progress is None:
+        return out
+    now_s = time.time()
+    if ends is not None:
+        lag = GaugeMetricFamily(
+            "lastmile_consumer_lag",
+            "Records on the topic not yet applied to the read model",
+            labels=["topic", "partition"],
+        )
+        for part, end in sorted(ends.items()):
+            applied = progress["offsets"].get(names.offset_field(topic, part), -1)
+            lag.add_metric([topic, str(part)], max(0, end - (applied + 1)))
+        out.append(lag)
+    as_of_ms, applied_ms = progress["national_as_of_ms"], progress["stats"].get(stat.APPLIED_AT_MS)
+    if as_of_ms is not None:
+        help_ = "Seconds since the newest event time applied (national as_of)"
+        out.append(GaugeMetricFamily("lastmile_newest_event_age_seconds", help_, value=now_s - as_of_ms / 1000))
+    if applied_ms is not None:
+        help_ = "Seconds since the worker last applied a batch"
+        out.append(GaugeMetricFamily("lastmile_last_applied_age_seconds", help_, value=now_s - applied_ms / 1000))
+    for name, help_ in _STAT_HELP.items():
+        out.append(CounterMetricFamily(f"lastmile_{name}", help_, value=progress["stats"].get(name, 0)))
+    return out
+
+
+async def _attempt(aw: Awaitable[T]) -> tuple[T | None, Exception | None]:
+    try:
+        return await aw, None
+    except Exception as exc:
+        log.warning("metrics scrape: %s", logs.describe(exc))
+        return None, exc

@@ -1,0 +1,1 @@
+"""The read model in Redis: its Lua scripts, the writer that folds batches into it, and the queries over it."""

@@ -1,0 +1,769 @@
+"""The one read path of the figures: every figure the API serves and the history keeps is read here, through
+``lua/documents.lua`` (one script call answering one JSON string per document), and built by the functions below.
+
+- A township's or county's figures come with one call: its hash, its children's, and the ZCOUNTs of the lapse
+  indexes they keep (one moment of the read model).
+- A region above the counties (the nation, a province, a city) counts its active villages over every county
+  below it: :meth:`Reader.actives` counts every county's at once, per dimension, in calls of a few milliseconds
+  (so Redis never stops long for them), and :class:`Actives` sums them up the registry tree.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, cast
+
+import orjson
+import redis.asyncio as aioredis
+from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12 (response models)
+
+from coverage_service.readmodel import resp, scripts
+from coverage_service.readmodel.filters import ALL, Filter
+from lastmile import divisions, names, scan
+from lastmile.names import field, stat
+
+SCRIPT: Final = "documents.lua"
+COUNTIES_PER_CALL: Final = 1024  # counties offered to one `actives` call ...
+CALL_BUDGET_US: Final = 2000  # ... which stops after about this long, so Redis never stops long for it
+FIGURES_PER_CALL: Final = 1000  # regions read by one `figures` call
+fld = field
+
+
+NATIONAL_NAME: Final = "全国"
+
+
+VILLAGE_LEVEL: Final = "village"  # the `level` of a 12-digit child in a township's list
+
+
+_ANCESTORS: Final = ((divisions.TOWNSHIP, 9), (divisions.COUNTY, 6), (divisions.CITY, 4), (divisions.PROVINCE, 2))
+
+
+class FilterDoc(TypedDict):
+    """The scope in force (:meth:`Filter.describe`): null where no filter was asked for."""
+
+    carrier: str | None
+    cooperation_model: str | None
+    min_population: int | None
+
+
+class Definition(TypedDict):
+    reached: str
+    reach_event_types: list[str]
+    counted_units: str
+    counted_kinds: list[str]
+    classification_rule: str
+    coverage_rate: str
+    lapse_window_days: float
+    active: str
+    lapsed: str
+    villages_with_station: str
+    as_of: str
+    scope: FilterDoc
+
+
+class Figures(TypedDict):
+    code: str
+    name: str | None
+    level: str
+    villages_total: int
+    villages_reached: int
+    coverage_rate: float | None
+    as_of: str | None
+    villages_active: int
+    villages_lapsed: int
+    villages_with_station: int
+
+
+class Coverage(Figures):
+    children: list[Figures]
+    definition: Definition
+
+
+class Counts(TypedDict):
+    by_event_type: dict[str, int]
+    by_carrier: dict[str, int]
+    by_cooperation_model: dict[str, int]
+    inbound: int
+    outbound: int
+
+
+class Village(TypedDict):
+    code: str
+    name: str | None
+    kind: str
+    township: str
+    county: str
+    city: str
+    province: str
+    names: dict[str, str | None]
+    population: int | None
+    reached: bool
+    active: bool
+    first_reach_at: str | None
+    last_reach_at: str | None
+    reach_by_carrier: dict[str, str]  # carrier -> its last reach here
+    stations: list[str]
+    counts: Counts
+
+
+class Progress(TypedDict):
+    offsets: dict[str, int]  # "{topic}:{partition}" -> last applied offset
+    stats: dict[str, int]
+    national_as_of_ms: int | None
+
+
+_DAY_MS: Final = 86_400_000
+
+
+ANY_CARRIER: Final = "*"
+
+
+class CarrierFigures(TypedDict):
+    carrier: str  # "*" for any carrier
+    villages_reached: int
+    villages_active: int
+    coverage_rate: float | None
+
+
+class ModelFigures(TypedDict):
+    cooperation_model: str
+    villages_reached: int
+    villages_active: int
+    coverage_rate: float | None
+
+
+class Parcels(TypedDict):
+    """Parcel counts of the region: all carriers, every village-level unit, every year."""
+
+    inbound: int  # 下行
+    outbound: int  # 上行
+    by_event_type: dict[str, int]
+    by_year: dict[str, int]  # China Standard Time year -> parcels delivered, picked up or collected
+
+
+class Breakdown(TypedDict):
+    """Per carrier ("*" is any carrier) and per cooperation model, in the scope's population tier. Null where
+    the scope rules it out: by_cooperation_model under ?carrier=, by_carrier under ?cooperation_model=, and
+    parcels under any filter (parcel counters are not kept per carrier, model or tier)."""
+
+    by_carrier: list[CarrierFigures] | None
+    by_cooperation_model: list[ModelFigures] | None
+    parcels: Parcels | None
+
+
+class CoverageReport(Coverage):
+    """A region's coverage document: its figures, its children's, the definition and the breakdown."""
+
+    breakdown: Breakdown
+
+
+def definition(flt: Filter, lapse_ms: int) -> Definition:
+    """What the figures of a response mean, with the lapse window and the scope they were computed in.
+
+    Nothing in it depends on the moment of the request, so an unchanged read model gives an unchanged body
+    (and ETag).
+    """
+    days = lapse_days(lapse_ms)
+    return {
+        "reached": "An administrative village is reached from the first scan of one of reach_event_types at it "
+        "(by any carrier, or by the scope's carrier or cooperation model); it stays reached afterwards.",
+        "reach_event_types": sorted(scan.REACH_TYPES),
+        "counted_units": "Administrative villages (建制村): registry units of kind 'village'. Residents' committees "
+        "and other village-level units are not counted in villages_total or villages_reached.",
+        "counted_kinds": [divisions.KIND_VILLAGE],
+        "classification_rule": "By the unit's name, first match wins: ends with 村委会 or 村民委员会 -> village; "
+        "居委会, 居民委员会 or 社区 -> community; 村 or 嘎查 -> village; anything else -> other. A registry "
+        "'kind' column overrides it row by row.",
+        "coverage_rate": "villages_reached / villages_total rounded to 6 decimals; null when villages_total is 0.",
+        "lapse_window_days": days,
+        "active": f"villages_active: reached villages whose last reach (in the scope) is at most {days:g} days "
+        "old at the time of the request.",
+        "lapsed": "villages_lapsed = villages_reached - villages_active: reached once, but not within the lapse "
+        "window (coverage falling back, 防回退).",
+        "villages_with_station": "Administrative villages where at least one station_id was reported (一村一站), "
+        "by any carrier; restricted by min_population only.",
+        "as_of": "The newest occurred_at of any event applied in that region (any carrier, any unit); null "
+        "before the first one.",
+        "scope": cast(FilterDoc, flt.describe()),
+    }
+
+
+def lapse_days(lapse_ms: int) -> float:
+    """The lapse window in days, as LAPSE_WINDOW_DAYS gave it."""
+    return round(lapse_ms / _DAY_MS, 6)
+
+
+def coverage_rate(reached: int, total: int) -> float | None:
+    return round(reached / total, 6) if total > 0 else None
+
+
+def village_row(
+    code: str,
+    kind: str | None,
+    name: str | None,
+    population: Any,
+    reached: str | None,
+    last_ms: Any,
+    any_last_ms: Any,
+    stations: int,
+    *,
+    flt: Filter,
+    cutoff_ms: int,
+) -> Figures | None:
+    """A village-level unit as a one-village region in a township's list; None unless it is an administrative
+    village in the scope's tier. ``reached`` and ``last_ms`` are its flag and last reach in the scope's
+    dimension, ``any_last_ms`` its last reach by anyone, ``stations`` how many stations it has."""
+    if kind != divisions.KIND_VILLAGE:  # a township lists its administrative villages only
+        return None
+    if flt.min_population is not None and (population is None or int(population) < flt.min_population):
+        return None
+    is_reached = reached == "1"
+    last = last_ms or any_last_ms
+    active = is_reached and last is not None and int(last) >= cutoff_ms
+    reached_n, active_n = (1 if is_reached else 0), (1 if active else 0)
+    return region_document(code, name, VILLAGE_LEVEL, 1, reached_n, any_last_ms, 1 if stations else 0, active_n)
+
+
+def region_document(
+    code: str, name: str | None, level: str, total: Any, reached: Any, as_of_ms: Any, stations: Any, active: int
+) -> Figures:
+    """A region's figures from its hash fields (in a scope) and its active villages (in the same scope).
+
+    Written out field by field: a national report makes hundreds of these a second.
+    """
+    total_n = 0 if total is None else int(total)
+    reached_n = 0 if reached is None else int(reached)
+    return {
+        "code": code,
+        "name": name,
+        "level": level,
+        "villages_total": total_n,
+        "villages_reached": reached_n,
+        "coverage_rate": round(reached_n / total_n, 6) if total_n > 0 else None,
+        "as_of": None if as_of_ms is None else format_ms(int(as_of_ms)),
+        "villages_active": active,
+        "villages_lapsed": reached_n - active,
+        "villages_with_station": 0 if stations is None else int(stations),
+    }
+
+
+def village_document(
+    code: str,
+    kind: str,
+    name: str | None,
+    population: Any,
+    ancestor_names: list[str | None],
+    loc: dict[str, str],
+    stations: Iterable[str],
+    *,
+    now_ms: int,
+    lapse_ms: int,
+) -> Village:
+    """A village-level unit's detail from its registry entry, its ancestors' names (township, county, city,
+    province), its location hash and its stations."""
+    ancestors = {level: code[:n] for level, n in _ANCESTORS}
+    reached, last_ms = loc.get(field.REACHED) == "1", loc.get(field.LAST_REACH_MS)
+    by_carrier = field.LAST_REACH_MS + field.DIM_SEP + field.CARRIER
+    by_type = {t: _int(loc.get(field.TYPE + t)) for t in scan.EVENT_TYPES}
+    directions = scan.direction_counts(by_type)
+    return {
+        "code": code,
+        "name": name,
+        "kind": kind,
+        "township": ancestors[divisions.TOWNSHIP],
+        "county": ancestors[divisions.COUNTY],
+        "city": ancestors[divisions.CITY],
+        "province": ancestors[divisions.PROVINCE],
+        "names": dict(zip(ancestors, ancestor_names, strict=True)),
+        "population": None if population is None else int(population),
+        "reached": reached,
+        "active": reached and last_ms is not None and int(last_ms) >= now_ms - lapse_ms,
+        "first_reach_at": _time(loc.get(field.FIRST_REACH_MS)),
+        "last_reach_at": _time(last_ms),
+        "reach_by_carrier": {c: scan.format_ms(ms) for c, ms in _family(loc, by_carrier).items()},
+        "stations": sorted(stations),
+        "counts": {
+            "by_event_type": by_type,
+            "by_carrier": _family(loc, field.CARRIER),
+            "by_cooperation_model": _family(loc, field.MODEL),
+            "inbound": directions[scan.INBOUND],
+            "outbound": directions[scan.OUTBOUND],
+        },
+    }
+
+
+async def progress(redis: aioredis.Redis, prefix: str) -> Progress:
+    """How far the worker has got: applied offsets, its stats counters and the newest event time."""
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hgetall(names.key(prefix, names.OFFSETS))
+        pipe.hgetall(names.key(prefix, names.STATS))
+        pipe.hget(names.key(prefix, names.REGION, names.NATIONAL), field.AS_OF_MS)
+        offsets, stats, as_of_ms = await pipe.execute()
+    return {
+        "offsets": {k: int(v) for k, v in offsets.items()},
+        "stats": {k: int(v) for k, v in stats.items() if k in _STAT_FIELDS},
+        "national_as_of_ms": None if as_of_ms is None else int(as_of_ms),
+    }
+
+
+_STAT_FIELDS: Final = frozenset(v for k, v in vars(stat).items() if k.isupper())
+
+
+def _family(hash_: dict[str, str], family: str) -> dict[str, int]:
+    return {k[len(family) :]: int(v) for k, v in sorted(hash_.items()) if k.startswith(family)}
+
+
+def _int(value: Any) -> int:
+    return 0 if value is None else int(value)
+
+
+def _time(ms: Any) -> str | None:
+    return None if ms is None else format_ms(int(ms))
+
+
+@functools.lru_cache(maxsize=65536)
+def format_ms(ms: int) -> str:
+    """:func:`lastmile.scan.format_ms`, remembered: the same times recur in report after report."""
+    return scan.format_ms(ms)
+
+
+async def population_tiers(redis: aioredis.Redis, prefix: str) -> tuple[int, ...]:
+    """The population thresholds the read model keeps tier figures for (``?min_population=``)."""
+    text = str(await redis.hget(names.key(prefix, names.REG_META), names.meta.POPULATION_TIERS) or "")
+    return tuple(int(t) for t in text.split(",") if t)
+
+
+async def regions_under(redis: aioredis.Redis, prefix: str, codes: Sequence[str], length: int) -> dict[str, list[str]]:
+    """For each region (``CN`` or 2/4/6/9 digits), the sorted codes at or below it of at least ``length``
+    digits: its counties (6), its townships (9). A region that long already is its own answer.
+
+    Every region is walked together, one pipelined round trip per registry level.
+    """
+    out = {c: [c] if c != names.NATIONAL and len(c) >= length else [] for c in codes}
+    frontier = {c: [c] for c in codes if not out[c]}
+    while frontier:
+        async with redis.pipeline(transaction=False) as pipe:
+            for nodes in frontier.values():
+                for n in nodes:
+                    pipe.smembers(names.key(prefix, names.REG_CHILDREN, n))
+            members = iter(await pipe.execute())
+        deeper: dict[str, list[str]] = {}
+        for origin, nodes in frontier.items():
+            children = sorted(str(child) for _ in nodes for child in next(members))
+            out[origin].extend(c for c in children if len(c) >= length)
+            if short := [c for c in children if len(c) < length]:
+                deeper[origin] = short
+        frontier = deeper
+    return {c: sorted(below) for c, below in out.items()}
+
+
+def parcels(region: dict[str, str]) -> Parcels:
+    def count(name: str) -> int:
+        return int(region.get(name, 0))
+
+    by_type = {t: count(field.TYPE + t) for t in scan.EVENT_TYPES}
+    directions = scan.direction_counts(by_type)
+    return {
+        "inbound": directions[scan.INBOUND],
+        "outbound": directions[scan.OUTBOUND],
+        "by_event_type": by_type,
+        "by_year": {k[len(field.VOLUME) :]: int(v) for k, v in sorted(region.items()) if k.startswith(field.VOLUME)},
+    }
+
+
+def _none(value: Any) -> Any:
+    """cjson answers false for a missing value."""
+    return None if value is False else value
+
+
+def _pairs(flat: Any) -> dict[str, str]:
+    """A flat HGETALL reply as a dict (cjson makes an empty one ``{}``)."""
+    if not isinstance(flat, list):
+        return {}
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def data_time(applied_at_ms: Any, loaded_at: Any) -> int | None:
+    """When the read model last changed: the worker's last apply (ms) or the last registry load (ISO 8601 time),
+    whichever is later; None before either."""
+    times = [t for t in (None if applied_at_ms is None else int(applied_at_ms), _iso_ms(loaded_at)) if t is not None]
+    return max(times) if times else None
+
+
+def data_time_of(raw: Mapping[str, Any]) -> int | None:
+    """:func:`data_time` of a script reply (every reply carries the read model's times)."""
+    return data_time(_none(raw.get("applied_at")), _none(raw.get("loaded_at")))
+
+
+async def data_time_ms(redis: aioredis.Redis, prefix: str) -> int | None:
+    """:func:`data_time`, read from the read model."""
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hget(names.key(prefix, names.STATS), stat.APPLIED_AT_MS)
+        pipe.hget(names.key(prefix, names.REG_META), names.meta.LOADED_AT)
+        applied, loaded = await pipe.execute()
+    return data_time(applied, loaded)
+
+
+@functools.lru_cache(maxsize=1024)
+def _iso_ms(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return int(parsed.timestamp() * 1000)
+
+
+@dataclass(frozen=True)
+class Tree:
+    """The registry above the counties, as of one registry load."""
+
+    loaded_at: str | None
+    children: dict[str, list[str]]  # parent (CN, 2 or 4 digits) -> sorted children
+    counties: frozenset[str]  # the units of 6 digits or more below them
+    counties_sorted: list[str]
+    parent: dict[str, str]  # every unit below the nation -> the region above it
+
+    @classmethod
+    def of(cls, loaded_at: str | None, raw: Mapping[str, Any]) -> Tree:
+        children = {str(k): [str(c) for c in _list(v)] for k, v in raw.items()}
+        parent = {c: p for p, kids in children.items() for c in kids}
+        counties = sorted(c for c in parent if len(c) >= 6)
+        return cls(loaded_at, children, frozenset(counties), counties, parent)
+
+
+class Actives:
+    """Active villages of every county, per dimension, at one moment, with their sums for the larger regions."""
+
+    def __init__(
+        self, born: float, cutoff_ms: int, tree: Tree, dims: list[str], counts: dict[str, dict[int, int]]
+    ) -> None:
+        self.born = born  # monotonic time of the first read
+        self.cutoff_ms = cutoff_ms
+        self.tree = tree
+        self.dims = dims  # dimension suffixes ('' any carrier, '|carrier:sf' ...): the columns below
+        self.columns = {dim: i for i, dim in enumerate(dims)}
+        # county -> column -> count (above 0 only), and the same summed for every region above the counties
+        self.counts: dict[str, dict[int, int]] = dict(counts)
+        parent = tree.parent
+        for county, columns in counts.items():
+            region = parent.get(county)
+            while region is not None:
+                summed = self.counts.setdefault(region, {})
+                for column, n in columns.items():
+                    summed[column] = summed.get(column, 0) + n
+                region = parent.get(region)
+
+    def of(self, code: str) -> dict[int, int] | None:
+        """Counts per column of a region (``CN``, 2, 4 or 6+ digits); None if these counts do not know it."""
+        found = self.counts.get(code)
+        if found is not None:
+            return found
+        if code in self.tree.counties or code in self.tree.children:
+            return _NOTHING
+        return None
+
+    def count(self, code: str, dim: str) -> int:
+        """Active villages of a region in a dimension; :class:`Stale` when these counts do not know either."""
+        counts = self.of(code)
+        column = self.columns.get(dim)
+        if counts is None or column is None:
+            raise Stale
+        return counts.get(column, 0)
+
+
+_NOTHING: Final[dict[int, int]] = {}
+
+
+class Stale(Exception):
+    """The county counts do not cover what a region's hashes name (a registry load or a new carrier since)."""
+
+
+def _want_dims(flt: Filter) -> str:
+    return "1" if flt.carrier is None and flt.cooperation_model is None else "0"
+
+
+def _known(code: str, raw: Mapping[str, Any]) -> bool:
+    return bool(_none(raw.get("kind"))) or code == names.NATIONAL
+
+
+def region_rows(rows: Sequence[Sequence[Any]], active_of: Callable[[Sequence[Any]], int]) -> list[Figures]:
+    """Children figures from ``[code, kind, name, total, reached, as_of_ms, stations, count]`` rows; units the
+    registry does not know are left out; ``CN`` is the nation."""
+    out: list[Figures] = []
+    document, levels = region_document, divisions.LEVEL_BY_LENGTH
+    for row in rows:
+        code, kind, name, total, reached, as_of_ms, stations = row[:7]
+        if kind is False:
+            continue
+        national = code == names.NATIONAL
+        out.append(
+            document(
+                code,
+                NATIONAL_NAME if national and name is False else None if name is False else name,
+                divisions.NATION if national else levels[len(code)],
+                total or None,
+                reached or None,
+                as_of_ms or None,
+                stations or None,
+                active_of(row),
+            )
+        )
+    return out
+
+
+def village_rows(rows: Sequence[Sequence[Any]], flt: Filter, cutoff_ms: int) -> list[Figures]:
+    """A township's children from ``[code, kind, name, population, reached, last_ms, any_last_ms, stations]``."""
+    return [
+        figures
+        for row in rows
+        if (figures := village_row(*(_none(v) for v in row), flt=flt, cutoff_ms=cutoff_ms)) is not None
+    ]
+
+
+def report(
+    code: str,
+    flt: Filter,
+    raw: Mapping[str, Any],
+    active_of: Callable[[str], int],
+    children: list[Figures],
+    lapse_ms: int,
+) -> CoverageReport:
+    """A region's report: its figures, its children's, the definition and the breakdown.
+
+    ``active_of(dim)`` is the region's active villages in the scope's tier for a dimension suffix.
+    """
+    region = _pairs(raw["region"])
+    national = code == names.NATIONAL
+    head = region_document(
+        code,
+        _none(raw.get("name")) or (NATIONAL_NAME if national else None),
+        divisions.NATION if national else divisions.level_of(code),
+        region.get(flt.total_field),
+        region.get(flt.reached_field),
+        region.get(fld.AS_OF_MS),
+        region.get(flt.station_field),
+        active_of(flt.dim),
+    )
+    return {
+        **head,
+        "children": children,
+        "definition": definition(flt, lapse_ms),
+        "breakdown": region_breakdown(region, flt, active_of),
+    }
+
+
+def region_breakdown(region: Mapping[str, str], flt: Filter, active_of: Callable[[str], int]) -> Breakdown:
+    """Per carrier (``*`` any carrier) and cooperation model, from the region's hash and its active counts.
+
+    Each entry's reach is read with the scope's tier, under the entry's own dimension (``''`` for any carrier)."""
+    tier = flt.tier
+    total = int(region.get(flt.total_field, 0))
+
+    def reach(dim: str) -> tuple[int, int, float | None]:
+        reached = int(region.get(_REACHED + dim + tier, 0))
+        return reached, active_of(dim), round(reached / total, 6) if total > 0 else None
+
+    def entries(kind: str, named: list[tuple[str, str]]) -> list[dict[str, Any]]:
+        out = []
+        for name, dim in named:
+            reached, active, rate = reach(dim)
+            out.append({kind: name, "villages_reached": reached, "villages_active": active, "coverage_rate": rate})
+        return out
+
+    carriers: list[tuple[str, str]] | None
+    models: list[tuple[str, str]] | None
+    if flt.carrier is not None:
+        carriers, models = [(flt.carrier, flt.dim)], None
+    elif flt.cooperation_model is not None:
+        carriers, models = None, [(flt.cooperation_model, flt.dim)]
+    else:
+        found_carriers, found_models = _dims(region)
+        carriers = [(ANY_CARRIER, ""), *((c, _CARRIER_DIM + c) for c in found_carriers)]
+        models = [(m, _MODEL_DIM + m) for m in found_models]
+    return cast(
+        Breakdown,
+        {
+            "by_carrier": None if carriers is None else entries("carrier", carriers),
+            "by_cooperation_model": None if models is None else entries("cooperation_model", models),
+            "parcels": parcels(dict(region)) if flt == ALL else None,
+        },
+    )
+
+
+_REACHED: Final = fld.VILLAGES_REACHED
+
+
+_CARRIER_DIM: Final = fld.DIM_SEP + fld.CARRIER
+
+
+_MODEL_DIM: Final = fld.DIM_SEP + fld.MODEL
+
+
+_CARRIER_HEAD: Final = fld.VILLAGES_REACHED + _CARRIER_DIM
+
+
+_MODEL_HEAD: Final = fld.VILLAGES_REACHED + _MODEL_DIM
+
+
+def _dims(region: Mapping[str, str]) -> tuple[list[str], list[str]]:
+    """The carriers and the models with a reach count in the region: ``villages_reached|carrier:X`` fields."""
+    carriers, models = [], []
+    for key in region:
+        if key.startswith(_CARRIER_HEAD):
+            if fld.TIER_SEP not in key:
+                carriers.append(key[len(_CARRIER_HEAD) :])
+        elif key.startswith(_MODEL_HEAD) and fld.TIER_SEP not in key:
+            models.append(key[len(_MODEL_HEAD) :])
+    return sorted(carriers), sorted(models)
+
+
+ScriptCall = Callable[..., Awaitable[Any]]
+
+
+class Reader:
+    """``documents.lua`` on a Redis connection: the calls every figure is read with."""
+
+    def __init__(self, call: ScriptCall, bulk: ScriptCall | None = None) -> None:
+        self._call = call  # the documents of requests
+        self._bulk = bulk or call  # the longer county counts: on a connection of their own when there is one
+
+    @classmethod
+    def on(
+        cls,
+        redis: aioredis.Redis,
+        prefix: str,
+        *,
+        fast: resp.RespClient | None = None,
+        bulk: resp.RespClient | None = None,
+    ) -> Reader:
+        """A reader for key prefix ``prefix``: through redis-py (the client must decode responses), or on the
+        pipelining clients ``fast`` (documents) and ``bulk`` (county counts) when given, the script loaded (SCRIPT
+        LOAD) through redis-py."""
+        text = scripts.source(SCRIPT, prefix)
+        if fast is not None:
+
+            async def load() -> str:
+                return str(await redis.script_load(text))
+
+            return cls(resp.Script(fast, text, load=load), resp.Script(bulk or fast, text, load=load))
+        script = redis.register_script(text)
+
+        async def call(*args: str | int) -> Any:
+            return await script(args=list(args))
+
+        return cls(call)
+
+    async def _json(self, *args: str | int) -> Any:
+        return orjson.loads(await self._call(*args))
+
+    async def region(self, code: str, cutoff_ms: int, flt: Filter, *, own_counts: bool) -> Any:
+        """A region's hash, name, kind and children rows (and, with ``own_counts``, their index counts)."""
+        counts = "1" if own_counts else "0"
+        return await self._json("region", code, cutoff_ms, flt.dim, flt.tier, _want_dims(flt), counts)
+
+    async def village(self, code: str, *, now_ms: int, lapse_ms: int) -> tuple[Village | None, int | None]:
+        """One 12-digit unit's detail (None if the registry does not hold it) and the read model's last change."""
+        raw = await self._json("village", code)
+        if not _none(raw.get("kind")):
+            return None, data_time_of(raw)
+        name, population = (_none(v) for v in raw["unit"])
+        detail = village_document(
+            code,
+            str(raw["kind"]),
+            name,
+            population,
+            [_none(n) for n in _list(raw["ancestors"])],
+            _pairs(raw["loc"]),
+            [str(s) for s in _list(raw["stations"])],
+            now_ms=now_ms,
+            lapse_ms=lapse_ms,
+        )
+        return detail, data_time_of(raw)
+
+    async def indexed_report(
+        self, code: str, flt: Filter, *, now_ms: int, lapse_ms: int
+    ) -> tuple[CoverageReport | None, int | None]:
+        """A township's or a county's report (one call, one moment of the read model) and its data time."""
+        cutoff = now_ms - lapse_ms
+        raw = await self.region(code, cutoff, flt, own_counts=True)
+        if not _known(code, raw):
+            return None, data_time_of(raw)
+        counts = {str(d): int(n) for d, n in _list(raw.get("counts"))}
+        rows = _list(raw["children"])
+        children = village_rows(rows, flt, cutoff) if len(code) == 9 else region_rows(rows, lambda row: int(row[7]))
+        return report(code, flt, raw, counts.__getitem__, children, lapse_ms), data_time_of(raw)
+
+    async def upper_report(
+        self, code: str, flt: Filter, actives: Actives, *, lapse_ms: int
+    ) -> tuple[CoverageReport | None, int | None]:
+        """A region above the counties, from county counts made before and its hashes read now; raises
+        :class:`Stale` when the counts do not know what the hashes name (a registry load or a new carrier since)."""
+        raw = await self.region(code, actives.cutoff_ms, flt, own_counts=False)
+        if not _known(code, raw):
+            return None, data_time_of(raw)
+        children = region_rows(_list(raw["children"]), lambda row: actives.count(str(row[0]), flt.dim))
+        return report(code, flt, raw, lambda dim: actives.count(code, dim), children, lapse_ms), data_time_of(raw)
+
+    async def dimensions(self) -> tuple[str | None, list[str]]:
+        """The last registry load's time, and the dimensions the nation has a reach count in."""
+        meta = await self._json("meta")
+        return _none(meta.get("loaded_at")), sorted(str(d) for d in _list(meta["dims"]))
+
+    async def tree(self, loaded_at: str | None) -> Tree:
+        return Tree.of(loaded_at, (await self._json("tree"))["tree"])
+
+    def dims_for(self, flt: Filter, found: list[str]) -> list[str]:
+        """The dimensions a filter's reports count actives in: all ``found`` for the breakdown, else its own."""
+        return ["", *found] if _want_dims(flt) == "1" else [flt.dim]
+
+    async def actives(self, tree: Tree, flt: Filter, dims: list[str], cutoff_ms: int, born: float) -> Actives:
+        """Every county's active villages in the filter's tier, per dimension in ``dims``, summed up the tree."""
+        # Only the counties below a city (or a province) that has reached a village in some dimension.
+        parents = sorted(tree.children)
+        text = await self._bulk("reached", flt.tier, len(dims), *dims, *parents)
+        text = text.decode() if isinstance(text, bytes) else str(text)
+        reaching = {parent for parent, columns in zip(parents, text.split(","), strict=True) if columns}
+        counties = [c for c in tree.counties_sorted if tree.parent[c] in reaching]
+        counts: dict[str, dict[int, int]] = {}
+        start = 0
+        while start < len(counties):  # one call at a time, each a few ms of Redis: others' reads go in between
+            chunk = counties[start : start + COUNTIES_PER_CALL]
+            done, text = await self._bulk("actives", cutoff_ms, flt.tier, CALL_BUDGET_US, len(dims), *dims, *chunk)
+            if isinstance(text, str):
+                text = text.encode()
+            for item in text.split(b",") if text else ():
+                i, j, n = item.split(b":")
+                counts.setdefault(chunk[int(i)], {})[int(j)] = int(n)
+            start += max(1, int(done))
+        return Actives(born, cutoff_ms, tree, dims, counts)
+
+    async def figures(self, codes: Sequence[str], flt: Filter, *, now_ms: int, lapse_ms: int) -> dict[str, Figures]:
+        """Figures of regions (``CN`` or 2/4/6/9 digits) in filter ``flt``; codes not in the registry are left out."""
+        cutoff = now_ms - lapse_ms
+        rows: list[Sequence[Any]] = []
+        for start in range(0, len(codes), FIGURES_PER_CALL):
+            chunk = codes[start : start + FIGURES_PER_CALL]
+            rows += _list((await self._json("figures", cutoff, flt.dim, flt.tier, *chunk))["rows"])
+        actives: Actives | None = None
+        if any(row[7] is False and row[1] is not False for row in rows):  # a region above the counties
+            loaded_at, _ = await self.dimensions()
+            actives = await self.actives(await self.tree(loaded_at), flt, [flt.dim], cutoff, 0.0)
+
+        def active_of(row: Sequence[Any]) -> int:
+            if row[7] is not False:
+                return int(row[7])
+            assert actives is not None
+            return actives.count(str(row[0]), flt.dim)
+
+        return {f["code"]: f for f in region_rows(rows, active_of)}

@@ -1,0 +1,103 @@
+"""Writes a validated village registry into the read model, exact against coverage the worker already counted.
+
+Units go in chunks, each one run of registry.lua: a unit's kind and the villages_total / villages_reached it
+contributes change in one atomic step, so the figures stay exact while the worker keeps applying scans, and a
+load can be repeated (the second run changes nothing) or resumed by running it again.
+
+A registry edition adds units and reclassifies them; units absent from it are left as they are (removing
+units is not supported, since their reach flags and parcel counters would have to be unwound).
+``reg:meta`` is written last, so :func:`registry_loaded` turns true only once a whole edition is in.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+import orjson
+import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
+
+from coverage_service.readmodel import scripts
+from lastmile import names
+from lastmile.registry import NATION_NAME, Registry
+
+# Redis runs nothing else while a chunk's script runs: 2,000 units take about 20 ms here (5,000 took 60-90 ms),
+# a pause the worker's apply script hardly notices, while the round trips stay a small part of the load.
+CHUNK_UNITS: Final = 2000
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    kinds: dict[str, int]  # village-level units per kind, in this edition
+    regions: dict[str, int]  # regions per level, in this edition
+    added: int  # units new to the read model
+    reclassified: int  # units whose kind changed
+    elapsed_seconds: float
+
+
+async def load_registry(
+    redis: aioredis.Redis,
+    prefix: str,
+    registry: Registry,
+    progress: Callable[[int, int], None] | None = None,
+    population_tiers: Sequence[int] = (),
+) -> LoadReport:
+    """Write ``registry`` under ``prefix``; ``progress(done, total)`` is called with unit counts after each chunk.
+
+    ``population_tiers`` are the thresholds whose tier figures (``?min_population=``) are kept; the tiers in
+    force are recorded in ``reg:meta``, and a load with other tiers moves every village to the new ones.
+    """
+    started = time.perf_counter()
+    script = redis.register_script(scripts.source("registry.lua", prefix, prelude=True))
+    meta_key = names.key(prefix, names.REG_META)
+    old_tiers = await redis.hget(meta_key, names.meta.POPULATION_TIERS) or ""
+    new_tiers = format_tiers(population_tiers)
+    units = list(registry.units())
+    added = reclassified = 0
+    for start in range(0, len(units), CHUNK_UNITS):
+        chunk = units[start : start + CHUNK_UNITS]
+        rows = [(u.code, u.name, u.kind, "" if u.population is None else str(u.population)) for u in chunk]
+        chunk_added, chunk_reclassified = await script(args=[orjson.dumps(rows), old_tiers, new_tiers])
+        added += int(chunk_added)
+        reclassified += int(chunk_reclassified)
+        if progress is not None:
+            progress(start + len(chunk), len(units))
+    await _write_meta(redis, prefix, registry, new_tiers)
+    return LoadReport(
+        kinds=dict(registry.kind_counts),
+        regions=registry.level_counts,
+        added=added,
+        reclassified=reclassified,
+        elapsed_seconds=time.perf_counter() - started,
+    )
+
+
+async def registry_loaded(redis: aioredis.Redis, prefix: str) -> bool:
+    """Whether a whole registry edition has been loaded under ``prefix``."""
+    return bool(await redis.exists(names.key(prefix, names.REG_META)))
+
+
+def format_tiers(tiers: Sequence[int]) -> str:
+    return ",".join(str(t) for t in sorted(set(tiers)))
+
+
+async def _write_meta(redis: aioredis.Redis, prefix: str, registry: Registry, tiers: str) -> None:
+    """The nation's unit and denominator, and the load record, in one transaction."""
+    meta_key = names.key(prefix, names.REG_META)
+    meta: dict[FieldT, EncodableT] = {
+        names.meta.LOADED_AT: datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
+        names.meta.SOURCE: str(registry.source),
+        names.meta.POPULATION_TIERS: tiers,
+    }
+    meta.update(registry.level_counts)
+    meta.update(registry.kind_counts)
+    async with redis.pipeline(transaction=True) as pipe:
+        pipe.hset(names.key(prefix, names.REG_UNIT, names.NATIONAL), names.unit.NAME, NATION_NAME)
+        pipe.hsetnx(names.key(prefix, names.REGION, names.NATIONAL), names.field.VILLAGES_TOTAL, 0)
+        pipe.delete(meta_key)
+        pipe.hset(meta_key, mapping=meta)
+        await pipe.execute()

@@ -1,0 +1,125 @@
+"""The Faust stream worker: scan topic in, read model out.
+
+Faust acks an event when the agent moves past it and drops any event whose handling raised, so the agent never
+raises: Redis and broker errors are retried in place until they succeed (:func:`~coverage_service.worker.folder.
+retrying`), which holds the partition back instead of losing data. On every rebalance the worker resumes from the
+offsets the read model holds, not from Kafka's commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+import orjson
+
+from coverage_service.readmodel import history
+from coverage_service.worker.folder import HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECONDS, Folder, retrying
+from lastmile import logs, names
+from lastmile.settings import Settings
+from lastmile.topics import ensure_topics
+
+log = logging.getLogger("lastmile.worker")
+
+
+def create_app(settings: Settings) -> faust.App:
+    app = faust.App(
+        settings.consumer_group,
+        broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
+        store="memory://",
+        web_enabled=False,
+        consumer_auto_offset_reset="earliest",
+        topic_allow_declare=True,
+        topic_partitions=settings.scan_topic_partitions,
+        topic_replication_factor=settings.kafka_replication_factor,
+        producer_acks=-1,
+        broker_session_timeout=settings.worker_session_timeout_seconds,
+        broker_rebalance_timeout=settings.worker_session_timeout_seconds,
+        broker_heartbeat_interval=max(1.0, settings.worker_session_timeout_seconds / 4),
+        producer_enable_idempotence=settings.kafka_enable_idempotence,
+    )
+    scans = app.topic(settings.scan_topic, key_serializer="raw", value_serializer="raw", internal=False)
+
+    async def send_dead_letter(value: bytes, reason: bytes) -> None:
+        await app.producer.send_and_wait(
+            settings.dead_letter_topic, None, value, None, None, [(names.HEADER_DEAD_LETTER_REASON, reason)]
+        )
+
+    folder = Folder(settings, send_dead_letter)
+    app.folder = folder  # type: ignore[attr-defined]
+
+    @app.on_rebalance_complete.connect  # type: ignore[arg-type, misc, untyped-decorator, unused-ignore]
+    async def resume_from_read_model(sender: faust.App, **_: Any) -> None:
+        # Faust seeks each assigned partition to its committed offset right after this signal. The
+        # read model, not Kafka, knows what was applied (Redis may have lost its last second of AOF,
+        # or been restored or wiped), so commit its positions first and resume exactly there.
+        assigned = sorted(tp for tp in sender.consumer.assignment() if tp.topic == settings.scan_topic)
+        if assigned:
+            positions = await retrying("resume positions", lambda: folder.resume_positions(sender, assigned))
+            # Faust has no public call that commits given offsets; its consumer's own _commit does.
+            await sender.consumer._commit(positions)  # type: ignore[attr-defined]
+            # Seek too: aiokafka's seek_to_committed, which Faust calls next, skips offset 0.
+            for tp, offset in positions.items():
+                await sender.consumer.seek(tp, offset)
+            log.info(
+                "resuming from the read model",
+                extra={"positions": {str(tp.partition): o for tp, o in positions.items()}},
+            )
+
+    @app.agent(scans, name="fold-scans", concurrency=1)
+    async def fold_scans(stream: faust.StreamT[bytes]) -> None:
+        # take_events (unlike take) hands over the Kafka messages, whose partition and offset the
+        # apply script needs; it acks them once the loop body has returned.
+        batches = stream.take_events(settings.worker_batch_max, within=settings.worker_batch_within_seconds)  # type: ignore[attr-defined]
+        async for batch in batches:
+            await folder.handle(batch)
+
+    history.check_hour(settings.snapshot_hour)  # a bad SNAPSHOT_HOUR stops the worker at start
+
+    @app.timer(interval=history.CHECK_INTERVAL_S)  # type: ignore[misc, untyped-decorator, unused-ignore]
+    async def daily_snapshot() -> None:
+        # Every worker looks at the clock each minute; taking a day's snapshot is idempotent, so which
+        # worker takes it, or whether two do at once, does not matter. A timer that raised would stop.
+        try:
+            await history.take_if_due(folder.redis, settings, datetime.now(UTC))
+        except Exception as exc:
+            log.warning("history snapshot failed; trying again in a minute", extra={"error": logs.describe(exc)})
+
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
+    heartbeat_key = names.key(settings.redis_key_prefix, names.WORKER_HEARTBEAT, worker_id)
+
+    @app.task  # type: ignore[misc, untyped-decorator, unused-ignore]
+    async def heartbeat() -> None:
+        # A task, not a timer: the first beat goes out as the worker starts, before it folds anything.
+        while True:
+            body = orjson.dumps({"worker": worker_id, "group": settings.consumer_group, **folder.totals})
+            try:
+                await folder.redis.set(heartbeat_key, body, ex=int(HEARTBEAT_TTL_SECONDS))
+            except Exception as exc:
+                log.warning("heartbeat failed", extra={"error": logs.describe(exc)})
+            await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    return app
+
+
+def run(settings: Settings) -> None:
+    """Run a worker in this process until SIGTERM / Ctrl-C."""
+    logs.configure("worker", settings.log_level, settings.log_format)
+    log.info("starting", extra=settings.describe())
+    # Faust runs on the thread's current loop; create the topics on that same loop first.
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    loop.run_until_complete(ensure_topics(settings))
+    app = create_app(settings)
+    worker = faust.Worker(
+        app,
+        loglevel=settings.log_level,
+        logging_config=logs.dict_config("worker", settings.log_level, settings.log_format),
+        redirect_stdouts=False,
+    )
+    worker.execute_from_commandline()

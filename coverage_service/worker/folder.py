@@ -1,0 +1,224 @@
+"""Turning consumed records into apply calls: decode, dead-letter what cannot be used, apply with position checks.
+
+Exactness does not rest on Faust's commits (at least once): the apply script stores each partition's offset with
+the effects of its records and skips replays. Nor does it rest on Redis keeping every write: each apply call
+carries, per partition, the offset this worker last applied there; when Redis holds less (it lost applied
+batches), the lost records are folded again from the topic first (see apply.lua, "position checks").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import faust
+import orjson
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from faust.types import TP, EventT
+
+from coverage_service.fold import Record, Rejected, decode_record, entry
+from coverage_service.readmodel.writer import Applied, ReadModelBehind, ReadModelWriter
+from lastmile import logs, names
+from lastmile.settings import Settings
+
+log = logging.getLogger("lastmile.worker")
+T = TypeVar("T")
+
+RETRY_FIRST_SECONDS = 0.2
+RETRY_MAX_SECONDS = 5.0
+# Each worker says it is alive in Redis; `lastmile rebuild --wipe` waits for these to expire before wiping.
+HEARTBEAT_SECONDS = 2.0
+HEARTBEAT_TTL_SECONDS = 3 * HEARTBEAT_SECONDS
+REFOLD_FETCH_TIMEOUT_MS = 1_000
+
+
+async def retrying(what: str, action: Callable[[], Awaitable[T]]) -> T:
+    """Run ``action`` until it succeeds, backing off; only cancellation (shutdown) stops it."""
+    delay = RETRY_FIRST_SECONDS
+    attempt = 1
+    while True:
+        try:
+            return await action()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning(
+                "retrying after error",
+                extra={"action": what, "attempt": attempt, "error": logs.describe(exc), "delay": delay},
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+            attempt += 1
+
+
+class Folder:
+    """Turns a batch of consumed records into one apply call, dead-lettering what cannot be used."""
+
+    def __init__(self, settings: Settings, send_dead_letter: Callable[[bytes, bytes], Awaitable[Any]]) -> None:
+        self.settings = settings
+        self.redis = aioredis.from_url(settings.redis_url, decode_responses=True)
+        self.writer = ReadModelWriter(self.redis, settings.redis_key_prefix, settings.dedup_window_seconds)
+        self.send_dead_letter = send_dead_letter
+        self.totals = {"events_applied": 0, "events_duplicate": 0, "records_replayed": 0, "dead_letters": 0}
+        self._last_report = time.monotonic()
+        # Per partition (offset field): the last offset this worker applied, or found applied when it was
+        # assigned the partition. Redis must hold at least this; less means it lost applied batches.
+        self.positions: dict[str, int] = {}
+
+    async def handle(self, events: Sequence[EventT[bytes]]) -> Applied:
+        records, dead = await self._records([event.message for event in events])
+        # Dead letters go out before the batch is applied: once its offsets are stored they are
+        # never read again. A crash in between sends them twice; each names its source offset.
+        for msg, rejected in dead:
+            await retrying("dead-letter publish", lambda m=msg, r=rejected: self._dead_letter(m, r))  # type: ignore[misc]
+
+        applied = await retrying("apply batch", lambda: self._apply(records))
+        self._account(applied, len(dead))
+        return applied
+
+    async def _records(self, messages: Sequence[Any]) -> tuple[list[Record], list[tuple[Any, Rejected]]]:
+        """The apply script's records of consumed messages (anything with topic, partition, offset, value),
+        and what of them is to be dead-lettered."""
+        now = datetime.now(UTC)
+        decoded = [decode_record(msg.value, now=now) for msg in messages]
+        codes = {e.location_code for d in decoded for e in d.events}
+        unknown = await retrying("registry lookup", lambda: self.writer.unknown_locations(codes))
+        records: list[Record] = []
+        dead: list[tuple[Any, Rejected]] = []
+        for msg, d in zip(messages, decoded, strict=True):
+            refused = list(d.rejected)
+            refused += [
+                Rejected(
+                    None,
+                    f"location_code {e.location_code} is not in the registry",
+                    {"seen_id": f"{e.carrier}:{e.event_id}", "location_code": e.location_code},
+                )
+                for e in d.events
+                if e.location_code in unknown
+            ]
+            dead.extend((msg, r) for r in refused)
+            # Every consumed record is passed on, even with nothing left to apply, so that its offset is
+            # stored and a replay recognises it; its dead letters are counted with it, once.
+            entries = [entry(e) for e in d.events]
+            records.append(Record(msg.topic, msg.partition, msg.offset, entries, dead_letters=len(refused)))
+        return records, dead
+
+    async def _apply(self, records: list[Record]) -> Applied:
+        """Apply the batch; when Redis lost applied batches, fold them again from the topic first."""
+        while True:
+            try:
+                return await self._apply_checked(records)
+            except ReadModelBehind as exc:
+                await self._refold_lost(records, str(exc))
+
+    async def _apply_checked(self, records: list[Record]) -> Applied:
+        """One apply call with a position check per partition of the batch this worker applied before."""
+        fields = {names.offset_field(r.topic, r.partition) for r in records}
+        expect = {f: self.positions[f] for f in fields if f in self.positions}
+        applied = await self.writer.apply(records, expect)
+        for r in records:
+            ofield = names.offset_field(r.topic, r.partition)
+            self.positions[ofield] = max(self.positions.get(ofield, -1), r.offset)
+        return applied
+
+    async def _refold_lost(self, batch: list[Record], reason: str) -> None:
+        """Apply again, from the topic, what this worker had applied before ``batch`` and Redis lost."""
+        stored = await self.writer.applied_offsets()
+        firsts: dict[tuple[str, int], int] = {}
+        for r in batch:
+            firsts[(r.topic, r.partition)] = min(firsts.get((r.topic, r.partition), r.offset), r.offset)
+        for (topic, partition), first in sorted(firsts.items()):
+            ofield = names.offset_field(topic, partition)
+            last = stored.get(ofield)
+            if ofield not in self.positions or (last is not None and last >= self.positions[ofield]):
+                continue
+            log.error(
+                "the read model lost applied records (Redis lost writes); folding them again from the topic",
+                extra={"partition": partition, "stored": last, "applied": self.positions[ofield], "reason": reason},
+            )
+            if last is None:
+                del self.positions[ofield]
+            else:
+                self.positions[ofield] = last
+            await self._refold(topic, partition, None if last is None else last + 1, first)
+
+    async def _refold(self, topic: str, partition: int, start: int | None, end: int) -> None:
+        """Fold the partition's records from ``start`` (None: its beginning) up to ``end``, excluded. Their
+        dead letters were sent when they were first consumed: they are counted again, not sent again."""
+        tp = TopicPartition(topic, partition)
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka_bootstrap_servers,
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+        )
+        await consumer.start()
+        try:
+            consumer.assign([tp])
+            if start is None:
+                await consumer.seek_to_beginning(tp)
+            else:
+                consumer.seek(tp, start)
+            done = False
+            while not done:
+                if await consumer.position(tp) >= end:
+                    break
+                fetched = await consumer.getmany(tp, timeout_ms=REFOLD_FETCH_TIMEOUT_MS, max_records=500)
+                messages = [m for m in fetched.get(tp, []) if m.offset < end]
+                done = any(m.offset >= end - 1 for m in fetched.get(tp, []))
+                for i in range(0, len(messages), self.settings.worker_batch_max):
+                    records, dead = await self._records(messages[i : i + self.settings.worker_batch_max])
+                    self._account(await self._apply_checked(records), len(dead))
+        finally:
+            await consumer.stop()
+
+    async def resume_positions(self, app: faust.App, assigned: list[TP]) -> dict[TP, int]:
+        """The next offset to read per partition: one past the last applied, from the read model."""
+        applied = await self.writer.applied_offsets()
+        earliest = await app.consumer.earliest_offsets(*assigned)
+        ends = await app.consumer.highwaters(*assigned)
+        positions: dict[TP, int] = {}
+        held: dict[str, int] = {}  # what Redis holds now is what it must go on holding: the position checks' base
+        for tp in assigned:
+            ofield = names.offset_field(tp.topic, tp.partition)
+            last = applied.get(ofield)
+            if last is not None and last + 1 > ends[tp]:
+                # The log ends before what was applied: the topic was recreated or truncated. Its
+                # records are new, so they must not be mistaken for replays.
+                log.error(
+                    "partition log is shorter than the applied offset; starting it over",
+                    extra={"partition": tp.partition, "applied": last, "log_end": ends[tp]},
+                )
+                await self.writer.forget_offset(tp.topic, tp.partition)
+                last = None
+            if last is not None:
+                held[ofield] = last
+            positions[tp] = earliest[tp] if last is None else max(last + 1, earliest[tp])
+        self.positions = held
+        return positions
+
+    async def _dead_letter(self, msg: Any, rejected: Rejected) -> None:
+        body = {
+            "reason": rejected.reason,
+            "source": {"topic": msg.topic, "partition": msg.partition, "offset": msg.offset, "index": rejected.index},
+            "raw": rejected.raw,
+            "dead_lettered_at": datetime.now(UTC).isoformat(),
+        }
+        await self.send_dead_letter(orjson.dumps(body, default=str), rejected.reason.encode()[:1000])
+
+    def _account(self, applied: Applied, dead_letters: int) -> None:
+        self.totals["events_applied"] += applied.events_applied
+        self.totals["events_duplicate"] += applied.events_duplicate
+        self.totals["records_replayed"] += applied.records_replayed
+        self.totals["dead_letters"] += dead_letters
+        if time.monotonic() - self._last_report >= 10:
+            self._last_report = time.monotonic()
+            log.info("folded", extra=dict(self.totals))
+
+    async def close(self) -> None:
+        await self.redis.aclose()

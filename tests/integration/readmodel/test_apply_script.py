@@ -1,0 +1,227 @@
+"""The apply script against a real Redis: exact figures under duplicates, replays and disorder.
+
+Expected figures come from a reference written out in this file (sets and counters), never from the
+code under test.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis.asyncio as aioredis
+
+from coverage_service import fold
+from coverage_service.readmodel.writer import ReadModelBehind, ReadModelWriter, RegistryMissing
+from lastmile import scan
+from lastmile.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime(2024, 6, 1, tzinfo=UTC)
+VILLAGES = ["140322205206", "140322205207", "140322100201", "411702001200"]
+COMMUNITY = "140322205208"
+TOWNSHIP = "140322205"
+KINDS = {**{v: "village" for v in VILLAGES}, COMMUNITY: "community", TOWNSHIP: "township", "140322100": "township"}
+
+
+async def seed_registry(redis: aioredis.Redis, prefix: str) -> None:
+    await redis.hset(f"{prefix}:reg:kind", mapping=KINDS)
+    await redis.hset(f"{prefix}:reg:meta", "loaded_at", "2026-11-22T00:00:00+00:00")  # a whole registry is in
+
+
+def make_event(i: int, carrier: str, event_type: str, code: str, hours: int) -> scan.ScanEvent:
+    when = (NOW - timedelta(hours=hours)).isoformat()
+    result = scan.validate(
+        {
+            "event_id": f"e{i}",
+            "carrier": carrier,
+            "waybill": f"W{i}",
+            "event_type": event_type,
+            "location_code": code,
+            "occurred_at": when,
+            **({"reason": "away"} if event_type == "delivery_failed" else {}),
+        },
+        now=NOW,
+    )
+    assert isinstance(result, scan.ScanEvent), result
+    return result
+
+
+def record(partition: int, offset: int, events: list[scan.ScanEvent]) -> fold.Record:
+    return fold.Record("scans", partition, offset, [fold.entry(e) for e in events])
+
+
+async def region(redis: aioredis.Redis, prefix: str, code: str) -> dict[str, str]:
+    return dict(await redis.hgetall(f"{prefix}:region:{code}"))
+
+
+async def test_a_batch_counts_once_and_a_replay_changes_nothing(redis: aioredis.Redis, settings: Settings) -> None:
+    p = settings.redis_key_prefix
+    await seed_registry(redis, p)
+    writer = ReadModelWriter(redis, p, 3600)
+    events = [
+        make_event(1, "sf", "delivered", VILLAGES[0], 5),
+        make_event(2, "sf", "picked_up", VILLAGES[0], 9),  # earlier: becomes first reach
+        make_event(3, "yto", "collected", VILLAGES[1], 1),
+        make_event(4, "sf", "arrived_at_hub", TOWNSHIP, 2),
+        make_event(5, "sf", "delivered", COMMUNITY, 3),  # a community: counted parcels, no coverage
+        make_event(6, "sf", "out_for_delivery", VILLAGES[2], 4),  # not a reach event
+    ]
+    records = [record(0, 10, events[:3]), record(1, 4, events[3:])]
+    first = await writer.apply(records)
+    assert (first.events_applied, first.events_duplicate, first.records_applied) == (6, 0, 2)
+    assert first.villages_newly_reached == 2
+
+    async def snapshot() -> dict[str, object]:
+        keys = sorted(k for k in await redis.keys(f"{p}:*") if ":seen:" not in k and not k.endswith(":stats"))
+        out: dict[str, object] = {}
+        for k in keys:
+            kind = await redis.type(k)
+            out[k] = dict(await redis.hgetall(k)) if kind == "hash" else await redis.zrange(k, 0, -1, withscores=True)
+        return out
+
+    before = await snapshot()
+    again = await writer.apply(records)
+    assert (again.events_applied, again.records_replayed) == (0, 2)
+    assert await snapshot() == before
+
+    county = await region(redis, p, "140322")
+    assert county["villages_reached"] == "2"
+    assert county["villages_reached|carrier:sf"] == "1"
+    assert county["villages_reached|carrier:yto"] == "1"
+    assert county["type:delivered"] == "2"  # the village and the community
+    assert "dir:inbound" not in county  # inbound and outbound are derived from the type counters when read
+    assert county["as_of_ms"] == str(int((NOW - timedelta(hours=1)).timestamp() * 1000))
+    assert (await region(redis, p, "CN"))["villages_reached"] == "2"
+    assert "villages_reached" not in await region(redis, p, "140322100")  # reached nothing there
+    village = await redis.hgetall(f"{p}:loc:{VILLAGES[0]}")
+    assert village["first_reach_ms"] == str(int((NOW - timedelta(hours=9)).timestamp() * 1000))
+    assert village["last_reach_ms"] == str(int((NOW - timedelta(hours=5)).timestamp() * 1000))
+    assert (await redis.hgetall(f"{p}:loc:{COMMUNITY}"))["reached"] == "1"
+    assert await redis.hgetall(f"{p}:offsets") == {"scans:0": "10", "scans:1": "4"}
+
+
+async def test_resent_events_are_dropped_but_other_carriers_ids_are_not(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    p = settings.redis_key_prefix
+    await seed_registry(redis, p)
+    writer = ReadModelWriter(redis, p, 3600)
+    e = make_event(1, "sf", "delivered", VILLAGES[0], 1)
+    same_id_other_carrier = make_event(1, "yto", "delivered", VILLAGES[0], 1)
+    await writer.apply([record(0, 0, [e])])
+    second = await writer.apply([record(0, 1, [e, e]), record(2, 0, [same_id_other_carrier])])
+    assert (second.events_applied, second.events_duplicate) == (1, 2)
+    assert (await redis.hgetall(f"{p}:loc:{VILLAGES[0]}"))["type:delivered"] == "2"
+    ttl = await redis.ttl(f"{p}:seen:sf:e1")
+    assert 3500 < ttl <= 3600
+
+
+async def test_unknown_locations_are_not_counted_nor_remembered(redis: aioredis.Redis, settings: Settings) -> None:
+    p = settings.redis_key_prefix
+    await seed_registry(redis, p)
+    writer = ReadModelWriter(redis, p, 3600)
+    stray = make_event(1, "sf", "delivered", "999999999999", 1)
+    result = await writer.apply([record(0, 0, [stray])])
+    assert (result.events_applied, result.events_unknown_location) == (0, 1)
+    assert await redis.exists(f"{p}:seen:sf:e1") == 0
+    assert await redis.hgetall(f"{p}:offsets") == {"scans:0": "0"}
+    assert await writer.unknown_locations({"999999999999", VILLAGES[0]}) == {"999999999999"}
+
+
+async def test_random_streams_with_duplicates_and_replays_match_the_reference(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """Many random deliveries of one event log, cut into records, replayed and resent at random."""
+    rng = random.Random(20261122)
+    types = list(scan.EVENT_TYPES)
+    for trial in range(15):
+        p = f"{settings.redis_key_prefix}-{trial}"
+        await seed_registry(redis, p)
+        writer = ReadModelWriter(redis, p, 3600)
+        log: list[scan.ScanEvent] = []
+        for i in range(rng.randint(20, 120)):
+            event_type = rng.choice(types)
+            code = (
+                rng.choice([*VILLAGES, COMMUNITY])
+                if event_type in scan.VILLAGE_ONLY_TYPES
+                else rng.choice([*VILLAGES, TOWNSHIP])
+            )
+            log.append(make_event(i, rng.choice(["sf", "yto"]), event_type, code, rng.randint(0, 500)))
+        # The carrier resends some events: same (carrier, event_id), later in the log.
+        log += [rng.choice(log) for _ in range(rng.randint(0, 30))]
+        # Reference figures, computed from the distinct events.
+        distinct = {(e.carrier, e.event_id): e for e in log}
+        reached = {e.location_code for e in distinct.values() if e.reaches and KINDS[e.location_code] == "village"}
+        types_in_county = Counter(e.event_type for e in distinct.values())
+
+        # Partition the log, cut into records, deliver with replays of earlier records.
+        partitions: dict[int, list[fold.Record]] = {0: [], 1: [], 2: []}
+        offset = {0: 0, 1: 0, 2: 0}
+        i = 0
+        while i < len(log):
+            part = rng.choice([0, 1, 2])
+            n = rng.randint(1, 8)
+            partitions[part].append(record(part, offset[part], log[i : i + n]))
+            offset[part] += 1
+            i += n
+        cursor = {0: 0, 1: 0, 2: 0}
+        while any(cursor[k] < len(partitions[k]) for k in partitions):
+            batch: list[fold.Record] = []
+            for part, recs in partitions.items():
+                if cursor[part] < len(recs):
+                    take = rng.randint(0, 3)
+                    # A replay restarts a little before the cursor, as after a crash.
+                    start = max(0, cursor[part] - rng.randint(0, 2))
+                    batch += recs[start : cursor[part] + take]
+                    cursor[part] = min(len(recs), cursor[part] + take)
+            if batch:
+                # The worker never sends one record twice in a call; replays come in separate calls.
+                unique = {(r.partition, r.offset): r for r in batch}
+                await writer.apply(list(unique.values()))
+
+        county = await region(redis, p, "140322")
+        nation = await region(redis, p, "CN")
+        expected_county = sum(1 for v in reached if v.startswith("140322"))
+        assert int(county.get("villages_reached", 0)) == expected_county, trial
+        assert int(nation.get("villages_reached", 0)) == len(reached), trial
+        for t in types:
+            assert int(nation.get(f"type:{t}", 0)) == types_in_county[t], (trial, t)
+        stats = await redis.hgetall(f"{p}:stats")
+        assert int(stats["events_applied"]) == len(distinct)
+
+
+async def test_a_position_check_above_the_stored_offset_writes_nothing(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """The worker's position check: Redis holding less than the worker applied (it lost writes) stops the call."""
+    p = settings.redis_key_prefix
+    await seed_registry(redis, p)
+    writer = ReadModelWriter(redis, p, 3600)
+    await writer.apply([record(0, 4, [make_event(1, "sf", "delivered", VILLAGES[0], 1)])], {"scans:0": -1})
+    before = await region(redis, p, "CN")
+    with pytest.raises(ReadModelBehind, match="READ_MODEL_BEHIND scans:0 stored 4 applied 7"):
+        await writer.apply([record(0, 8, [make_event(2, "sf", "delivered", VILLAGES[1], 1)])], {"scans:0": 7})
+    assert await region(redis, p, "CN") == before
+    assert await redis.hget(f"{p}:offsets", "scans:0") == "4"
+    assert not await redis.exists(f"{p}:seen:sf:e2")
+    applied = await writer.apply([record(0, 5, [make_event(2, "sf", "delivered", VILLAGES[1], 1)])], {"scans:0": 4})
+    assert applied.events_applied == 1
+
+
+async def test_without_a_whole_registry_the_script_writes_nothing_and_says_so(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """A wipe between the worker's registry lookup and its apply call: the script refuses, and the writer raises
+    RegistryMissing (the worker waits on it), not a bare ResponseError."""
+    p = settings.redis_key_prefix
+    await redis.hset(f"{p}:reg:kind", mapping=KINDS)  # a load under way: reg:meta is written last
+    writer = ReadModelWriter(redis, p, 3600)
+    with pytest.raises(RegistryMissing, match="REGISTRY_MISSING"):
+        await writer.apply([record(0, 0, [make_event(1, "sf", "delivered", VILLAGES[0], 1)])])
+    assert sorted(await redis.keys(f"{p}:*")) == [f"{p}:reg:kind"]
+    with pytest.raises(RegistryMissing):
+        await writer.unknown_locations({VILLAGES[0]})

@@ -1,0 +1,109 @@
+"""Settings: every value checked when a process starts, each error naming its variable."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lastmile.settings import Settings, SettingsError, documented
+
+
+def test_the_defaults_are_valid_and_documented() -> None:
+    settings = Settings.from_env({})
+    assert settings.redis_url == "redis://localhost:6379/0" and settings.snapshot_hour == 23
+    assert [env for env, _, _ in documented()][:3] == ["KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "REDIS_KEY_PREFIX"]
+    assert all(help_ for _, _, help_ in documented())
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "says"),
+    [
+        ("LOG_LEVEL", "verbose", "LOG_LEVEL: 'verbose' is not valid"),
+        ("LOG_FORMAT", "xml", "LOG_FORMAT: 'xml' is not valid"),
+        ("SNAPSHOT_HOUR", "99", "SNAPSHOT_HOUR: '99' is not valid: Input should be less than or equal to 23"),
+        ("SNAPSHOT_HOUR", "noon", "SNAPSHOT_HOUR: 'noon' is not valid"),
+        ("INGEST_PORT", "70000", "INGEST_PORT: '70000' is not valid"),
+        ("WORKER_BATCH_MAX", "0", "WORKER_BATCH_MAX: '0' is not valid"),
+        ("DEDUP_WINDOW_HOURS", "-1", "DEDUP_WINDOW_HOURS: '-1' is not valid"),
+        ("LAPSE_WINDOW_DAYS", "inf", "LAPSE_WINDOW_DAYS: 'inf' is not valid"),
+        ("COVERAGE_FIGURES_MAX_AGE_SECONDS", "nan", "COVERAGE_FIGURES_MAX_AGE_SECONDS: 'nan' is not valid"),
+        ("KAFKA_ENABLE_IDEMPOTENCE", "perhaps", "KAFKA_ENABLE_IDEMPOTENCE: 'perhaps' is not valid"),
+        ("PRIORITY_POPULATION_TIERS", "2500,lots", "PRIORITY_POPULATION_TIERS: '2500,lots' is not valid"),
+        ("PRIORITY_POPULATION_TIERS", "0", "is not a comma-separated list of positive whole numbers"),
+        ("REDIS_URL", "localhost:6379", "REDIS_URL: 'localhost:6379' is not valid"),
+        ("REDIS_KEY_PREFIX", "a b", "REDIS_KEY_PREFIX: 'a b' is not valid"),
+        (
+            "INGEST_CARRIER_TOKENS",
+            "{not json",
+            "INGEST_CARRIER_TOKENS: (value not shown: it holds tokens) is not valid",
+        ),
+        ("COVERAGE_REGULATOR_TOKENS", '{"short": ""}', "shorter than 16 characters"),
+    ],
+)
+def test_a_bad_value_is_refused_naming_its_variable(variable: str, value: str, says: str) -> None:
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({variable: value})
+    assert str(raised.value).startswith(f"{variable}: ") and says in str(raised.value), str(raised.value)
+
+
+def test_every_bad_variable_is_named_at_once() -> None:
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({"LOG_LEVEL": "loud", "SNAPSHOT_HOUR": "25"})
+    assert "LOG_LEVEL" in str(raised.value) and "SNAPSHOT_HOUR" in str(raised.value)
+
+
+def test_values_are_read_as_the_environment_gives_them() -> None:
+    settings = Settings.from_env(
+        {"LOG_LEVEL": "debug", "KAFKA_ENABLE_IDEMPOTENCE": "yes", "SNAPSHOT_HOUR": "0", "WORKER_GROUP_ID": "g"}
+    )
+    assert (settings.log_level, settings.kafka_enable_idempotence, settings.snapshot_hour) == ("DEBUG", True, 0)
+    assert settings.consumer_group == "g"
+    assert Settings.from_env({"SNAPSHOT_HOUR": ""}).snapshot_hour == 23  # empty: the default
+
+
+def test_an_env_file_fills_in_what_the_environment_does_not_set(tmp_path: Path) -> None:
+    stack = tmp_path / "lastmile.env"
+    stack.write_text("# written by lastmile run\nREDIS_URL=redis://127.0.0.1:6380/0\nKAFKA_BOOTSTRAP_SERVERS=h:1\n")
+    settings = Settings.from_env({"KAFKA_BOOTSTRAP_SERVERS": "mine:9092"}, env_file=stack)
+    assert (settings.redis_url, settings.kafka_bootstrap_servers) == ("redis://127.0.0.1:6380/0", "mine:9092")
+
+
+def test_replace_checks_the_new_values() -> None:
+    settings = Settings.from_env({})
+    assert settings.replace(snapshot_hour=5).snapshot_hour == 5
+    with pytest.raises(SettingsError, match="SNAPSHOT_HOUR"):
+        settings.replace(snapshot_hour=24)
+
+
+def test_the_cli_stops_at_start_naming_the_variable() -> None:
+    env = {"PATH": "/usr/bin:/bin", "LOG_LEVEL": "verbose"}
+    done = subprocess.run(
+        [sys.executable, "-m", "lastmile.cli", "topics", "create"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert done.stderr.startswith("lastmile: LOG_LEVEL: 'verbose' is not valid"), done.stderr
+
+
+def test_to_env_gives_the_same_settings_back() -> None:
+    settings = Settings.from_env({"SNAPSHOT_HOUR": "4", "KAFKA_ENABLE_IDEMPOTENCE": "true", "LOG_LEVEL": "debug"})
+    assert Settings.from_env(settings.to_env()) == settings
+    assert settings.to_env()["KAFKA_ENABLE_IDEMPOTENCE"] == "true" and settings.to_env()["WORKER_GROUP_ID"]
+
+
+def test_a_password_in_redis_url_is_never_shown() -> None:
+    settings = Settings.from_env({"REDIS_URL": "redis://user:s3cret@redis.internal:6379/0"})
+    assert settings.redis_url_shown == "redis://user:***@redis.internal:6379/0"
+    assert "s3cret" not in str(settings.describe())
+    assert Settings.from_env({"REDIS_URL": "redis://:pw@h:1/0"}).redis_url_shown == "redis://:***@h:1/0"
+    assert Settings.from_env({}).redis_url_shown == "redis://localhost:6379/0"
+
+
+@pytest.mark.parametrize("variable", ["INGEST_CARRIER_TOKENS", "COVERAGE_REGULATOR_TOKENS"])
+def test_a_bad_token_setting_never_shows_the_tokens(variable: str) -> None:
+    secret = "a-real-secret-token-0123456789"
+    with pytest.raises(SettingsError) as raised:
+        Settings.from_env({variable: f'{{"{secret}": "sf", "short": "14"}}'})
+    assert secret not in str(raised.value) and str(raised.value).startswith(f"{variable}: (value not shown")

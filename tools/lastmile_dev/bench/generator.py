@@ -1,0 +1,224 @@
+"""The load generator: realistic scan events for a real registry, and the exact figures they must produce.
+
+Why it looks like this:
+
+- **Skewed volume.** Parcels do not spread evenly: a few counties (e-commerce hubs, big towns) carry most of
+  them. Counties get Zipf-like weights (rank ``r`` weighs ``1 / r**ZIPF_S``, in an order shuffled by the seed);
+  within a county every village-level unit is equally likely, so hot partitions and cold villages both occur.
+- **One carrier per batch.** A carrier's system posts its own scans with its own token, so every batch comes
+  from one carrier (chosen by market share) and can be posted as it is.
+- **Duplicates, out of order, late.** Carriers retry: about :data:`DUPLICATE_SHARE` of the events of a batch are
+  exact re-sends of that carrier's events from earlier batches (never of the same batch, which ingest refuses
+  as a malformed request). Times jitter by minutes, and :data:`LATE_SHARE` of the events are hours to days old.
+- **Exact expectations, kept independently.** :meth:`Generator.expected` is counted here from the distinct
+  events produced, by the README's rules written out again (reach types at administrative villages), never
+  by the pipeline's code, so a benchmark can check that the figures it measured are also right.
+
+It is fast (a few µs per event) because it runs in the harness process beside the load it measures.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+from bisect import bisect_right
+from collections import Counter, deque
+from datetime import datetime, timedelta, timezone
+from typing import Any, Final
+
+from lastmile.registry import Registry
+
+# Carriers by share of rural parcels (roughly the 2023 market shares); more carriers get generic names.
+CARRIER_SHARES: Final = (
+    ("zto", 22),
+    ("yto", 17),
+    ("yunda", 15),
+    ("sto", 13),
+    ("jtexpress", 11),
+    ("sf", 8),
+    ("ems", 8),
+    ("jd", 6),
+)
+ZIPF_S: Final = 0.9
+DUPLICATE_SHARE: Final = 0.03
+LATE_SHARE: Final = 0.05
+RESEND_MEMORY: Final = 5_000  # recent events per carrier a re-send is picked from (retries come soon)
+
+# Event types with their share; the reach types dominate, as at real village stations.
+TYPE_SHARES: Final = (
+    ("delivered", 30),
+    ("arrived_at_station", 22),
+    ("picked_up", 20),
+    ("collected", 8),
+    ("arrived_at_hub", 8),
+    ("out_for_delivery", 8),
+    ("delivery_failed", 4),
+)
+# The README's definition of "reached", restated here on purpose (not imported from the code under test).
+REACH: Final = frozenset({"arrived_at_station", "delivered", "picked_up", "collected"})
+COOPERATION_SHARES: Final = (
+    ("postal_express", 30),
+    ("transport_express", 10),
+    ("express_express", 25),
+    ("own_station", 15),
+    ("express_commerce", 8),
+    ("supply_coop", 7),
+    ("other", 5),
+)
+FAIL_REASONS: Final = ("recipient not at home", "address incomplete", "refused by recipient", "station closed")
+PROBE_CARRIER: Final = "bench-probe"  # the freshness probes' own carrier, so their counts are unambiguous
+CST: Final = timezone(timedelta(hours=8))
+NATIONAL: Final = "CN"
+
+
+class Generator:
+    """Scan events for ``registry``. The same seed gives the same events (their times follow the clock), and
+    event ids carry the seed, so generators with different seeds never collide in one read model."""
+
+    def __init__(self, registry: Registry, seed: int, carriers: int = 8) -> None:
+        if carriers < 1:
+            raise ValueError("carriers must be at least 1")
+        self.rng = random.Random(seed)
+        shares = list(CARRIER_SHARES[:carriers]) + [(f"carrier{i:02d}", 5) for i in range(9, carriers + 1)]
+        self.carriers: list[str] = [name for name, _ in shares]
+        self._carrier_cum = list(itertools.accumulate(w for _, w in shares))
+        self._tag = f"b{seed % 36**6:x}"
+        self._counter = 0
+        self._admin_village = {u.code for u in registry.villages if u.kind == "village"}
+        self._counties, self._county_cum, self._units, self._townships = self._volume_model(registry)
+        self._types = [t for t, _ in TYPE_SHARES]
+        self._type_cum = list(itertools.accumulate(w for _, w in TYPE_SHARES))
+        self._models = [m for m, _ in COOPERATION_SHARES]
+        self._model_cum = list(itertools.accumulate(w for _, w in COOPERATION_SHARES))
+        self._earlier: dict[str, deque[dict[str, Any]]] = {c: deque(maxlen=RESEND_MEMORY) for c in self.carriers}
+        self._time_text: dict[int, str] = {}
+        # What the pipeline must show, from the distinct events only.
+        self._distinct = 0
+        self._duplicates = 0
+        self._by_type: Counter[str] = Counter()
+        self._reached: set[str] = set()
+
+    def _volume_model(
+        self, registry: Registry
+    ) -> tuple[list[str], list[float], dict[str, list[str]], dict[str, list[str]]]:
+        units: dict[str, list[str]] = {}
+        for u in registry.villages:
+            units.setdefault(u.code[:6], []).append(u.code)
+        townships: dict[str, list[str]] = {}
+        for t in registry.townships:
+            townships.setdefault(t.code[:6], []).append(t.code)
+        counties = sorted(c for c in units if c in townships)
+        if not counties:
+            raise ValueError(f"the registry {registry.source} has no county with townships and villages")
+        self.rng.shuffle(counties)
+        weights = [1.0 / (rank**ZIPF_S) for rank in range(1, len(counties) + 1)]
+        return counties, list(itertools.accumulate(weights)), units, townships
+
+    # -- events ---------------------------------------------------------------------------------------
+
+    def next_batch(self, n: int, carrier: str | None = None) -> list[dict[str, Any]]:
+        """``n`` valid events of one carrier (chosen by share unless given), a few of them re-sends."""
+        rng = self.rng
+        if carrier is None:
+            carrier = self.carriers[bisect_right(self._carrier_cum, rng.random() * self._carrier_cum[-1])]
+        earlier = self._earlier.setdefault(carrier, deque(maxlen=RESEND_MEMORY))
+        resends = min(len(earlier), sum(1 for _ in range(n) if rng.random() < DUPLICATE_SHARE))
+        fresh = n - resends
+        now = time.time()
+        counties = rng.choices(self._counties, cum_weights=self._county_cum, k=fresh)
+        types = rng.choices(self._types, cum_weights=self._type_cum, k=fresh)
+        made = [
+            self._event(carrier, county, event_type, now) for county, event_type in zip(counties, types, strict=True)
+        ]
+        batch = list(made)
+        if resends:
+            # Only events of earlier batches are re-sent: ingest refuses a batch that repeats an event_id.
+            for i in rng.sample(range(len(earlier)), resends):
+                batch.insert(int(rng.random() * (len(batch) + 1)), earlier[i])
+                self._duplicates += 1
+        earlier.extend(made)
+        return batch
+
+    def probe(self, carrier: str, village: str) -> dict[str, Any]:
+        """One delivered event by ``carrier`` at ``village`` now: the freshness scenario's marker."""
+        event = self._make(carrier, "delivered", village, time.time(), station=True)
+        self._count(event)
+        return event
+
+    def _event(self, carrier: str, county: str, event_type: str, now: float) -> dict[str, Any]:
+        rng = self.rng
+        at_township = event_type == "arrived_at_hub" or (
+            event_type in ("out_for_delivery", "delivery_failed") and rng.random() < 0.3
+        )
+        pool = self._townships[county] if at_township else self._units[county]
+        code = pool[int(rng.random() * len(pool))]
+        # Minutes of jitter (out of order); a share hours to days late (a station's backlog uploaded).
+        age = rng.random() * 600.0
+        if rng.random() < LATE_SHARE:
+            age += 3600.0 + rng.random() * 6 * 86_400.0
+        event = self._make(carrier, event_type, code, now - age, station=event_type in REACH and rng.random() < 0.7)
+        self._count(event)
+        return event
+
+    def _make(self, carrier: str, event_type: str, code: str, at: float, *, station: bool) -> dict[str, Any]:
+        rng = self.rng
+        self._counter += 1
+        n = self._counter
+        event: dict[str, Any] = {
+            "event_id": f"{self._tag}-{n:x}",
+            "carrier": carrier,
+            "waybill": f"{carrier[:2].upper()}{n:012d}",
+            "event_type": event_type,
+            "location_code": code,
+            "occurred_at": self._time(int(at)),
+        }
+        if station and len(code) == 12:
+            event["station_id"] = f"{carrier}-{code}-{1 + int(rng.random() * 2)}"
+        if len(code) == 12 and rng.random() < 0.6:
+            event["cooperation_model"] = self._models[bisect_right(self._model_cum, rng.random() * self._model_cum[-1])]
+        if event_type == "delivery_failed":
+            event["reason"] = FAIL_REASONS[n % len(FAIL_REASONS)]
+        return event
+
+    def _time(self, second: int) -> str:
+        text = self._time_text.get(second)
+        if text is None:
+            if len(self._time_text) > 200_000:
+                self._time_text.clear()
+            text = datetime.fromtimestamp(second, CST).isoformat()
+            self._time_text[second] = text
+        return text
+
+    def _count(self, event: dict[str, Any]) -> None:
+        self._distinct += 1
+        self._by_type[event["event_type"]] += 1
+        code = event["location_code"]
+        if event["event_type"] in REACH and code in self._admin_village:
+            self._reached.add(code)
+
+    # -- what the pipeline must show ------------------------------------------------------------------
+
+    @property
+    def events_distinct(self) -> int:
+        return self._distinct
+
+    def villages(self, reached: bool | None = None) -> list[str]:
+        """Administrative villages, all or only those (not) reached by the events so far, in code order."""
+        if reached is None:
+            return sorted(self._admin_village)
+        return sorted(c for c in self._admin_village if (c in self._reached) == reached)
+
+    def expected(self) -> dict[str, Any]:
+        """The exact figures the distinct events produced so far must show in the read model."""
+        reached: Counter[str] = Counter()
+        for code in self._reached:
+            reached[code[:2]] += 1
+            reached[code[:6]] += 1
+        reached[NATIONAL] = len(self._reached)
+        return {
+            "events_distinct": self._distinct,
+            "duplicates_sent": self._duplicates,
+            "villages_reached": dict(reached),
+            "by_type": dict(self._by_type),
+        }

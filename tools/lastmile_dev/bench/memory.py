@@ -1,0 +1,340 @@
+"""Scenario: Redis memory after the national registry and millions of events, per village, per event, and dedup.
+
+Events reach the real worker(s) fast by skipping HTTP: they are published in ingest's record format straight to
+the scan topic, one record per partition per batch of 1,000 (``{"received_at": ..., "events": [...]}``, the
+partition Kafka's murmur2 gives the location code, as ingest does), and the workers fold them as usual. The
+backlog is kept bounded, so the broker's memory and the harness's CPU stay small beside the worker's.
+
+What a registry costs is a fresh load's ``used_memory`` delta (the registry scenario's, or one into an empty
+scratch database here); what an event costs is the delta across the events over the distinct events applied.
+The dedup markers (``{p}:seen:*``) are counted, sized from a sample with ``MEMORY USAGE``, and their TTLs shown:
+they expire after ``DEDUP_WINDOW_HOURS``, so that memory is bounded by the window's traffic, not by history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Final, TypeVar
+
+import orjson
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from lastmile import names, scan
+from lastmile.settings import Settings
+from lastmile.topics import partition_for
+from lastmile_dev.bench.core import Context, Figure, Result
+from lastmile_dev.bench.exact import check_exact
+from lastmile_dev.bench.generator import Generator
+from lastmile_dev.bench.registry_load import fresh_load, registry_folder, registry_of, used_memory
+
+T = TypeVar("T")
+SEED_OFFSET: Final = 404
+BATCH: Final = 1_000
+MAX_BACKLOG: Final = 200_000  # events published but not yet folded
+STALL_SECONDS: Final = 120.0  # no progress for this long ends the wait
+SAMPLE_KEYS: Final = 1_000
+REDIS_TIMEOUT_SECONDS: Final = 120.0
+ACK_TIMEOUT_SECONDS: Final = 60.0
+MB: Final = 1024 * 1024
+INFO_FIELDS: Final = ("used_memory", "used_memory_rss", "used_memory_dataset", "mem_fragmentation_ratio")
+COUNTED: Final = (names.stat.EVENTS_APPLIED, names.stat.EVENTS_DUPLICATE, names.stat.EVENTS_UNKNOWN_LOCATION)
+
+
+class Partitioner:
+    """``partition_for`` remembered per code: murmur2 in Python costs microseconds, and codes repeat."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self._known: dict[str, int] = {}
+
+    def __call__(self, code: str) -> int:
+        p = self._known.get(code)
+        if p is None:
+            p = self._known[code] = partition_for(code, self.partitions)
+        return p
+
+
+def records_of(events: list[dict[str, Any]], partition_of: Callable[[str], int], received_at: str) -> dict[int, bytes]:
+    """Ingest's record format: one record per partition holding that partition's events, in order."""
+    by_partition: dict[int, list[dict[str, Any]]] = defaultdict(list)
+    for e in events:
+        by_partition[partition_of(e["location_code"])].append(e)
+    return {p: orjson.dumps({"received_at": received_at, "events": batch}) for p, batch in by_partition.items()}
+
+
+async def patiently(action: Callable[[], Awaitable[T]]) -> T:
+    """Run a read, waiting while Redis is BUSY or slow: a long apply script holds it (and answers BUSY past 5 s)."""
+    deadline = time.monotonic() + REDIS_TIMEOUT_SECONDS
+    while True:
+        try:
+            return await action()
+        except (RedisTimeoutError, ResponseError) as exc:
+            if (isinstance(exc, ResponseError) and not str(exc).startswith("BUSY")) or time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
+async def folded(redis: aioredis.Redis, prefix: str) -> dict[str, int]:
+    """The worker's own counters: events applied, duplicate and of unknown location."""
+    values = await patiently(lambda: redis.hmget(names.key(prefix, names.STATS), list(COUNTED)))
+    return {name: int(v or 0) for name, v in zip(COUNTED, values, strict=True)}
+
+
+async def dedup_markers(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
+    """Count every dedup marker; size and TTL a sample of them."""
+    pattern = names.key(prefix, names.SEEN) + "*"
+    count, cursor = 0, 0
+    sample: list[bytes | str] = []
+    started = time.perf_counter()
+    while True:
+        cursor, keys = await redis.scan(cursor, match=pattern, count=20_000)
+        count += len(keys)
+        if len(sample) < SAMPLE_KEYS:
+            sample.extend(keys[: SAMPLE_KEYS - len(sample)])
+        if cursor == 0:
+            break
+    async with redis.pipeline(transaction=False) as pipe:
+        for k in sample:
+            pipe.memory_usage(k, samples=0)
+            pipe.ttl(k)
+        answers = await pipe.execute()
+    sizes = [int(s) for s in answers[0::2] if s is not None]
+    ttls = [int(t) for t in answers[1::2]]
+    mean = sum(sizes) / len(sizes) if sizes else 0.0
+    return {
+        "count": count,
+        "sampled": len(sizes),
+        "bytes_each": mean,
+        "bytes_total_estimate": mean * count,
+        "ttl_min_s": min(ttls, default=None),
+        "ttl_max_s": max(ttls, default=None),
+        "scan_seconds": time.perf_counter() - started,
+    }
+
+
+async def registry_memory(ctx: Context, settings: Settings, folder: Path) -> tuple[int | None, str]:
+    """Bytes a fresh registry load takes: the registry scenario's measurement, or one made now."""
+    earlier = (getattr(ctx, "results", None) or {}).get("registry_load")
+    if earlier is not None and earlier.samples.get("registry_dir") == str(folder):
+        measured = earlier.samples.get("registry_memory_bytes")
+        if isinstance(measured, int):
+            return measured, "the registry scenario's fresh load"
+    ctx.progress("memory: fresh registry load into a scratch database", 0, 1)
+    load = await fresh_load(settings, folder)
+    if load is None:
+        return None, "not measured: the scratch database is not empty"
+    return load.memory_bytes, "a fresh load into an empty scratch database"
+
+
+async def run(ctx: Context) -> Result:
+    config, settings = ctx.config, ctx.stack.settings
+    prefix, total = settings.redis_key_prefix, config.memory_events
+    folder = registry_folder(config.registry_dir)
+    registry = await registry_of(ctx)
+    units = sum(1 for _ in registry.units())
+    registry_bytes, registry_how = await registry_memory(ctx, settings, folder)
+    # The run's generator when there is one, so that its expected() stays the whole read model's figure.
+    generator = ctx.generator or Generator(registry, config.seed + SEED_OFFSET)
+    expected_before = generator.expected()
+
+    # A generous timeout: one of the worker's apply scripts can hold Redis for seconds under this load.
+    redis = aioredis.from_url(settings.redis_url, socket_timeout=REDIS_TIMEOUT_SECONDS)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        acks="all",
+        enable_idempotence=settings.kafka_enable_idempotence,
+        linger_ms=5,
+        max_request_size=16 * MB,
+    )
+    await producer.start()
+    samples: list[dict[str, Any]] = []
+    try:
+        feed = Feed(producer, settings.scan_topic, generator, len(await producer.partitions_for(settings.scan_topic)))
+        start_counts = await folded(redis, prefix)
+        start_memory = await used_memory(redis)
+        started = time.monotonic()
+
+        async def processed() -> int:
+            now = await folded(redis, prefix)
+            return sum(now[k] - start_counts[k] for k in COUNTED)
+
+        async def sample() -> int:
+            done = await processed()
+            info = await patiently(lambda: redis.info("memory"))
+            samples.append(
+                {
+                    "t": round(time.monotonic() - started, 2),
+                    "events_folded": done,
+                    "events_sent": feed.sent,
+                    "used_memory": int(info["used_memory"]),
+                    "used_memory_rss": int(info["used_memory_rss"]),
+                }
+            )
+            ctx.progress("memory: events folded", done, total)
+            return done
+
+        async def sampler(every: float) -> None:
+            while True:
+                await asyncio.sleep(every)
+                await sample()
+
+        sampling = asyncio.create_task(sampler(0.5 if config.quick else 3.0))
+        try:
+            await feed.publish(total, processed)
+            ctx.progress("memory: all events published; waiting for the workers", feed.sent, total)
+            done, last_change, last = 0, time.monotonic(), -1
+            while done < feed.sent and time.monotonic() - last_change < STALL_SECONDS:
+                await asyncio.sleep(0.2)
+                done = await processed()
+                if done != last:
+                    last, last_change = done, time.monotonic()
+        finally:
+            sampling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sampling
+        await sample()
+        end_counts = await folded(redis, prefix)
+        end_info = await redis.info("memory")
+        ctx.progress("memory: counting dedup markers", 0, 1)
+        dedup = await dedup_markers(redis, prefix)
+        keyspace = await redis.info("keyspace")
+        expected = generator.expected()
+        check = await check_exact(redis, prefix, registry, expected)
+    finally:
+        with contextlib.suppress(TimeoutError):  # stop() waits for every ack, however long
+            await asyncio.wait_for(producer.stop(), ACK_TIMEOUT_SECONDS)
+        await redis.aclose()
+
+    sent = feed.sent
+    delta = {k: end_counts[k] - start_counts[k] for k in COUNTED}
+    want = {k: expected[k] - expected_before[k] for k in ("events_distinct", "duplicates_sent")}
+    exact = (
+        check.ok
+        and delta[names.stat.EVENTS_APPLIED] == want["events_distinct"]
+        and delta[names.stat.EVENTS_DUPLICATE] == want["duplicates_sent"]
+        and delta[names.stat.EVENTS_UNKNOWN_LOCATION] == 0
+    )
+    applied = delta[names.stat.EVENTS_APPLIED]
+    end_memory = int(end_info["used_memory"])
+    window = settings.dedup_window_seconds
+    result = Result("memory", exact=exact)
+    result.figures = _figures(
+        end_memory, start_memory, applied, units, registry_bytes, registry_how, dedup, window, sent, total
+    )
+    result.samples = {
+        "memory_over_time": samples,
+        "events_sent": sent,
+        "records_unacknowledged": feed.unacked,
+        "counts_delta": delta,
+        "expected_delta": want,
+        "exactness": check.as_sample(),
+        "used_memory_start": start_memory,
+        "info_memory_end": {k: end_info.get(k) for k in INFO_FIELDS},
+        "keyspace_end": keyspace,
+        "registry_units": units,
+        "registry_memory_bytes": registry_bytes,
+        "registry_memory_measured_by": registry_how,
+        "dedup": dedup,
+        "dedup_window_seconds": window,
+    }
+    return result
+
+
+class Feed:
+    """Publishes generator events in ingest's format, never more than MAX_BACKLOG ahead of the workers."""
+
+    def __init__(self, producer: AIOKafkaProducer, topic: str, generator: Generator, partitions: int) -> None:
+        self.producer, self.topic, self.generator = producer, topic, generator
+        self.partition_of = Partitioner(partitions)
+        self.headers = [(names.HEADER_SCHEMA, names.SCHEMA_BATCH_V1.encode())]
+        self.sent = 0
+        self.unacked = 0  # records whose ack never came (the worker's counts still show whether they arrived)
+
+    async def publish(self, total: int, processed: Callable[[], Awaitable[int]]) -> None:
+        done = 0
+        pending: list[asyncio.Future[Any]] = []
+        while self.sent < total:
+            if self.sent - done >= MAX_BACKLOG:
+                await self._acked(pending)
+                await asyncio.sleep(0.5)
+                done = await processed()
+                continue
+            events = self.generator.next_batch(min(BATCH, total - self.sent))
+            received_at = scan.format_time(datetime.now(UTC))
+            for partition, value in records_of(events, self.partition_of, received_at).items():
+                pending.append(await self.producer.send(self.topic, value, partition=partition, headers=self.headers))
+            self.sent += len(events)
+            if len(pending) >= 400:
+                await self._acked(pending)
+                done = await processed()
+        await self._acked(pending)
+
+    async def _acked(self, pending: list[asyncio.Future[Any]]) -> None:
+        """Wait for the broker's acks, raising a send error, but never forever: one run saw a few never come."""
+        if pending:
+            acked, missing = await asyncio.wait(pending, timeout=ACK_TIMEOUT_SECONDS)
+            for future in acked:
+                future.result()
+            self.unacked += len(missing)
+            pending.clear()
+
+
+def _figures(
+    end_memory: int,
+    start_memory: int,
+    applied: int,
+    units: int,
+    registry_bytes: int | None,
+    registry_how: str,
+    dedup: dict[str, Any],
+    window: int,
+    sent: int,
+    total: int,
+) -> list[Figure]:
+    per_event = (end_memory - start_memory) / applied if applied else None
+    bounded = dedup["ttl_max_s"] is not None and dedup["ttl_min_s"] > 0 and dedup["ttl_max_s"] <= window
+    hours = window / 3600
+    return [
+        Figure(
+            "Redis used_memory after the registry and the events",
+            end_memory / MB,
+            "MiB",
+            "reported",
+            None,
+            note=f"{sent:,} of {total:,} events sent in this scenario, on top of the earlier scenarios'",
+        ),
+        Figure(
+            "registry memory per unit",
+            registry_bytes / units if registry_bytes is not None else None,
+            "bytes",
+            "reported",
+            None,
+            note=f"{(registry_bytes or 0) / MB:,.1f} MiB for {units:,} units; measured by {registry_how}",
+        ),
+        Figure(
+            "memory per event applied",
+            per_event,
+            "bytes",
+            "reported",
+            None,
+            note=f"used_memory {(end_memory - start_memory) / MB:,.1f} MiB more over {applied:,} distinct events",
+        ),
+        Figure(
+            "dedup markers (p:seen:*) memory",
+            dedup["bytes_total_estimate"] / MB,
+            "MiB",
+            f"bounded by the {hours:g} h window",
+            bounded,
+            note=f"{dedup['count']:,} keys × {dedup['bytes_each']:.0f} B (MEMORY USAGE of {dedup['sampled']}); "
+            f"TTL {dedup['ttl_min_s']}–{dedup['ttl_max_s']} s of {window} s",
+        ),
+    ]

