@@ -41,7 +41,7 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=_scenarios,
         default=None,
         help="comma-separated, run in the harness's order (default all): "
-        "registry_load,throughput,naive,freshness,api_load,scaling,memory",
+        "registry_load,throughput,naive,freshness,api_load,components,scaling,memory",
     )
     bench.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="posting time of throughput")
     bench.add_argument(

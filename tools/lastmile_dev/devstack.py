@@ -213,3 +213,9 @@ def _redis_pong(host: str, port: int) -> bool:
 def lastmile_command(*args: str) -> list[str]:
     """argv running the `lastmile` CLI with this interpreter (works without the venv on PATH)."""
     return [sys.executable, "-m", "lastmile.cli", *args]
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
