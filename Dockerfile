@@ -3,7 +3,7 @@
 #   docker run IMAGE ingest | worker | coverage | topics create | registry load DIR
 #
 # docker-compose.yml runs each role as a service. Settings come from the environment only
-# (lastmile/settings.py; the README's settings table lists every variable).
+# (lastmile/settings.py; the table in docs/settings.md lists every variable).
 
 # ---- build: resolve and install everything into a virtualenv that the runtime stage copies whole ----
 FROM python:3.11-slim AS build

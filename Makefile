@@ -30,8 +30,8 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/lint-imports
 
-# The benchmark scenarios against a fresh local stack, on the national registry (../shared/data/cn-divisions-2023)
-# when it is there, else the bundled sample; results in bench-results/. E.g. make bench BENCH_ARGS="--duration 20".
+# The benchmark scenarios against a fresh local stack, on the bundled national registry (BENCH_ARGS=--quick: the
+# sample); results in bench-results/. E.g. make bench BENCH_ARGS="--duration 20".
 BENCH_ARGS ?=
 bench: $(STAMP)  ## the benchmark: prints the table of figures and targets, writes bench-results/latest.json
 	bash scripts/bootstrap --bench

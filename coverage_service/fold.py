@@ -1,9 +1,7 @@
 """The aggregation fold's pure half: what one scan event changes in the read model. No I/O.
 
-An event becomes an :class:`Entry`: the counters it increments (at its location and every region
-above it), whether it reaches a village, and the dimensions (carrier, cooperation model) under which
-that reach is counted too. ``apply.lua`` applies entries atomically with deduplication and offsets;
-keeping the decision here lets the rules be unit-tested without Redis.
+An event becomes an :class:`Entry`: the counters it increments, whether it reaches a village, and the dimensions its
+reach counts under. ``apply.lua`` applies entries; keeping the decision here lets the rules be tested without Redis.
 """
 
 from __future__ import annotations

@@ -1,12 +1,7 @@
 """The ingest API's HTTP server: uvicorn, with a deadline for reading each request.
 
-uvicorn (with h11) closes idle keep-alive connections, but it has no limit on how long a request may take to
-arrive: a client that opens a connection and sends nothing, or dribbles its headers or its body a byte at a
-time (slowloris), holds a socket and its buffers for as long as it likes. Here every request must arrive whole,
-headers and body, within INGEST_REQUEST_READ_TIMEOUT_SECONDS of its first byte (of the connection's opening,
-for the first one). A request that does not is answered 408 problem+json, unless its answer has begun, and
-the connection closes. The app behind it sees the client go (``http.disconnect``), so nothing is published for a
-request that timed out: a body cut short never reaches the event contract.
+Every request must arrive whole within INGEST_REQUEST_READ_TIMEOUT_SECONDS, else it is answered 408 and its connection
+closed, so a slow client (slowloris) cannot hold a socket for as long as it likes (docs/contract.md).
 """
 
 from __future__ import annotations
@@ -39,6 +34,9 @@ def timed_out_body(seconds: float) -> bytes:
     )
 
 
+# uvicorn (with h11) closes idle keep-alive connections but does not limit how long a request may take to arrive:
+# a client sending nothing, or its headers or body a byte at a time, would hold a socket and its buffers. The app
+# behind sees the client go (``http.disconnect``), so nothing is published for a request that timed out.
 class DeadlineH11Protocol(H11Protocol):
     """uvicorn's h11 protocol, closing a connection whose request does not arrive within ``read_timeout``."""
 

@@ -1,9 +1,7 @@
-"""`lastmile`: one command for every role and tool. The core adds ``topics``; each package adds its own
-subcommands through the ``lastmile.commands`` entry points (pyproject.toml), so the core imports no service.
+"""`lastmile`: one command for every role and tool (docs/operations.md lists them).
 
-Tools (registry, rebuild, snapshot, dead-letters, topics) run beside ``make run`` without any setting: when the
-environment names no broker or Redis, they take the running stack's from ``.run/lastmile.env``, and they say
-which broker and Redis they talk to before they start.
+The core adds ``topics``; each package adds its own subcommands through the ``lastmile.commands`` entry points
+(pyproject.toml), so the core imports no service.
 """
 
 from __future__ import annotations

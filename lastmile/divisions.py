@@ -38,7 +38,7 @@ _BARE_VILLAGE_SUFFIXES: Final = ("村", "嘎查")
 
 
 def classify(name: str) -> str:
-    """The kind of a village-level unit, from its name (see the README, "Village registry")."""
+    """The kind of a village-level unit, from its name (docs/registry.md, "Classification rule")."""
     name = name.strip()
     if name.endswith(_VILLAGE_SUFFIXES):
         return KIND_VILLAGE

@@ -1,33 +1,7 @@
 """The one home of every shared name: Kafka topics and headers, Redis keys, counter fields.
 
-The Lua scripts name keys and fields through ``${...}`` placeholders that :func:`lua_names` fills
-when a script is loaded, so each name is spelled here and nowhere else.
-
-Redis layout (``{p}`` is ``REDIS_KEY_PREFIX``, default ``lm``; ``{code}`` a division code,
-``CN`` for the nation):
-
-=================================  ======  ===================================================
-key                                type    holds
-=================================  ======  ===================================================
-``{p}:reg:kind``                   hash    division code -> unit kind (the registry index)
-``{p}:reg:unit:{code}``            hash    name, level, parent, population of one unit
-``{p}:reg:children:{code}``        set     codes one level below (``CN`` -> provinces)
-``{p}:reg:meta``                   hash    last registry load: counts per kind, source, time
-``{p}:region:{code}``              hash    villages_total, villages_reached[:dim], as_of_ms,
-                                           parcel counters (see ``field``)
-``{p}:loc:{code}``                 hash    per village or township: reach flags, first/last
-                                           reach time, parcel counters
-``{p}:reach:{code}{dim}{tier}``    zset    per township and county: village -> last reach (ms),
-                                           for villages active within the lapse window
-``{p}:stations:{code}``             set     station_ids seen at a village
-``{p}:seen:{carrier}:{event_id}``  string  dedup marker, expires after the dedup window
-``{p}:offsets``                    hash    ``{topic}:{partition}`` -> last applied offset
-``{p}:stats``                      hash    events applied / duplicate / records replayed ...
-``{p}:worker:{host}:{pid}``         string  a running worker's heartbeat (expires when it stops)
-``{p}:history:{code}``             hash    daily snapshots: date -> JSON array of the region's
-                                           figures (see coverage_service.history)
-``{p}:history-days``               hash    date -> completion marker of that day's snapshot
-=================================  ======  ===================================================
+The Lua scripts name keys and fields through ``${...}`` placeholders that :func:`lua_names` fills when a script is
+loaded, so each name is spelled here and nowhere else. The Redis layout is documented in docs/read-model.md.
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ TYPE_BASE = "https://lastmile-coverage.readthedocs.io/problems/"
 
 
 class Problem(Exception):
-    """Raise to answer with a problem document; ``type_`` is a short slug documented in the README."""
+    """Raise to answer with a problem document; ``type_`` is a short slug, appended to :data:`TYPE_BASE`."""
 
     def __init__(
         self,

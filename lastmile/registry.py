@@ -1,12 +1,7 @@
 """The village registry: a folder of division CSVs, read and validated whole. Pure; no Redis.
 
-The folder holds ``provinces``, ``cities``, ``areas``, ``streets`` and ``villages``, each ``.csv`` or
-``.csv.gz`` (UTF-8, a BOM allowed, a header row), with the columns of the national registry in
-shared/data/cn-divisions-2023. ``villages`` may add ``kind`` (``village``, ``community``, ``other``; empty
-means :func:`lastmile.divisions.classify` decides) and ``population`` (a non-negative integer, or empty).
-
-Everything is checked before a caller can write anything, so a bad edition is never half-loaded; errors
-name file, line and column, and up to :data:`MAX_ERRORS` are collected so one run shows most of them.
+Everything is checked before a caller can write anything, so a bad edition is never half-loaded. The folder's files
+and columns are documented in docs/registry.md ("Registry folders").
 """
 
 from __future__ import annotations
@@ -23,7 +18,7 @@ from lastmile.divisions import CITY, COUNTY, PROVINCE, TOWNSHIP, VILLAGE_LEVEL_K
 if TYPE_CHECKING:
     from _csv import Reader
 
-MAX_ERRORS: Final = 20
+MAX_ERRORS: Final = 20  # errors collected before giving up, so that one run shows most of them
 NATION_NAME: Final = "全国"
 
 # Registries shipped with the project, by the name `lastmile registry load NAME` takes: the sample (three

@@ -1,9 +1,7 @@
 """The scan event contract, version 1: what a carrier may send and what it means. Pure; no I/O.
 
-One typed model, :class:`ScanEvent` (msgspec), is the contract: ingest and the worker decode with it (a whole
-batch in one compiled pass), and the OpenAPI schema is generated from it. What a schema cannot say (a village
-code for the village-only types, a reason for a failed delivery, the time's offset and bounds) is :func:`rules`.
-A batch that does not decode whole is checked event by event, each error message naming its field.
+One typed model, :class:`ScanEvent` (msgspec), is the contract: ingest and the worker decode with it, and the OpenAPI
+schema is generated from it; :func:`rules` holds what a schema cannot say. The contract is on docs/contract.md.
 """
 
 from __future__ import annotations
@@ -212,8 +210,8 @@ def validate(raw: Any, *, now: datetime, carrier: str | None = None) -> ScanEven
 
 
 def decode_batch(body: bytes) -> list[ScanEvent] | None:
-    """The events of a batch whose every event is well formed, decoded in one pass; None when any is not (then
-    :func:`validate` each to learn which and why)."""
+    """The events of a batch whose every event is well formed, decoded in one compiled pass; None when any is not
+    (then :func:`validate` each, to learn which and why: each error message names its field)."""
     if _UNKNOWN_OFFSET in body:  # a time with offset -00:00, which msgspec reads as UTC: checked event by event
         return None
     try:

@@ -13,10 +13,10 @@ import csv
 import gzip
 from pathlib import Path
 
-from lastmile.registry import read_registry
+from lastmile.registry import BUNDLED, read_registry
 
 REPO = Path(__file__).resolve().parents[1]
-NATIONAL = REPO.parent / "shared" / "data" / "cn-divisions-2023"
+NATIONAL = BUNDLED["national"]
 SAMPLE = REPO / "lastmile" / "registry_data" / "sample"
 # File stem -> how many leading digits of a county code select its rows (the province and city above it,
 # the county, and everything below).

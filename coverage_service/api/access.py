@@ -1,13 +1,7 @@
 """Who may read what: regulator tokens bound to a region prefix, and a request budget per token.
 
-INTERFACE (routes depend on it): ``regulator`` is a FastAPI dependency returning the caller's
-:class:`Regulator`, or a problem: 401 without a known token, 403 for a carrier's token, 429 over the
-token's budget. ``ensure_in_scope(regulator, code)`` raises 403 for a code outside the regulator's
-region; routes call it for every code they serve, after validating the code and before reading Redis.
-
-Tokens (COVERAGE_REGULATOR_TOKENS / _FILE) are kept only as SHA-256 digests and compared in constant
-time; a token is never logged. A :class:`Regulator`'s ``name`` carries a short fingerprint of the
-digest instead, enough to tell two tokens of one bureau apart in logs.
+Routes depend on :func:`regulator` (the caller, or 401, 403 or 429) and call :func:`ensure_in_scope` for every code
+they serve, after validating it and before reading Redis. Tokens are kept only as SHA-256 digests (docs/access.md).
 """
 
 from __future__ import annotations
@@ -58,6 +52,8 @@ class Access:
     """The configured regulator tokens, the carrier tokens to recognise (and refuse), and the budgets."""
 
     def __init__(self, regulators: dict[str, str], carriers: list[str], limiter: RateLimiter) -> None:
+        # A regulator's name is never its token: its region and a short fingerprint of the digest, enough to
+        # tell two tokens of one bureau apart.
         self._regulators = [
             (_digest(token), Regulator(f"{region or 'national'}#{_digest(token).hex()[:8]}", region))
             for token, region in regulators.items()

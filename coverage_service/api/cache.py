@@ -1,17 +1,7 @@
 """Computed figures kept in this process for a short, fixed time, each computed by one request at a time.
 
-:class:`FigureCache` maps a key (what was asked: the document and its scope, never who asked) to a value
-and the moment of the oldest read it was made from. A value is served while it is at most ``max_age_s``
-seconds old (COVERAGE_FIGURES_MAX_AGE_SECONDS), so a figure the API answers is never older than that plus the
-pipeline's own delay. Requests for a key that is being computed wait for that computation instead of
-starting their own (single flight): a hundred dashboards asking for the nation at once cost one read.
-A computation runs in its own task, so a client that leaves does not cancel it for the others; a failure
-reaches every request that waited for it and is not kept.
-
-``refresh_after_s`` computes a value again in the background once it is that old, while it is still served:
-a value read often is then replaced before it expires and no request waits for it. The caller checks
-access before asking the cache: values hold figures, not permissions. ``max_age_s`` 0 turns the cache
-off: every request computes its own value.
+A hundred dashboards asking for the nation at once cost one read, and no figure served is older than
+COVERAGE_FIGURES_MAX_AGE_SECONDS plus the pipeline's own delay (docs/reading-coverage.md, "Freshness").
 """
 
 from __future__ import annotations
@@ -42,6 +32,16 @@ class _Entry(Generic[V]):
 
 
 class FigureCache(Generic[K, V]):
+    """Values by key (what was asked: the document and its scope, never who asked), each served while at most
+    ``max_age_s`` old, counted from the oldest read it was made from; ``max_age_s`` 0 turns the cache off. The
+    caller checks access before asking: values hold figures, not permissions.
+
+    Requests for a key being computed wait for that computation (single flight), which runs in its own task, so a
+    client that leaves does not cancel it for the others; a failure reaches every waiter and is not kept. Past
+    ``refresh_after_s`` a value is computed again in the background while still served, so a value read often is
+    replaced before it expires and no request waits for it.
+    """
+
     def __init__(
         self,
         max_age_s: float,

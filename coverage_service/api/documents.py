@@ -1,11 +1,7 @@
 """The coverage API's hot documents, kept: a region's coverage report, rendered once and served from memory.
 
-Reports are read through :class:`~coverage_service.readmodel.queries.Reader` and kept in a
-:class:`~coverage_service.api.cache.FigureCache` for COVERAGE_FIGURES_MAX_AGE_SECONDS, counted from their oldest
-read. A region above the counties needs every county's active villages (:class:`~coverage_service.readmodel.
-queries.Actives`), which are counted once per filter and kept as long; each time they are made, the reports of
-the larger regions asked for lately are made again with them, so requests for those do not wait. Village details
-are read afresh every time (one cheap call).
+Reports are kept in a :class:`~coverage_service.api.cache.FigureCache` for COVERAGE_FIGURES_MAX_AGE_SECONDS, counted
+from their oldest read; village details are read afresh every time (one cheap call).
 """
 
 from __future__ import annotations
@@ -68,6 +64,9 @@ class Documents:
         self._asked: dict[Filter, dict[str, float]] = {}  # larger regions' reports asked for, and when
         self._rebuilding: set[asyncio.Task[None]] = set()
         self.reports: FigureCache[tuple[str, Filter], Rendered | None] = FigureCache(max_age_s, clock=clock)
+        # A region above the counties needs every county's active villages: counted once per filter and kept as
+        # long as a report; each time they are made, the larger regions' reports asked for lately are made again
+        # with them, so requests for those do not wait.
         self.actives: FigureCache[Filter, Actives] = FigureCache(
             max_age_s, refresh_after_s=max_age_s * REFRESH_AT, clock=clock
         )

@@ -1,17 +1,8 @@
 """The requests dashboards make most, answered without FastAPI's routing and dependency injection.
 
-``GET`` (and ``HEAD``) ``/v1/coverage``, ``/v1/coverage/{code}`` and ``/v1/villages/{code}`` without a query,
-asking for JSON, from a regulator within its budget and its region: that is most of the API's traffic, and
-FastAPI's machinery costs more than answering it does. :meth:`FastPath.answer` answers those requests with
-the same functions the routes use (token, budget, scope check, documents, representation), so the answer is
-the one the route would give, byte for byte. It is called twice over: by the HTTP server before the request
-becomes an ASGI request at all (:mod:`coverage_service.aioserve`), and by :class:`FastPathMiddleware` inside
-the app (under uvicorn, and in tests).
-
-Anything else goes on to the app: a query (filters, ``format``), another Accept, a path with escapes, no or a
-wrong token, a region outside the token's (403), an unknown code (404), a failure of Redis. When the request
-was charged to the token's budget before it was handed on, the app is told who the caller is
-(:data:`coverage_service.access.AUTHENTICATED`), so the route does not charge it again.
+``GET`` and ``HEAD`` of ``/v1/coverage``, ``/v1/coverage/{code}`` and ``/v1/villages/{code}`` without a query, asking
+for JSON, are most of the API's traffic: :class:`FastPathMiddleware` answers them with the functions the routes use,
+so the answer is the route's, byte for byte. Anything else goes on to the app (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -38,8 +29,6 @@ _TABLE_MEDIA: Final = [JSON, CSV]
 _VARY: Final = representation.VARY.encode()
 _JSON_TYPE: Final = JSON.encode()
 WANTED: Final = frozenset((b"authorization", b"accept", b"if-none-match", b"if-modified-since"))
-DECLINED: Final = "lastmile.fastpath.declined"
-"""ASGI scope key: the server's fast path has seen this request and handed it on; do not try again."""
 
 
 def target(path: str) -> tuple[str, str] | None:
@@ -104,7 +93,7 @@ class FastPath:
         return self._answer(method, route, rendered, headers)
 
     def _answer(self, method: str, route: str, rendered: Rendered, asked: Mapping[bytes, str]) -> Answer:
-        """The JSON representation, as :func:`coverage_service.representation.respond_rendered` answers it."""
+        """The JSON representation, as :func:`coverage_service.api.representation.respond_rendered` answers it."""
         content, etag = rendered.form(JSON)
         last_modified = rendered.http_last_modified
         validators = [(b"etag", etag.encode())]
@@ -126,7 +115,7 @@ def fast_path_of(app: Any) -> FastPath | None:
 
 
 class FastPathMiddleware:
-    """The fast path inside the app, for requests the server did not already try it on."""
+    """The fast path inside the app: answers the hot requests it can, and hands the rest on to the app."""
 
     def __init__(self, app: ASGIApp, routes: Mapping[str, BaseRoute]) -> None:
         self.app = app
@@ -137,7 +126,6 @@ class FastPathMiddleware:
             scope["type"] != "http"
             or scope["query_string"]
             or scope["method"] not in ("GET", "HEAD")
-            or DECLINED in scope
             or scope.get("raw_path", scope["path"].encode()) != scope["path"].encode()  # escapes: the app decides
         ):
             await self.app(scope, receive, send)
@@ -153,7 +141,7 @@ class FastPathMiddleware:
                 headers[name] = value.decode("latin-1")
         answer = await fast.answer(scope["method"], *found, headers)
         if not isinstance(answer, Answer):
-            if answer is not None:
+            if answer is not None:  # charged to the token's budget already: the route must not charge it again
                 scope[access.AUTHENTICATED] = answer
             await self.app(scope, receive, send)
             return

@@ -1,10 +1,7 @@
 """The coverage API's ASGI middleware: the path guard, HEAD as GET, and request metrics.
 
-The path guard refuses request paths that only a trick produces: dot segments, encoded slashes or backslashes,
-controls. Without this, ``/v1/coverage/..%2F14`` would be decoded into a path no route matches (a 404 that invites
-guessing) or, behind a proxy that normalises differently, into another region's URL. Codes themselves
-are validated by :mod:`coverage_service.api.params` (7 digits, full-width digits, spaces: 400); this guard
-runs before routing, authentication and any Redis read.
+The path guard refuses, before routing, authentication and any Redis read, request paths that only a trick produces
+(dot segments, encoded slashes or backslashes, controls); codes are validated by :mod:`coverage_service.api.params`.
 """
 
 from __future__ import annotations
@@ -35,7 +32,11 @@ def refusal(raw_path: bytes, path: str) -> str | None:
 
 
 class PathGuard:
-    """ASGI middleware answering 400 (problem+json) to the paths :func:`refusal` names."""
+    """ASGI middleware answering 400 (problem+json) to the paths :func:`refusal` names.
+
+    Without it, ``/v1/coverage/..%2F14`` would be decoded into a path no route matches (a 404 that invites guessing)
+    or, behind a proxy that normalises differently, into another region's URL.
+    """
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app

@@ -1,17 +1,7 @@
 """How a route's result goes out: JSON, or CSV for tables; validators, caching headers, 304 and HEAD.
 
-INTERFACE (routes call it): ``respond(request, body, table=..., filename=..., last_modified_ms=...)``, or
-``respond_rendered(request, rendered)`` with a :class:`Rendered` document (made once, maybe kept in a cache
-and served many times). ``body`` is the JSON document; ``table`` (columns and rows) is what a CSV export of it
-holds, for list and table endpoints. The format is ``?format=json|csv`` when given, else negotiated from Accept
-(RFC 9110; JSON when both are equally welcome). CSV is UTF-8 with a byte order mark, so spreadsheet
-tools read Chinese names correctly, with CRLF line ends and the table's columns as the header row.
-
-Validators: a strong ``ETag`` (a hash of the exact bytes sent, so JSON and CSV differ) and
-``Last-Modified`` (``last_modified_ms``, else the read model's last change: the worker's last apply or
-the last registry load, read once when the response is sent). ``If-None-Match`` (weak comparison, lists,
-``*``) answers 304; ``If-Modified-Since`` only counts without it. Responses are ``private``: they depend
-on the caller's token. Bodies must not hold the request time, or no two ETags would ever match.
+Routes call :func:`respond`, or :func:`respond_rendered` with a :class:`Rendered` document (made once, maybe kept in a
+cache and served many times). What clients get (formats, CSV, ETag, 304) is on docs/reports.md.
 """
 
 from __future__ import annotations
@@ -123,6 +113,7 @@ class Rendered:
 
     def headers(self, media: str, etag: str, cache_max_age: int) -> dict[str, str]:
         """The headers of a 200 in ``media`` (Last-Modified too when it is known here)."""
+        # private: the answer depends on the caller's token
         headers = {"Cache-Control": f"private, max-age={cache_max_age}", "Vary": VARY, "ETag": etag}
         if media == CSV:
             headers["Content-Disposition"] = content_disposition(self.filename)
@@ -145,6 +136,10 @@ def respond(
     filename: str = "export",
     last_modified_ms: int | None = None,
 ) -> Response:
+    """The response to ``request`` with the JSON document ``body``; ``table`` (columns and rows) is what its CSV
+    export holds, for list and table endpoints. ``last_modified_ms`` defaults to the read model's last change (the
+    worker's last apply or the last registry load), read when the response is sent. ``body`` must not hold the
+    request time, or no two ETags would ever match."""
     rendered = Rendered(
         body,
         table=table,

@@ -1,27 +1,7 @@
 """Daily snapshots of every region's figures, and reading them back as a series.
 
-The read model only knows the present; regulators also need the past: whether covered villages stay
-covered (防回退), the pace of progress, and a milestone's figures on its deadline day. So once a day,
-after ``SNAPSHOT_HOUR`` (China Standard Time, UTC+8 all year: China has no daylight saving), the
-worker copies every region's figures (nation, provinces, cities, counties, townships) into Redis,
-where AOF keeps them across restarts.
-
-Layout (names in :mod:`lastmile.names`):
-
-* ``{p}:history:{code}`` hash: date ``YYYY-MM-DD`` -> compact JSON array in the order of
-  :data:`ENTRY_FIELDS`. ``villages_lapsed`` and ``coverage_rate`` are derived when read.
-* ``{p}:history-days`` hash: date -> ``{"taken_at_ms": ..., "regions": n}``, written once the
-  snapshot of that date is complete.
-
-Only the any-carrier, all-villages scope is snapshotted (no carrier, cooperation model or
-population tier): one entry per region and day keeps the history small (~45,000 regions a day for the
-national registry).
-
-Idempotent per day: a date with a completion marker is not taken again, and each entry is written
-with HSETNX, so a second run changes nothing and a run interrupted part-way is completed by the next
-one without touching the entries already written. The figures are those of the moment the snapshot
-runs; a day on which no worker ran after ``SNAPSHOT_HOUR`` has no snapshot (``lastmile snapshot
---date`` can label the current figures with it).
+The read model only knows the present; regulators also need the past: whether covered villages stay covered (防回退),
+the pace of progress, and a milestone's figures on its deadline day. The layout and rules: docs/read-model.md.
 """
 
 from __future__ import annotations
@@ -43,6 +23,7 @@ from lastmile.settings import Settings, SettingsError
 
 log = logging.getLogger("lastmile.history")
 
+# An entry is a compact JSON array in this order; villages_lapsed and coverage_rate are derived when read.
 ENTRY_FIELDS: Final = ("villages_total", "villages_reached", "villages_active", "villages_with_station", "as_of")
 CHUNK: Final = 2000  # regions per figures_many call (one MULTI/EXEC each)
 CHECK_INTERVAL_S: Final = 60.0  # how often the worker looks at the clock
@@ -131,7 +112,12 @@ async def is_taken(redis: aioredis.Redis, prefix: str, day: date) -> bool:
 async def take(
     redis: aioredis.Redis, prefix: str, day: date, *, now_ms: int, lapse_ms: int, chunk: int = CHUNK
 ) -> Taken:
-    """The snapshot of every region labelled ``day``, unless that day's snapshot is complete."""
+    """The snapshot of every region labelled ``day``, unless that day's snapshot is complete.
+
+    Idempotent: each entry is written only if absent (HSETNX) and the day's completion marker last, so a second run
+    changes nothing and a run interrupted part-way is completed by the next without touching what it wrote. Only
+    the any-carrier, all-villages scope is kept: one entry per region and day keeps the history small.
+    """
     days_key, label = names.key(prefix, names.HISTORY_DAYS), day.isoformat()
     marker = await redis.hget(days_key, label)
     if marker is not None:

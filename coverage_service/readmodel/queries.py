@@ -1,11 +1,7 @@
-"""The one read path of the figures: every figure the API serves and the history keeps is read here, through
-``lua/documents.lua`` (one script call answering one JSON string per document), and built by the functions below.
+"""The one read path of the figures: every figure the API serves and the history keeps is read here.
 
-- A township's or county's figures come with one call: its hash, its children's, and the ZCOUNTs of the lapse
-  indexes they keep (one moment of the read model).
-- A region above the counties (the nation, a province, a city) counts its active villages over every county
-  below it: :meth:`Reader.actives` counts every county's at once, per dimension, in calls of a few milliseconds
-  (so Redis never stops long for them), and :class:`Actives` sums them up the registry tree.
+Each document is one call of ``lua/documents.lua`` (one moment of the read model); a region above the counties sums
+its counties' active villages (:class:`Actives`), counted in short calls so that Redis never stops long for them.
 """
 
 from __future__ import annotations

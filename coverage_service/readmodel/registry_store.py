@@ -1,12 +1,7 @@
 """Writes a validated village registry into the read model, exact against coverage the worker already counted.
 
-Units go in chunks, each one run of registry.lua: a unit's kind and the villages_total / villages_reached it
-contributes change in one atomic step, so the figures stay exact while the worker keeps applying scans, and a
-load can be repeated (the second run changes nothing) or resumed by running it again.
-
-A registry edition adds units and reclassifies them; units absent from it are left as they are (removing
-units is not supported, since their reach flags and parcel counters would have to be unwound).
-``reg:meta`` is written last, so :func:`registry_loaded` turns true only once a whole edition is in.
+Units go in chunks, each one atomic run of registry.lua, so the figures stay exact while the worker keeps applying
+scans, and a load can be repeated or resumed (docs/registry.md).
 """
 
 from __future__ import annotations
@@ -66,6 +61,8 @@ async def load_registry(
         reclassified += int(chunk_reclassified)
         if progress is not None:
             progress(start + len(chunk), len(units))
+    # Last, so that registry_loaded turns true only once a whole edition is in. Units absent from this edition
+    # are left as they are: removing one would mean unwinding its reach flags and parcel counters.
     await _write_meta(redis, prefix, registry, new_tiers)
     return LoadReport(
         kinds=dict(registry.kind_counts),

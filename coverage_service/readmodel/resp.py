@@ -1,17 +1,8 @@
 """A small Redis client for the coverage API's hot reads: one connection, commands pipelined, replies in order.
 
-redis-py spends some 100 µs of the API's CPU on each command (pool, retries, a parser reading line by line);
-the documents the API serves most are one script call each, so that was most of a request's cost. This client
-writes each command as soon as it is asked for and reads replies as they arrive, so concurrent requests share
-one connection and Redis reads their commands together; a call costs some 15 µs.
-
-It speaks RESP2 over TCP (``redis://host:port/db``, with a password or user and password) and raises
-redis-py's exceptions, so the API's handlers treat its failures as they treat redis-py's: a lost or
-unreachable server is a :class:`~redis.exceptions.ConnectionError`, a reply slower than ``timeout_s`` a
-:class:`~redis.exceptions.TimeoutError` (the connection is then dropped: later replies would be out of step),
-an error reply a :class:`~redis.exceptions.ResponseError`. Reads are idempotent, so a command that met a
-dropped connection is sent once more on a new one. Other URLs (``rediss://``, ``unix://``) are not supported:
-:func:`supports` says so and the API then reads through redis-py.
+redis-py spends some 100 µs of the API's CPU per command, most of a request's cost; here concurrent requests share
+one connection and a call costs some 15 µs. It speaks ``redis://`` only (:func:`supports`); the API reads other URLs
+through redis-py.
 """
 
 from __future__ import annotations
@@ -189,7 +180,12 @@ class _Connection(asyncio.Protocol):
 
 
 class RespClient:
-    """One pipelined connection, opened on first use and again after it is lost."""
+    """One pipelined connection, opened on first use and again after it is lost.
+
+    Failures are redis-py's exceptions, so the API's handlers treat them as they treat redis-py's: a lost or
+    unreachable server is a ConnectionError, a reply slower than ``timeout_s`` a TimeoutError (the connection is then
+    dropped: later replies would be out of step), an error reply a ResponseError.
+    """
 
     def __init__(self, addr: Address, *, timeout_s: float = 2.0, connect_timeout_s: float = 2.0) -> None:
         self.addr = addr
@@ -208,7 +204,8 @@ class RespClient:
         return cls(addr, **options)
 
     async def execute(self, *args: Arg) -> Any:
-        """Send one command and wait for its reply; a dropped connection is retried once on a new one."""
+        """Send one command and wait for its reply; a dropped connection is retried once on a new one (the API
+        only reads, and reads are idempotent)."""
         data = pack(args)
         try:
             return await self._send(data)

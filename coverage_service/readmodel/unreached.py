@@ -1,15 +1,7 @@
 """The administrative villages of a region that are not reached (or, on request, lapsed), page by page.
 
-Villages come in code order, which is township order. The walk never loads a whole province: it lists
-the region's townships (one pipelined round trip per registry level), then reads the townships' own
-counts a chunk at a time (``villages_total - villages_reached``, plus ``villages_reached - active`` from
-the lapse index when lapsed villages are asked for) and opens only the townships that have one, reading
-their villages' reach flags in one pipeline, until the page is full. The same counts tell whether
-anything follows the page, so ``next_cursor`` is null exactly on the last page (unless an event or a
-registry load lands between two pages).
-
-A cursor is the last village code of the page, as base64url JSON; it is opaque to clients and checked
-here, since it comes back from them.
+Villages come in code order, and the walk never loads a whole province: the townships' own counts say which to open,
+and whether anything follows the page. Cursors are opaque to clients and checked here, since they come back.
 """
 
 from __future__ import annotations
@@ -79,6 +71,7 @@ class InvalidCursor(ValueError):
 
 
 def encode_cursor(after: str) -> str:
+    """The last village code of a page, as base64url JSON: opaque to clients, and checked when it comes back."""
     return base64.urlsafe_b64encode(orjson.dumps({_AFTER: after})).decode().rstrip("=")
 
 
@@ -144,6 +137,11 @@ async def unreached(
 
 
 class _Walk:
+    """The townships in code order, opening only those whose own counts (villages_total - villages_reached, plus
+    villages_reached - active from the lapse index for lapsed ones) promise a village. The same counts tell whether
+    anything follows the page, so ``next_cursor`` is null exactly on the last page (unless an event or a registry
+    load lands between two pages)."""
+
     def __init__(self, redis: aioredis.Redis, prefix: str, flt: Filter, *, lapsed: bool, cutoff_ms: int) -> None:
         self.redis, self.prefix, self.sc, self.lapsed, self.cutoff_ms = redis, prefix, flt, lapsed, cutoff_ms
 

@@ -1,39 +1,8 @@
 """Subsidy rules and who in a county meets them. Pure; no I/O.
 
-Local bureaus pay one-off subsidies for the three tiers of last-mile infrastructure when volume and
-coverage thresholds are reached; the thresholds differ between places and years, so they are data,
-not code. The bundled default (``subsidy_rules.json`` beside this module) is 驿城区's 2021 rules.
-
-Rules file format (setting ``SUBSIDY_RULES_FILE``; JSON, UTF-8)::
-
-    {
-      "description": "optional text shown with the report",
-      "rules": [
-        {"id": "township-hub", "name": "乡镇快递物流集散中心", "level": "township", "amount_yuan": 20000,
-         "conditions": {"min_parcels_per_year": 200000, "all_villages_have_station": true}}
-      ]
-    }
-
-* ``id``: unique, letters, digits, ``-`` or ``_``; ``name``: free text; ``amount_yuan``: a whole number
-  of yuan (>= 0) paid to each eligible unit; ``level``: which units the rule is for: ``county`` (the
-  county itself), ``township`` (each of its townships) or ``village`` (each administrative village).
-* ``conditions``: an object; a unit is eligible when every condition holds (an empty object: always).
-  The vocabulary, and the levels each condition may be used at:
-
-  ``min_parcels_per_year`` (integer >= 0; any level)
-      the unit's parcel volume in the report year is at least this. Volume is delivered + picked_up +
-      collected events by China Standard Time year (read-model field ``vol:<year>``).
-  ``min_coverage_rate`` (number 0-1; county, township)
-      villages_reached / villages_total is at least this (1 = full village coverage). A unit without
-      administrative villages fails it.
-  ``all_villages_have_station`` (``true``; county, township)
-      every administrative village of the unit has at least one station (一村一站). A unit without
-      administrative villages fails it.
-  ``has_station`` (``true``; village)
-      at least one station_id was reported at the village.
-
-Stations and reached villages are those seen so far (the read model does not date them); only the
-parcel volume is per year.
+Local bureaus pay one-off subsidies for last-mile infrastructure when volume and coverage thresholds are reached; the
+thresholds differ between places and years, so they are data, not code. The bundled default (``subsidy_rules.json``
+beside this module) is 驿城区's 2021 rules; the file format is on docs/reports.md.
 """
 
 from __future__ import annotations

@@ -1,39 +1,8 @@
 """Coverage milestones (targets), their status for a region, and the laggards ranking. Pure; no I/O.
 
-Regulators run the programme against deadlines ("90% of villages by end 2021, all by end 2022"), so a
-figure alone is not enough: they need to know, per milestone, whether it is met, how many villages
-are missing and how fast the region must now move.
-
-Configuration format (setting ``COVERAGE_TARGETS``, a JSON text, or ``COVERAGE_TARGETS_FILE``, a UTF-8
-file holding the same JSON; setting both is an error). Either a list of milestones, used for every
-region::
-
-    [{"deadline": "2021-12-31", "min_rate": 0.90}, {"deadline": "2022-12-31", "min_rate": 1.00}]
-
-or an object with the default list and per-region overrides::
-
-    {"default": [...], "overrides": {"14": [...], "140322": [...]}}
-
-An override key is a division-code prefix of 2, 4, 6 or 9 digits; a region uses the override whose
-key is the longest prefix of its code (``140322100`` -> ``140322``), else ``default`` (which may be
-left out: then the built-in default above). The nation (``CN``) always uses ``default``. A milestone
-is ``{"deadline": "YYYY-MM-DD", "min_rate": r}`` with ``0 < r <= 1``; the deadline is a date in China
-Standard Time and the milestone runs to the end of that day. Deadlines in one list are distinct;
-milestones are reported in deadline order.
-
-Status of a milestone (see :data:`DEFINITION`, which every response carries):
-
-* ``met``: the region's rate is at least ``min_rate`` (reached villages count, lapsed ones too). For
-  a deadline that has passed, the history snapshot of the deadline day decides when there is one;
-  otherwise the current figures do.
-* ``missed``: the deadline has passed and the milestone was not met (decided as above).
-* ``on track`` / ``at risk``: the deadline is today or later and the milestone is not met yet. On
-  track when the recent pace (villages newly reached per day, measured from the history snapshots,
-  :func:`baseline_date`) is at least the pace needed; at risk when it is below, or when there is no
-  history to measure it.
-
-Rates are compared exactly: ``min_rate`` is kept as a decimal, and the villages a milestone needs
-are ``ceil(min_rate * villages_total)`` (0.9 of 10 villages is 9, never 10 through float error).
+Regulators run the programme against deadlines ("90% of villages by end 2021, all by end 2022"), so they need to know,
+per milestone, whether it is met, how many villages are missing and how fast the region must now move. The
+configuration format and the statuses are on docs/reports.md; :data:`DEFINITION` goes out with every answer.
 """
 
 from __future__ import annotations
@@ -74,7 +43,8 @@ class Milestone:
     min_rate: Decimal  # exact: 0.9 stays 9/10
 
     def villages_required(self, total: int) -> int:
-        """The fewest reached villages that meet this milestone in a region of ``total`` villages."""
+        """The fewest reached villages that meet this milestone in a region of ``total`` villages (exactly: 0.9 of
+        10 villages is 9, never 10 through float error)."""
         return math.ceil(self.min_rate * total)
 
 

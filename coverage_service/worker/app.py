@@ -1,9 +1,7 @@
 """The Faust stream worker: scan topic in, read model out.
 
-Faust acks an event when the agent moves past it and drops any event whose handling raised, so the agent never
-raises: Redis and broker errors are retried in place until they succeed (:func:`~coverage_service.worker.folder.
-retrying`), which holds the partition back instead of losing data. On every rebalance the worker resumes from the
-offsets the read model holds, not from Kafka's commits.
+Beside the fold it takes the daily history snapshot and keeps a heartbeat in Redis (which ``lastmile rebuild --wipe``
+checks). What it guarantees is on docs/guarantees.md.
 """
 
 from __future__ import annotations
@@ -74,7 +72,9 @@ def create_app(settings: Settings) -> faust.App:
     @app.agent(scans, name="fold-scans", concurrency=1)
     async def fold_scans(stream: faust.StreamT[bytes]) -> None:
         # take_events (unlike take) hands over the Kafka messages, whose partition and offset the
-        # apply script needs; it acks them once the loop body has returned.
+        # apply script needs; it acks them once the loop body has returned. The agent never raises: Faust
+        # drops an event whose handling raised, so the folder retries Redis and broker errors in place
+        # (folder.retrying), holding the partition back instead of losing data.
         batches = stream.take_events(settings.worker_batch_max, within=settings.worker_batch_within_seconds)  # type: ignore[attr-defined]
         async for batch in batches:
             await folder.handle(batch)

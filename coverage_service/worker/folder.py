@@ -1,9 +1,7 @@
 """Turning consumed records into apply calls: decode, dead-letter what cannot be used, apply with position checks.
 
-Exactness does not rest on Faust's commits (at least once): the apply script stores each partition's offset with
-the effects of its records and skips replays. Nor does it rest on Redis keeping every write: each apply call
-carries, per partition, the offset this worker last applied there; when Redis holds less (it lost applied
-batches), the lost records are folded again from the topic first (see apply.lua, "position checks").
+Exactness rests neither on Faust's commits nor on Redis keeping every write: the apply script stores offsets with the
+effects, and each call carries the offsets this worker last applied, so records Redis lost are folded again first.
 """
 
 from __future__ import annotations

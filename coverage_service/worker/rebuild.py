@@ -1,18 +1,7 @@
 """`lastmile rebuild`: fold the scan topic from its beginning into the read model, outside the worker.
 
-The topic is the system of record (kept forever), so the read model can always be made again from it: after
-Redis lost its data, after a restore from an old backup, or to check the live figures against a fresh fold.
-The records go through the same pure fold (:mod:`coverage_service.fold`) and the same apply script as in the
-worker, with their partitions and offsets, so the apply script's offsets keep it exactly-once: a rebuild that
-is interrupted and run again, or a worker that takes over afterwards, skips what was applied.
-
-``--wipe`` first deletes every read-model key under the prefix (the registry too, whose denominators live in
-the region hashes; history snapshots are kept: they are dated records, not derived from the topic) and loads
-the registry again. It refuses while workers are running (their heartbeats are in Redis): a live worker keeps
-its own position and would apply later records first, and the rebuild would take the earlier ones for replays.
-
-Not republished: records that cannot be used were dead-lettered when the worker first met them; the rebuild
-counts them and leaves the dead-letter topic as it is.
+The topic is the system of record (kept forever), so the read model can always be made again from it: after Redis
+lost its data, after a restore, or to check the live figures. What it does, ``--wipe`` too, is on docs/operations.md.
 """
 
 from __future__ import annotations
@@ -95,6 +84,8 @@ async def rebuild(
 
 async def wipe_read_model(redis: aioredis.Redis, prefix: str) -> int:
     """Delete every key under ``prefix`` but the history snapshots; return how many were deleted."""
+    # The registry goes too: its denominators live in the region hashes. The history stays: snapshots are
+    # dated records, not derived from the topic.
     keep = (names.key(prefix, names.HISTORY), names.key(prefix, names.HISTORY_DAYS))
     deleted = 0
     batch: list[str] = []
@@ -112,7 +103,8 @@ async def wipe_read_model(redis: aioredis.Redis, prefix: str) -> int:
 async def _refuse_if_workers_run(redis: aioredis.Redis, settings: Settings) -> None:
     """Refuse while any worker's heartbeat is in Redis; one that was just stopped is given its heartbeat's
     lifetime to expire. (The broker's group membership is not used: the embedded broker keeps a stopped
-    member listed.)"""
+    member listed.) A live worker keeps its own position and would apply later records first, and the
+    rebuild would take the earlier ones for replays."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + HEARTBEAT_TTL_SECONDS + 1
     pattern = names.key(settings.redis_key_prefix, names.WORKER_HEARTBEAT, "*")
@@ -177,12 +169,15 @@ async def _fold_topic(
                     if msg.offset >= todo.get(tp, -1):
                         continue  # written after the rebuild began: the worker's, not ours
                     decoded = decode_record(msg.value, now=now)
+                    # Counted, not republished: the worker dead-lettered them when it first met them.
                     report.events_invalid += len(decoded.rejected)
                     records.append(Record(tp.topic, tp.partition, msg.offset, [entry(e) for e in decoded.events]))
                 last = messages[-1].offset if messages else None
                 if last is not None and last + 1 >= todo[tp]:
                     del todo[tp]
                     consumer.pause(tp)
+            # The worker's own fold and apply script, with partitions and offsets: the stored offsets keep the
+            # rebuild exactly-once, whether it is run again or a worker takes over afterwards.
             for start in range(0, len(records), settings.worker_batch_max):
                 chunk = records[start : start + settings.worker_batch_max]
                 result = await writer.apply(chunk)

@@ -31,7 +31,7 @@ LINKED = ("Makefile", ".venv", "requirements.lock", "pyproject.toml", "tools", "
 
 
 def national_villages() -> tuple[int, str]:
-    """Administrative villages of the bundled national registry by the README's rule, and one of them outside
+    """Administrative villages of the bundled national registry by the classification rule, and one of them outside
     the sample registry: read from the CSV here, not through the code under test."""
     with gzip.open(BUNDLED["national"] / "villages.csv.gz", "rt", encoding="utf-8", newline="") as f:
         codes = [row["code"] for row in csv.DictReader(f) if is_administrative_village(row["name"])]

@@ -33,7 +33,7 @@ REACH = ("arrived_at_station", "delivered", "picked_up", "collected")
 
 
 def administrative_villages(county: str) -> dict[str, str]:
-    """Village code -> township code for the county's administrative villages, by the README's rule."""
+    """Village code -> township code for the county's administrative villages, by the classification rule."""
     return sample_villages(lambda row: row["areaCode"] == county)
 
 

@@ -8,7 +8,7 @@ read model equals the test's own count. A SIGKILL can lose what the AOF had not 
 position is then ahead of the offsets Redis kept with the effects, and exactness rests on its resuming from those.
 
 Then Redis loses all its data (FLUSHALL) and, with the worker stopped, ``lastmile rebuild --wipe --registry``
-folds the topic from its beginning into the same figures. (tests/integration/test_rebuild.py checks the rebuild
+folds the topic from its beginning into the same figures. (tests/integration/worker/test_rebuild.py checks the rebuild
 in depth; this is the short version after the faults above.)
 """
 

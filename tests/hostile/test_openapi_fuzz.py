@@ -102,7 +102,7 @@ EXCLUDED: Final[dict[tuple[str, str], str]] = {
     ("POST /v1/scans", "positive_data_acceptance"): (
         "finding F1: the scan contract has rules JSON Schema cannot state (a code of the registry, the token's "
         "carrier, at most 5 minutes in the future, village codes for the reach types, reason for delivery_failed, "
-        "no repeated event_id in a batch), so schema-valid batches get 422; by design, documented in the README"
+        "no repeated event_id in a batch), so schema-valid batches get 422; by design, documented in docs/contract.md"
     ),
     ("GET /v1/coverage", "positive_data_acceptance"): _FILTERS,
     ("GET /v1/coverage/{code}", "positive_data_acceptance"): _FILTERS,

@@ -1,11 +1,11 @@
 """Shared helpers of the fault tests: seeded randomness, an event stream with repeats, the test's own count of
 what the figures must be, the read model as stored in Redis, and polling with deadlines.
 
-The expected figures are computed here from the events the test sent, by the README's definitions written out
-again (reached = any arrived_at_station / delivered / picked_up / collected at an administrative village; counts
-are sums; first/last reach are the min/max; as_of is the newest occurred_at in the region), never with the code
-under test. The read model is read back whole (every region and location hash, lapse index and the stats), so a
-figure counted twice or lost anywhere shows, not only in the national totals.
+The expected figures are computed here from the events the test sent, by the definitions
+(docs/reading-coverage.md) written out again (reached = any arrived_at_station / delivered / picked_up / collected
+at an administrative village; counts are sums; first/last reach are the min/max; as_of is the newest occurred_at in
+the region), never with the code under test. The read model is read back whole (every region and location hash,
+lapse index and the stats), so a figure counted twice or lost anywhere shows, not only in the national totals.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Running the services as real processes for the end-to-end and worker tests.
 
 Also the registry facts those tests check against, computed here from the sample CSV with the
-README's classification rule written out again (never with the code under test).
+classification rule (docs/registry.md) written out again (never with the code under test).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ SAMPLE = BUNDLED["sample"]
 
 
 def is_administrative_village(name: str) -> bool:
-    """The README's rule, first match wins."""
+    """The classification rule (docs/registry.md), first match wins."""
     if name.endswith(("村委会", "村民委员会")):
         return True
     if name.endswith(("居委会", "居民委员会", "社区")):

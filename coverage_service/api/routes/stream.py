@@ -1,15 +1,7 @@
 """Live figures: a region's coverage as Server-Sent Events, pushed when it changes, resumable.
 
-``GET /v1/stream`` (the nation) and ``GET /v1/stream/{code}`` poll the read model every
-COVERAGE_STREAM_POLL_SECONDS and send an ``event: coverage`` whose data is the region's figures, the
-object /v1/coverage/{code} answers without ``children`` and ``definition`` (same filters), only when
-they changed; lapses count as changes, since they come with time, not with events.
-
-Event ids are ``<ms>-<hash>``: ``hash`` is a digest of the figures, so a client reconnecting with
-``Last-Event-ID`` is sent the current figures at once if they differ from the ones it last saw, and
-nothing until they change if they do not; ``ms`` (server time, never going back on one stream)
-orders the ids. A stream ends when the client leaves or the server shuts down; each token holds at
-most COVERAGE_STREAMS_PER_TOKEN of them (429 beyond).
+``GET /v1/stream`` (the nation) and ``GET /v1/stream/{code}`` poll the read model and send the region's figures when
+they change; what a client receives, and how it resumes, is on docs/reports.md.
 """
 
 from __future__ import annotations
@@ -131,6 +123,8 @@ class EventStream(StreamingResponse):
 
 
 def event_id(ms: int, figures_digest: str) -> str:
+    """``<ms>-<digest>``: the digest tells whether a reconnecting client has the current figures; ``ms`` (server
+    time, never going back on one stream) orders the ids."""
     return f"{ms}-{figures_digest}"
 
 
@@ -164,7 +158,7 @@ async def _events(
     while True:
         if figures is not None:
             data, digest = encode(figures)
-            if digest != last_digest:
+            if digest != last_digest:  # changed; lapses change figures too, with time rather than events
                 last_ms, last_digest = max(last_ms + 1, now_ms()), digest
                 yield b"id: %s\nevent: coverage\ndata: %s\n\n" % (event_id(last_ms, digest).encode(), data)
                 quiet_since = loop.time()

@@ -1,5 +1,5 @@
 -- Fold a batch of scan records into the read model, together with the consumed offsets, atomically.
--- (Runs after the readmodel.lua prelude.)
+-- (Runs after the shared prelude, prelude.lua.)
 --
 -- Redis runs a script to completion before any other command, so either every effect of the batch and
 -- its offsets are stored, or none are. A record at or below the stored offset of its partition was

@@ -1,8 +1,8 @@
--- Write one chunk of registry units, keeping every region's figures exact. (Runs after readmodel.lua.)
+-- Write one chunk of registry units, keeping every region's figures exact. (Runs after prelude.lua.)
 --
 -- Each unit's kind goes to the registry index, its name (and population) to its unit hash, its code to its
 -- parent's children set; a region gets villages_total 0 if it has none yet, so every region has a denominator.
--- A 12-digit unit's segments (readmodel.lua) follow from its kind, its population and the population tiers.
+-- A 12-digit unit's segments (prelude.lua) follow from its kind, its population and the population tiers.
 -- When they change (a new village, a reclassification, a population crossing a tier, new tiers), the unit's
 -- whole contribution moves with them: villages_total, every villages_reached<flag> of the reach flags the
 -- worker already set on it, villages_with_station, and its place in the lapse indexes. The kind and the

@@ -1,7 +1,7 @@
 """Loading the registry into a real redis-server: totals, idempotence, exact reclassification, all or nothing.
 
-Expected figures are computed here straight from the CSV files with the csv module and the README's suffix
-rule written out again, so a mistake in lastmile.divisions.classify or in the loader cannot hide itself.
+Expected figures are computed here straight from the CSV files with the csv module and the classification rule
+(docs/registry.md) written out again, so a mistake in lastmile.divisions.classify or in the loader cannot hide itself.
 """
 
 from __future__ import annotations
@@ -33,7 +33,8 @@ REACHED_FIELDS = (names.field.VILLAGES_REACHED, f"{names.field.VILLAGES_REACHED}
 
 
 def is_village(name: str) -> bool:
-    """The README's rule: 村委会 / 村民委员会, else not 居委会 / 居民委员会 / 社区, else bare 村 / 嘎查."""
+    """The classification rule (docs/registry.md): 村委会 / 村民委员会, else not 居委会 / 居民委员会 / 社区, else
+    bare 村 / 嘎查."""
     if name.endswith("村委会") or name.endswith("村民委员会"):
         return True
     if name.endswith("居委会") or name.endswith("居民委员会") or name.endswith("社区"):
@@ -222,7 +223,8 @@ async def test_a_bad_folder_writes_nothing(redis: aioredis.Redis, settings: Sett
 
 
 async def test_the_national_registry(redis: aioredis.Redis, settings: Settings) -> None:
-    """The whole 2023 edition: counts as in the README table. (Its load time is a figure of `make bench`.)"""
+    """The whole 2023 edition: counts as in its README (lastmile/registry_data/cn-2023/README.md). (Its load time
+    is a figure of `make bench`.)"""
     if not NATIONAL.is_dir():
         pytest.skip(f"no national registry at {NATIONAL}")
     prefix = settings.redis_key_prefix

@@ -1,7 +1,7 @@
 """The load generator: valid events, re-sends only across batches, and expectations that match a recount.
 
 The bench's exactness checks trust :meth:`Generator.expected`; here it is checked against a plain recount of
-the events the generator returned, done with the README's definitions and the registry's CSV kinds.
+the events the generator returned, done with the definitions (docs/reading-coverage.md) and the registry's CSV kinds.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from lastmile.registry import BUNDLED, Registry, read_registry
 from lastmile_dev.bench.generator import PROBE_CARRIER, Generator
 
 SAMPLE = BUNDLED["sample"]
-REACH = {"arrived_at_station", "delivered", "picked_up", "collected"}  # README, "Definitions"
+REACH = {"arrived_at_station", "delivered", "picked_up", "collected"}  # docs/reading-coverage.md, "Definitions"
 
 
 @pytest.fixture(scope="module")

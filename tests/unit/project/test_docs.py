@@ -97,3 +97,13 @@ def test_the_site_builds_strictly(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     assert (tmp_path / "index.html").is_file()
     assert "fonts.googleapis.com" not in (tmp_path / "index.html").read_text(encoding="utf-8")
+
+
+def test_every_problem_type_the_code_sends_is_documented() -> None:
+    """A problem's ``type`` names docs/problems.md's entry: every slug in the code is listed there, and no other."""
+    sources = [*REPO.glob("lastmile/*.py"), *REPO.glob("ingest_service/*.py"), *REPO.glob("coverage_service/**/*.py")]
+    sent = {slug for path in sources for slug in re.findall(r'type_="([a-z-]+)"', path.read_text(encoding="utf-8"))}
+    sent.add("request-timeout")  # ingest_service/server.py writes that one itself (TIMED_OUT_TYPE)
+    page = (REPO / "docs" / "problems.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"^\| `([a-z-]+)` \|", page, flags=re.MULTILINE))
+    assert sent == listed, f"in the code only: {sorted(sent - listed)}; on the page only: {sorted(listed - sent)}"

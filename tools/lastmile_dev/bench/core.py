@@ -35,7 +35,7 @@ class Config:
     posters: int = 6  # concurrent HTTP posters of the throughput and freshness load
     freshness_seconds: float = 30.0  # how long the steady half-rate load of the freshness scenario runs
     scaling_events: int = 600_000  # events preloaded into the topic for each worker-scaling phase
-    runs: int = 3  # runs of each timed scenario (lastmile.bench.medians): the table shows their medians
+    runs: int = 3  # runs of each timed scenario (lastmile_dev.bench.medians): the table shows their medians
 
     @classmethod
     def quick_run(cls, registry_dir: Path | None = None) -> Config:
@@ -76,7 +76,7 @@ class Result:
 
 @dataclass
 class Stack:
-    """The running services a scenario drives (started by the runner; see lastmile.bench.stack)."""
+    """The running services a scenario drives (started by the runner; see lastmile_dev.bench.stack)."""
 
     settings: Settings
     ingest_url: str

@@ -1,13 +1,7 @@
 """Scenario: freshness, the time from the 202 answer until the event shows in the coverage API, under load.
 
-A regulator cares how stale a figure can be while carriers are busy, so the pipeline carries a steady load
-at half the sustained rate the throughput scenario measured (run first if it has not), and every
-:data:`PROBE_INTERVAL_SECONDS` a probe goes out: one ``delivered`` event by a carrier of its own
-(:data:`PROBE_CARRIER`) at a village it has not been to, posted like any batch. Once its 202 arrives, the
-village's township, ``GET /v1/coverage/{township}?carrier=<probe carrier>``, is polled every 20 ms with the
-regulator token until the village is reached there for the probe carrier: the read path a dashboard uses,
-the API's figures cache (``COVERAGE_FIGURES_MAX_AGE_SECONDS``) included. Probes are part of the
-generator's events, so the figures are checked for exactness afterwards like any other.
+A regulator cares how stale a figure can be while carriers are busy, so probes go out under a steady load and are
+read back through the path a dashboard uses, the figures cache included (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -1,20 +1,7 @@
 """The load generator: realistic scan events for a real registry, and the exact figures they must produce.
 
-Why it looks like this:
-
-- **Skewed volume.** Parcels do not spread evenly: a few counties (e-commerce hubs, big towns) carry most of
-  them. Counties get Zipf-like weights (rank ``r`` weighs ``1 / r**ZIPF_S``, in an order shuffled by the seed);
-  within a county every village-level unit is equally likely, so hot partitions and cold villages both occur.
-- **One carrier per batch.** A carrier's system posts its own scans with its own token, so every batch comes
-  from one carrier (chosen by market share) and can be posted as it is.
-- **Duplicates, out of order, late.** Carriers retry: about :data:`DUPLICATE_SHARE` of the events of a batch are
-  exact re-sends of that carrier's events from earlier batches (never of the same batch, which ingest refuses
-  as a malformed request). Times jitter by minutes, and :data:`LATE_SHARE` of the events are hours to days old.
-- **Exact expectations, kept independently.** :meth:`Generator.expected` is counted here from the distinct
-  events produced, by the README's rules written out again (reach types at administrative villages), never
-  by the pipeline's code, so a benchmark can check that the figures it measured are also right.
-
-It is fast (a few µs per event) because it runs in the harness process beside the load it measures.
+Its load model (skewed county volumes, one carrier per batch, re-sends, late and out-of-order events) is on
+docs/performance.md. It is fast (a few µs per event) because it runs in the harness process beside the load it measures.
 """
 
 from __future__ import annotations
@@ -40,9 +27,13 @@ CARRIER_SHARES: Final = (
     ("ems", 8),
     ("jd", 6),
 )
+# A few counties (e-commerce hubs, big towns) carry most parcels: county rank r weighs 1 / r**ZIPF_S, in an order
+# shuffled by the seed; within a county every village-level unit is equally likely.
 ZIPF_S: Final = 0.9
+# Carriers retry: this share of a batch are exact re-sends of the carrier's events from earlier batches (never of
+# the same batch, which ingest refuses as a malformed request).
 DUPLICATE_SHARE: Final = 0.03
-LATE_SHARE: Final = 0.05
+LATE_SHARE: Final = 0.05  # events hours to days old (the others jitter by minutes)
 RESEND_MEMORY: Final = 5_000  # recent events per carrier a re-send is picked from (retries come soon)
 
 # Event types with their share; the reach types dominate, as at real village stations.
@@ -55,7 +46,8 @@ TYPE_SHARES: Final = (
     ("out_for_delivery", 8),
     ("delivery_failed", 4),
 )
-# The README's definition of "reached", restated here on purpose (not imported from the code under test).
+# The definition of "reached" (docs/reading-coverage.md), restated here on purpose (not imported from the code under
+# test), so the expected figures never come from the pipeline's code.
 REACH: Final = frozenset({"arrived_at_station", "delivered", "picked_up", "collected"})
 COOPERATION_SHARES: Final = (
     ("postal_express", 30),

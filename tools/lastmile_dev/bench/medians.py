@@ -1,11 +1,7 @@
 """Several runs of one scenario, reported as their medians (the issue asks for medians of several runs).
 
-Each figure of the combined result is the figure of the run whose value is the median of that figure's values
-(the lower median for an even count; a figure with a baseline of its own run, by its ratio to it), taken whole,
-so a figure's value, baseline and verdict always come from one run; its note adds every run's value. An
-exactness figure is the worst run's: one inexact run makes the scenario inexact. The combined samples are those
-of the run that gave the first figure's median (the figure other scenarios read, e.g. the sustained rate), with
-every run's samples under ``runs``.
+Each figure is taken whole from the run whose value is its median, so a figure's value, baseline and verdict always
+come from one run (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -26,13 +22,15 @@ def combine(results: Sequence[Result]) -> Result:
         return results[0]
     width = min(len(r.figures) for r in results)
     figures = [_figure([r.figures[i] for r in results]) for i in range(width)]
+    # The samples of the run that gave the first figure's median (the figure other scenarios read, e.g. the
+    # sustained rate), with every run's samples under "runs".
     first = _median_index([r.figures[0] if r.figures else None for r in results])
     samples = {**results[first].samples, "runs": [r.samples for r in results], "median_of_runs": len(results)}
     return Result(results[0].scenario, figures, samples, _exact([r.exact for r in results]))
 
 
 def _figure(runs: list[Figure]) -> Figure:
-    if runs[0].target == EXACT_TARGET:
+    if runs[0].target == EXACT_TARGET:  # the worst run's: one inexact run makes the scenario inexact
         chosen = next((f for f in runs if f.met is False), runs[0])
     else:
         chosen = runs[_median_index(runs)]

@@ -1,14 +1,7 @@
 """Scenario: Redis memory after the national registry and millions of events, per village, per event, and dedup.
 
-Events reach the real worker(s) fast by skipping HTTP: they are published in ingest's record format straight to
-the scan topic, one record per partition per batch of 1,000 (``{"received_at": ..., "events": [...]}``, the
-partition Kafka's murmur2 gives the location code, as ingest does), and the workers fold them as usual. The
-backlog is kept bounded, so the broker's memory and the harness's CPU stay small beside the worker's.
-
-What a registry costs is a fresh load's ``used_memory`` delta (the registry scenario's, or one into an empty
-scratch database here); what an event costs is the delta across the events over the distinct events applied.
-The dedup markers (``{p}:seen:*``) are counted, sized from a sample with ``MEMORY USAGE``, and their TTLs shown:
-they expire after ``DEDUP_WINDOW_HOURS``, so that memory is bounded by the window's traffic, not by history.
+Events skip HTTP and go straight to the scan topic in ingest's record format, so that millions reach the real workers
+fast; how each figure is measured is on docs/performance.md.
 """
 
 from __future__ import annotations

@@ -1,14 +1,7 @@
 """The baseline: the obvious Faust design, built here and measured in the same session as the real pipeline.
 
-One Kafka record per event, keyed by location code, and an agent doing ``async for value in stream:`` with
-exactly one awaited Redis call per event (``HINCRBY region:{county} events 1``), after decoding and validating
-the event as the real worker does: the first version NOTES §5 measured near 2,900 events/s. It has no
-deduplication and no offsets in Redis, so it counts a re-sent event twice; it is a yardstick, not a design.
-
-It runs as its own process (``python -m lastmile.bench.naive worker``, settings from the environment like
-`lastmile worker`) with its own app id, topic and key prefix, so it shares only the broker and Redis with the
-real pipeline. :func:`run` feeds it generator events as fast as aiokafka sends them (acks=all), keeping a
-backlog ahead of it, and counts what Redis holds.
+One Kafka record and one awaited Redis call per event, with no deduplication and no offsets in Redis: a yardstick, not
+a design. It runs as its own process (``python -m lastmile_dev.bench.naive worker``); see docs/performance.md.
 """
 
 from __future__ import annotations
@@ -83,7 +76,7 @@ def create_app(settings: Settings) -> faust.App:
 
 
 def run_worker(settings: Settings) -> None:
-    """Run the naive worker until SIGTERM, the way coverage_service.worker.run starts the real one."""
+    """Run the naive worker until SIGTERM, the way coverage_service.worker.app.run starts the real one."""
     logs.configure("naive-worker", settings.log_level, settings.log_format)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
@@ -281,5 +274,5 @@ def _optimized(ctx: Context) -> float | None:
 
 if __name__ == "__main__":
     if sys.argv[1:] != ["worker"]:
-        sys.exit("usage: python -m lastmile.bench.naive worker   (settings from the environment)")
+        sys.exit("usage: python -m lastmile_dev.bench.naive worker   (settings from the environment)")
     run_worker(Settings.from_env())

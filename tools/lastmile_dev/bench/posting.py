@@ -1,9 +1,7 @@
 """Posting generator batches to the ingest API, as a carrier's system does.
 
-Each batch goes with its carrier's token; a 503 (the broker is slow to acknowledge) is retried with the same
-body after a short pause, as the README tells carriers to, so a benchmark measures what a well-behaved client
-gets through. Anything else that is not a full 202 is a harness or pipeline bug and stops the run: the
-generator only makes valid events, so a rejection means the figures could no longer be compared.
+A 503 is retried with the same body after a short pause, as docs/contract.md tells carriers to; anything else that is
+not a full 202 stops the run, since the generator makes only valid events.
 """
 
 from __future__ import annotations

@@ -1,13 +1,7 @@
 """Scenario: `lastmile registry load` of the national registry, timed, then a national query that must be right.
 
-The load runs as the operator runs it, a subprocess with the stack's settings, against the stack's Redis.
-When the stack already holds the registry (it loads one at start) that is a reload; the fresh-load time, and
-the memory a registry takes, are then measured as well by loading the same folder into an empty scratch
-database of the same Redis server, which is flushed afterwards.
-
-Straight after, ``GET /v1/coverage`` must report as ``villages_total`` the number of administrative villages
-in the folder, counted here a second time from the CSVs with the README's rule on names, independently of
-:mod:`lastmile.registry` and :mod:`lastmile.divisions`. The baseline is the time of read + validate alone.
+The load runs as the operator runs it, a subprocess against the stack's Redis; ``villages_total`` is checked against a
+count made here from the CSVs, independently of :mod:`lastmile.registry` and :mod:`lastmile.divisions`.
 """
 
 from __future__ import annotations
@@ -36,7 +30,8 @@ TARGET_SECONDS: Final = 60.0
 SCRATCH_DB: Final = 15  # an empty database of the stack's Redis server, for the fresh load
 LOAD_TIMEOUT_SECONDS: Final = 600.0
 
-# The README's rule on village-level names, written out again on purpose (not imported from the code under test).
+# The classification rule on village-level names (docs/registry.md), written out again on purpose (not imported from
+# the code under test).
 VILLAGE_ENDINGS: Final = ("村委会", "村民委员会")
 COMMUNITY_ENDINGS: Final = ("居委会", "居民委员会", "社区")
 BARE_VILLAGE_ENDINGS: Final = ("村", "嘎查")

@@ -1,10 +1,7 @@
 """`lastmile bench`: start the stack, run the scenarios in order, print the table, write the results JSON.
 
-The stack is the real one (:mod:`lastmile_dev.bench.stack`): the embedded broker and a redis-server with AOF in a
-work folder under the results folder, or the servers KAFKA_BOOTSTRAP_SERVERS / REDIS_URL name. The registry
-goes in before the services start (the ``registry_load`` scenario loads it itself, timed, when it runs), and
-one generator serves every scenario that posts into the stack, so each can check its figures exactly.
-A scenario that fails is reported as such and the run goes on; the stack is always stopped at the end.
+One generator serves every scenario that posts into the stack, so each can check its figures exactly. A scenario that
+fails is reported as such and the run goes on; the stack is always stopped at the end.
 """
 
 from __future__ import annotations
@@ -186,7 +183,7 @@ async def run_bench(
                 module = scenario_module(name)
                 if module is None:
                     if scenarios:
-                        run.errors.append(f"{name}: lastmile/bench/{name}.py is not in this tree")
+                        run.errors.append(f"{name}: tools/lastmile_dev/bench/{name}.py is not in this tree")
                     display.say(f"[dim]{name}: not in this tree, skipped[/]")
                     continue
                 runs = run.config.runs if name in REPEATED else 1

@@ -1,12 +1,7 @@
 """Scenario: does the worker stage scale out? Two worker processes against one topic versus one.
 
-The worker stage alone is measured, so neither ingest nor the HTTP load can be the limit: N generator events
-are written straight into a topic of their own, in ingest's record format (one record per partition per batch,
-``{"received_at": ..., "events": [...]}``, partitioned with :func:`lastmile.topics.partition_for`). Then, for
-one and then two workers, each with a fresh consumer group and a fresh read model (its own key prefix, the
-registry loaded into it), the time to apply all N is measured. The rate is taken from the moment the consumer
-group is stable with all its members (start-up and the join are not the worker's throughput) until the last
-event is applied; both read models must come out exact. The scratch read models are deleted afterwards.
+The worker stage is measured alone, so that neither ingest nor the HTTP load can be the limit: events go straight into
+a topic of their own, and each run gets a fresh consumer group and read model (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -1,10 +1,7 @@
 """The stack a benchmark runs on: the same processes `make run` starts, with bench names and tokens.
 
-The broker and redis-server are the embedded ones of :mod:`lastmile_dev.devstack` (Redis with AOF, data in the run's
-work folder), unless KAFKA_BOOTSTRAP_SERVERS / REDIS_URL name servers of your own. Topics, consumer group and
-Redis key prefix are unique to the run, so a bench never mixes with other data on shared servers. Ingest,
-coverage API and workers are separate processes started with the CLI and exactly the bench's settings, as a
-container would run them; the coverage API's per-token rate limit is off, since the harness is the one client.
+Topics, consumer group and Redis key prefix are unique to the run, so a bench never mixes with other data on shared
+servers; the coverage API's per-token rate limit is off, since the harness is the one client.
 """
 
 from __future__ import annotations

@@ -1,11 +1,7 @@
 """Scenario: end-to-end throughput, from HTTP posts to events applied in Redis, and whether they are exact.
 
-Several concurrent posters send generator batches of ``config.batch_size`` for ``config.duration_seconds``.
-Two rates come out: what ingest answered 202 for, and what the worker applied in Redis (``stats``
-``events_applied``, sampled each second). The figure that counts is the *sustained* rate: distinct events
-applied divided by the time from the first post until Redis has applied the last of them, so a backlog left
-in Kafka when posting stops is paid for, not hidden. Then the figures in Redis are compared with the
-generator's own count (:mod:`lastmile_dev.bench.exact`).
+The figure that counts is the *sustained* rate: distinct events applied over the time from the first post until Redis
+has applied the last of them, so a backlog left in Kafka is paid for, not hidden (docs/performance.md).
 """
 
 from __future__ import annotations
