@@ -13,6 +13,7 @@ from typing import Any, Final
 
 import orjson
 
+from coverage_service import dedup
 from lastmile import names, scan
 from lastmile.names import field
 
@@ -22,7 +23,7 @@ CHINA_STANDARD_TIME = timezone(timedelta(hours=8), "CST")
 
 @dataclass(frozen=True, slots=True)
 class Entry:
-    seen_id: str  # (carrier, event_id): the dedup identity
+    digest: bytes  # of (carrier, event_id): the dedup identity (coverage_service.dedup)
     location_code: str
     occurred_ms: int
     reaches: bool
@@ -40,7 +41,7 @@ def entry(event: scan.ScanEvent) -> Entry:
         counters.append(field.MODEL + event.cooperation_model)
         dimensions.append(field.MODEL + event.cooperation_model)
     return Entry(
-        seen_id=f"{event.carrier}:{event.event_id}",
+        digest=dedup.digest(event.carrier, event.event_id),
         location_code=event.location_code,
         occurred_ms=event.occurred_ms,
         reaches=event.reaches,
@@ -112,25 +113,31 @@ class Record:
     offset: int
     entries: list[Entry]
     dead_letters: int = 0  # what of it went to the dead-letter topic, counted once when it is applied
+    duplicates: int = 0  # repeats the writer took out of ``entries``, counted once when it is applied
+
+    @property
+    def offset_field(self) -> str:
+        return names.offset_field(self.topic, self.partition)
 
 
 # Fields of one entry in the apply script's flat entry list (see :func:`payload`).
-ENTRY_STRIDE: Final = 6
+ENTRY_STRIDE: Final = 5
 
 
-def payload(records: Iterable[Record], expect: Mapping[str, int] | None = None) -> bytes:
-    """The apply script's input: records in offset order within each partition, and ``expect``, the offset
-    per partition (offset field) that Redis must already hold (the worker's position checks, apply.lua).
+def payload(records: Iterable[Record], expect: Mapping[str, int], hour: int, expire_at_s: int) -> list[bytes]:
+    """The apply script's arguments after ``now_ms``: the JSON payload, then each record's packed digests.
 
-    ``{"profiles": [[[counter, ...], [dimension, ...]], ...],
-    "records": [[offset_field, offset, flat, dead_letters], ...]}``
-    where ``flat`` holds :data:`ENTRY_STRIDE` values per entry: seen_id, location_code, occurred_ms, reaches
-    (0/1), profile (1-based index into ``profiles``), station_id or ''. Events share a handful of profiles
-    (type x carrier x year x model), so the script builds no table per event and interns each field name once:
-    inside Redis, decoding and garbage collection cost as much as the commands.
+    ``expect``: per partition (offset field), the offset Redis must hold now (the writer's position check).
+    ``{"expect": {...}, "hour": h, "expire_at": s, "profiles": [[[counter, ...], [dimension, ...]], ...],
+    "records": [[offset_field, offset, flat, dead_letters, duplicates], ...]}``, records in offset order per
+    partition; ``flat`` holds :data:`ENTRY_STRIDE` values per entry: location_code, occurred_ms, reaches (0/1),
+    profile (1-based index into ``profiles``), station_id or ''. Record i's digests (16 bytes per entry, in
+    order) are argument i + 1 after the payload: binary, so outside the JSON. Events share a handful of
+    profiles (type x carrier x year x model), so the script builds no table per event.
     """
     profiles: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}
     wire_records: list[list[Any]] = []
+    digests: list[bytes] = []
     for r in sorted(records, key=lambda r: (r.topic, r.partition, r.offset)):
         flat: list[Any] = []
         for e in r.entries:
@@ -138,12 +145,16 @@ def payload(records: Iterable[Record], expect: Mapping[str, int] | None = None) 
             profile = profiles.get(key)
             if profile is None:
                 profile = profiles[key] = len(profiles) + 1
-            flat.extend((e.seen_id, e.location_code, e.occurred_ms, 1 if e.reaches else 0, profile, e.station_id))
-        wire_records.append([names.offset_field(r.topic, r.partition), r.offset, flat, r.dead_letters])
-    return orjson.dumps(
+            flat.extend((e.location_code, e.occurred_ms, 1 if e.reaches else 0, profile, e.station_id))
+        wire_records.append([r.offset_field, r.offset, flat, r.dead_letters, r.duplicates])
+        digests.append(b"".join(e.digest for e in r.entries))
+    body = orjson.dumps(
         {
-            "expect": dict(expect or {}),
+            "expect": dict(expect),
+            "hour": hour,
+            "expire_at": expire_at_s,
             "profiles": [[list(c), list(d)] for c, d in profiles],
             "records": wire_records,
         }
     )
+    return [body, *digests]

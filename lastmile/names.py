@@ -33,7 +33,8 @@ REG_CHILDREN: Final = "reg:children:"
 REG_META: Final = "reg:meta"
 REGION: Final = "region:"
 LOCATION: Final = "loc:"
-SEEN: Final = "seen:"
+# Dedup digests, one string per partition (offset field) and hour: "dedup:<topic>:<partition>:<hour>".
+DEDUP: Final = "dedup:"
 REACH_INDEX: Final = "reach:"
 STATIONS: Final = "stations:"
 OFFSETS: Final = "offsets"
@@ -49,6 +50,10 @@ def key(prefix: str, suffix: str, code: str = "") -> str:
 
 def offset_field(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
+
+
+def dedup_key(prefix: str, offset_field: str, hour: int) -> str:
+    return key(prefix, DEDUP, f"{offset_field}:{hour}")
 
 
 # -- Hash fields ----------------------------------------------------------------------------------
@@ -115,7 +120,7 @@ def lua_names(prefix: str) -> dict[str, str]:
         "reg_children": key(prefix, REG_CHILDREN),
         "region": key(prefix, REGION),
         "loc": key(prefix, LOCATION),
-        "seen": key(prefix, SEEN),
+        "dedup": key(prefix, DEDUP),
         "reach_index": key(prefix, REACH_INDEX),
         "stations": key(prefix, STATIONS),
         "reg_meta": key(prefix, REG_META),

@@ -1,14 +1,16 @@
-"""The read model's writer: runs the apply script, which folds records and stores offsets in one step."""
+"""The read model's writer: drops repeats, then runs the apply script, which folds records, stores offsets and keeps
+the dedup digests in one step. It knows, per partition, the offset Redis holds and the digests applied up to it."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from coverage_service import dedup
 from coverage_service.fold import Record, payload
 from coverage_service.readmodel import scripts
 from lastmile import names
@@ -16,6 +18,11 @@ from lastmile import names
 # The apply script's refusals: it writes nothing and fails with an error that starts with one of these.
 REGISTRY_MISSING = "REGISTRY_MISSING"
 READ_MODEL_BEHIND = "READ_MODEL_BEHIND"
+READ_MODEL_AHEAD = "READ_MODEL_AHEAD"
+# Refused by Redis itself: used memory is at maxmemory and the eviction policy frees nothing for writes.
+OUT_OF_MEMORY = "OOM"
+# Another writer moving the partition on while this one reads it again is retried this often, then raised.
+AHEAD_RETRIES = 20
 
 
 class RegistryMissing(Exception):
@@ -23,10 +30,16 @@ class RegistryMissing(Exception):
 
 
 class ReadModelBehind(Exception):
-    """Redis holds an older offset than the worker applied: it lost applied batches."""
+    """Redis holds an older offset than this writer applied: it lost applied batches."""
+
+    def __init__(self, message: str, offset_field: str, stored: int) -> None:
+        super().__init__(message)
+        self.offset_field = offset_field
+        self.stored = stored
 
 
-_REFUSALS: dict[str, type[Exception]] = {REGISTRY_MISSING: RegistryMissing, READ_MODEL_BEHIND: ReadModelBehind}
+class ReadModelFull(Exception):
+    """Redis refused the batch at maxmemory; nothing of it was written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,31 +52,129 @@ class Applied:
     villages_newly_reached: int
 
 
+NOTHING = Applied(0, 0, 0, 0, 0, 0)
+
+
 class ReadModelWriter:
     def __init__(self, redis: aioredis.Redis, prefix: str, dedup_window_seconds: int) -> None:
         self.redis = redis
         self.prefix = prefix
-        self.window = dedup_window_seconds
+        self.window_ms = dedup_window_seconds * 1000
         self._apply = redis.register_script(scripts.source("apply.lua", prefix, prelude=True))
+        # Per partition (offset field): the offset Redis holds (-1: none) and the digests applied up to it,
+        # read by sync() or kept by apply(). The apply script checks the offset before it writes.
+        self.positions: dict[str, int] = {}
+        self.seen: dict[str, dedup.Seen] = {}
+        self._raw: aioredis.Redis | None = None
 
-    async def apply(self, records: list[Record], expect: Mapping[str, int] | None = None) -> Applied:
-        """Fold ``records`` and store their offsets, atomically; records already applied are skipped.
+    async def sync(self, offset_fields: Iterable[str]) -> dict[str, int]:
+        """Read what Redis holds for these partitions (offset and dedup digests); return the offsets (-1: none).
 
-        ``expect``: per partition (offset field), the offset Redis must hold already; when it holds less, nothing
-        is written and :class:`ReadModelBehind` is raised (it lost applied batches). :class:`RegistryMissing`,
-        writing nothing, while no whole registry is loaded.
+        The offsets are read first: digests read after them are a superset of those up to them, and a writer that
+        applied in between moved the offset, which the apply script's check catches.
+        """
+        fields = sorted(set(offset_fields))
+        if not fields:
+            return {}
+        now = _now_ms()
+        hours = list(dedup.window_hours(now, self.window_ms))
+        stored = await self.redis.hmget(names.key(self.prefix, names.OFFSETS), fields)
+        raw = self._raw_client()
+        async with raw.pipeline(transaction=False) as pipe:
+            for ofield in fields:
+                for hour in hours:
+                    pipe.get(names.dedup_key(self.prefix, ofield, hour))
+            packed = await pipe.execute()
+        for i, ofield in enumerate(fields):
+            seen = dedup.Seen(self.window_ms)
+            for j, hour in enumerate(hours):
+                seen.add(hour, packed[i * len(hours) + j] or b"")
+            self.seen[ofield] = seen
+            self.positions[ofield] = -1 if stored[i] is None else int(stored[i])
+        return {f: self.positions[f] for f in fields}
+
+    def forget(self, keep: Iterable[str]) -> None:
+        """Let go of the partitions not in ``keep`` (after a rebalance): their memory is another worker's now."""
+        kept = set(keep)
+        for ofield in [f for f in self.positions if f not in kept]:
+            self.positions.pop(ofield, None)
+            self.seen.pop(ofield, None)
+
+    async def apply(self, records: list[Record]) -> Applied:
+        """Fold ``records`` and store their offsets, atomically; records already applied are skipped, and events
+        whose (carrier, event_id) the partition applied within the dedup window are dropped.
+
+        :class:`ReadModelBehind` when Redis lost batches this writer applied (its position is read again first);
+        :class:`RegistryMissing` while no whole registry is loaded; :class:`ReadModelFull` at maxmemory. None of
+        them writes anything.
         """
         if not records:
-            return Applied(0, 0, 0, 0, 0, 0)
-        now_ms = int(time.time() * 1000)
-        try:
-            result = await self._apply(args=[self.window, now_ms, payload(records, expect)])
-        except ResponseError as exc:
-            refusal = _REFUSALS.get(str(exc).split(" ", 1)[0])
-            if refusal is not None:
-                raise refusal(str(exc)) from exc
-            raise
-        return Applied(*(int(x) for x in result))
+            return NOTHING
+        fields = {r.offset_field for r in records}
+        for _ in range(AHEAD_RETRIES):
+            missing = [f for f in fields if f not in self.positions]
+            if missing:
+                await self.sync(missing)
+            now = _now_ms()
+            hour = dedup.hour_of(now)
+            kept = self._drop_repeats(records, now)
+            args = payload(
+                kept,
+                {f: self.positions[f] for f in fields},
+                hour,
+                dedup.expires_at_ms(hour, self.window_ms) // 1000,
+            )
+            try:
+                result = await self._apply(args=[now, *args])
+            except ResponseError as exc:
+                word, _, detail = str(exc).partition(" ")
+                if word == READ_MODEL_AHEAD:
+                    await self.sync([detail.split(" ", 1)[0]])
+                    continue
+                if word == READ_MODEL_BEHIND:
+                    ofield, _, rest = detail.partition(" stored ")
+                    await self.sync(fields)
+                    raise ReadModelBehind(str(exc), ofield, int(rest.split(" ", 1)[0])) from exc
+                if word == REGISTRY_MISSING:
+                    raise RegistryMissing(str(exc)) from exc
+                if word == OUT_OF_MEMORY:
+                    raise ReadModelFull(str(exc)) from exc
+                raise
+            applied = Applied(*(int(x) for x in result))
+            self._remember(kept, hour)
+            if applied.events_unknown_location:
+                # Their digests were not stored: read the partitions' memory again rather than guess which.
+                self.forget(set(self.positions) - fields)
+            return applied
+        raise RuntimeError(f"partitions {sorted(fields)} kept moving on under another writer")
+
+    def _drop_repeats(self, records: list[Record], now: int) -> list[Record]:
+        """The records with the entries their partition applied before, or that came earlier in this batch, taken
+        out (counted in ``duplicates``)."""
+        out: list[Record] = []
+        batch: dict[str, set[bytes]] = {}
+        for ofield in {r.offset_field for r in records}:
+            self.seen[ofield].forget_before(now)
+        for r in sorted(records, key=lambda r: (r.topic, r.partition, r.offset)):
+            if not r.entries or r.offset <= self.positions[r.offset_field]:
+                out.append(r)  # a replay: the script skips it whole
+                continue
+            seen_now = batch.setdefault(r.offset_field, set())
+            held = self.seen[r.offset_field].holds(b"".join(e.digest for e in r.entries))
+            entries = []
+            for e, was in zip(r.entries, held, strict=True):
+                if not was and e.digest not in seen_now:
+                    seen_now.add(e.digest)
+                    entries.append(e)
+            out.append(replace(r, entries=entries, duplicates=r.duplicates + len(r.entries) - len(entries)))
+        return out
+
+    def _remember(self, records: list[Record], hour: int) -> None:
+        for r in records:
+            ofield = r.offset_field
+            if r.offset > self.positions[ofield]:
+                self.positions[ofield] = r.offset
+                self.seen[ofield].add(hour, b"".join(e.digest for e in r.entries))
 
     async def unknown_locations(self, codes: set[str]) -> set[str]:
         """The codes the registry does not hold; :class:`RegistryMissing` while no whole registry is loaded
@@ -80,11 +191,33 @@ class ReadModelWriter:
         return {code for code, kind in zip(ordered, kinds, strict=True) if kind is None}
 
     async def forget_offset(self, topic: str, partition: int) -> None:
-        await self.redis.hdel(names.key(self.prefix, names.OFFSETS), names.offset_field(topic, partition))
+        ofield = names.offset_field(topic, partition)
+        await self.redis.hdel(names.key(self.prefix, names.OFFSETS), ofield)
+        if ofield in self.positions:
+            self.positions[ofield] = -1
 
     async def applied_offsets(self) -> dict[str, int]:
         raw = await self.redis.hgetall(names.key(self.prefix, names.OFFSETS))
         return {_text(k): int(v) for k, v in raw.items()}
+
+    def _raw_client(self) -> aioredis.Redis:
+        """A client on the same server that leaves replies as bytes: the digests are binary."""
+        if self._raw is None:
+            pool = self.redis.connection_pool
+            kwargs = {**pool.connection_kwargs, "decode_responses": False}
+            self._raw = aioredis.Redis(
+                connection_pool=aioredis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
+            )
+        return self._raw
+
+    async def aclose(self) -> None:
+        if self._raw is not None:
+            await self._raw.aclose()
+            self._raw = None
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def _text(value: str | bytes) -> str:

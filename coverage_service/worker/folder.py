@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP, EventT
 
 from coverage_service.fold import Record, Rejected, decode_record, entry
-from coverage_service.readmodel.writer import Applied, ReadModelBehind, ReadModelWriter
+from coverage_service.readmodel.writer import Applied, ReadModelBehind, ReadModelFull, ReadModelWriter
 from lastmile import logs, names
 from lastmile.settings import Settings
 
@@ -64,9 +64,8 @@ class Folder:
         self.send_dead_letter = send_dead_letter
         self.totals = {"events_applied": 0, "events_duplicate": 0, "records_replayed": 0, "dead_letters": 0}
         self._last_report = time.monotonic()
-        # Per partition (offset field): the last offset this worker applied, or found applied when it was
-        # assigned the partition. Redis must hold at least this; less means it lost applied batches.
-        self.positions: dict[str, int] = {}
+        # Set while Redis refuses writes at maxmemory (the time it began); folding resumes by itself.
+        self.full_since: float | None = None
 
     async def handle(self, events: Sequence[EventT[bytes]]) -> Applied:
         records, dead = await self._records([event.message for event in events])
@@ -110,40 +109,38 @@ class Folder:
         """Apply the batch; when Redis lost applied batches, fold them again from the topic first."""
         while True:
             try:
-                return await self._apply_checked(records)
+                applied = await self.writer.apply(records)
             except ReadModelBehind as exc:
-                await self._refold_lost(records, str(exc))
-
-    async def _apply_checked(self, records: list[Record]) -> Applied:
-        """One apply call with a position check per partition of the batch this worker applied before."""
-        fields = {names.offset_field(r.topic, r.partition) for r in records}
-        expect = {f: self.positions[f] for f in fields if f in self.positions}
-        applied = await self.writer.apply(records, expect)
-        for r in records:
-            ofield = names.offset_field(r.topic, r.partition)
-            self.positions[ofield] = max(self.positions.get(ofield, -1), r.offset)
-        return applied
-
-    async def _refold_lost(self, batch: list[Record], reason: str) -> None:
-        """Apply again, from the topic, what this worker had applied before ``batch`` and Redis lost."""
-        stored = await self.writer.applied_offsets()
-        firsts: dict[tuple[str, int], int] = {}
-        for r in batch:
-            firsts[(r.topic, r.partition)] = min(firsts.get((r.topic, r.partition), r.offset), r.offset)
-        for (topic, partition), first in sorted(firsts.items()):
-            ofield = names.offset_field(topic, partition)
-            last = stored.get(ofield)
-            if ofield not in self.positions or (last is not None and last >= self.positions[ofield]):
+                await self._refold_lost(records, exc)
                 continue
+            except ReadModelFull as exc:
+                self._paused(exc)
+                raise
+            if self.full_since is not None:
+                log.warning("Redis accepts writes again: folding resumed", extra={"paused_s": self._paused_for()})
+                self.full_since = None
+            return applied
+
+    def _paused(self, exc: ReadModelFull) -> None:
+        if self.full_since is None:
+            self.full_since = time.monotonic()
             log.error(
-                "the read model lost applied records (Redis lost writes); folding them again from the topic",
-                extra={"partition": partition, "stored": last, "applied": self.positions[ofield], "reason": reason},
+                "Redis is at maxmemory: folding paused, nothing is lost; it resumes once memory is freed",
+                extra={"error": str(exc)},
             )
-            if last is None:
-                del self.positions[ofield]
-            else:
-                self.positions[ofield] = last
-            await self._refold(topic, partition, None if last is None else last + 1, first)
+
+    def _paused_for(self) -> float:
+        return 0.0 if self.full_since is None else round(time.monotonic() - self.full_since, 1)
+
+    async def _refold_lost(self, batch: list[Record], lost: ReadModelBehind) -> None:
+        """Apply again, from the topic, what was applied before ``batch`` in ``lost``'s partition and Redis lost."""
+        firsts = [r for r in batch if r.offset_field == lost.offset_field]
+        first = min(r.offset for r in firsts)
+        log.error(
+            "the read model lost applied records (Redis lost writes); folding them again from the topic",
+            extra={"partition": firsts[0].partition, "stored": lost.stored, "reason": str(lost)},
+        )
+        await self._refold(firsts[0].topic, firsts[0].partition, None if lost.stored < 0 else lost.stored + 1, first)
 
     async def _refold(self, topic: str, partition: int, start: int | None, end: int) -> None:
         """Fold the partition's records from ``start`` (None: its beginning) up to ``end``, excluded. Their
@@ -171,21 +168,22 @@ class Folder:
                 done = any(m.offset >= end - 1 for m in fetched.get(tp, []))
                 for i in range(0, len(messages), self.settings.worker_batch_max):
                     records, dead = await self._records(messages[i : i + self.settings.worker_batch_max])
-                    self._account(await self._apply_checked(records), len(dead))
+                    self._account(await self._apply(records), len(dead))
         finally:
             await consumer.stop()
 
     async def resume_positions(self, app: faust.App, assigned: list[TP]) -> dict[TP, int]:
-        """The next offset to read per partition: one past the last applied, from the read model."""
-        applied = await self.writer.applied_offsets()
+        """The next offset to read per partition: one past the last applied, from the read model, whose dedup
+        memory of the partitions the writer reads at the same time."""
+        fields = {names.offset_field(tp.topic, tp.partition): tp for tp in assigned}
+        self.writer.forget(fields)
+        applied = await self.writer.sync(fields)
         earliest = await app.consumer.earliest_offsets(*assigned)
         ends = await app.consumer.highwaters(*assigned)
         positions: dict[TP, int] = {}
-        held: dict[str, int] = {}  # what Redis holds now is what it must go on holding: the position checks' base
-        for tp in assigned:
-            ofield = names.offset_field(tp.topic, tp.partition)
-            last = applied.get(ofield)
-            if last is not None and last + 1 > ends[tp]:
+        for ofield, tp in fields.items():
+            last = applied[ofield]
+            if last + 1 > ends[tp]:
                 # The log ends before what was applied: the topic was recreated or truncated. Its
                 # records are new, so they must not be mistaken for replays.
                 log.error(
@@ -193,11 +191,8 @@ class Folder:
                     extra={"partition": tp.partition, "applied": last, "log_end": ends[tp]},
                 )
                 await self.writer.forget_offset(tp.topic, tp.partition)
-                last = None
-            if last is not None:
-                held[ofield] = last
-            positions[tp] = earliest[tp] if last is None else max(last + 1, earliest[tp])
-        self.positions = held
+                last = -1
+            positions[tp] = max(last + 1, earliest[tp])
         return positions
 
     async def _dead_letter(self, msg: Any, rejected: Rejected) -> None:
@@ -219,4 +214,5 @@ class Folder:
             log.info("folded", extra=dict(self.totals))
 
     async def close(self) -> None:
+        await self.writer.aclose()
         await self.redis.aclose()

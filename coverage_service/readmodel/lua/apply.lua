@@ -1,35 +1,37 @@
 -- Fold a batch of scan records into the read model, together with the consumed offsets, atomically.
 -- (Runs after the shared prelude, prelude.lua.)
 --
--- Redis runs a script to completion before any other command, so either every effect of the batch and
--- its offsets are stored, or none are. A record at or below the stored offset of its partition was
--- applied before (a replay after a crash or rebalance) and is skipped whole; an event whose
--- (carrier, event_id) was seen within the dedup window is a repeat and is dropped.
+-- Redis runs a script to completion before any other command, so either every effect of the batch, its
+-- offsets and its dedup digests are stored, or none are. A record at or below the stored offset of its
+-- partition was applied before (a replay after a crash or rebalance) and is skipped whole. Repeats of
+-- (carrier, event_id) were taken out by the writer (coverage_service.dedup); the script appends the
+-- digests of what it applies to the partition's dedup string for this hour, the writer's memory of them.
 --
 -- Cost: a redis.call from a script costs several times the command it runs, so the script reads and
 -- writes each hash once per call (HMGET, then HSET of the new values) instead of once per event and
--- field; only the dedup marker is one call per event. Everything else is gathered in Lua tables first.
+-- field, and nothing is called per event. Everything else is gathered in Lua tables first.
 --
--- ARGV: dedup_window_seconds, now_ms, payload
--- payload (JSON, coverage_service.fold.payload): {"expect": {offset_field: offset},
+-- ARGV: now_ms, payload, then one string of 16-byte digests per record (coverage_service.fold.payload):
+-- payload (JSON): {"expect": {offset_field: offset}, "hour": h, "expire_at": unix s,
 --   "profiles": [[[counter field, ...], [dimension, ...]], ...],
---   "records": [[offset_field, offset, flat, dead_letters], ...]}, offsets ascending per partition, where flat
---   holds 6 values per entry: seen_id, location_code, occurred_ms, reaches (0/1), profile (index into profiles),
---   station_id or ''; dead_letters is what the worker sent of the record to the dead-letter topic
+--   "records": [[offset_field, offset, flat, dead_letters, duplicates], ...]}, offsets ascending per partition,
+--   where flat holds 5 values per entry: location_code, occurred_ms, reaches (0/1), profile (index into
+--   profiles), station_id or ''; dead_letters and duplicates are what the worker took out of the record
 -- Returns: {applied, duplicate, unknown_location, records_applied, records_replayed, newly_reached}
 -- Fails, writing nothing, with REGISTRY_MISSING when no whole registry is loaded (reg:meta is written last).
 --
--- Position checks: payload "expect" ({offset_field: offset}) holds, per partition, the offset the worker last
--- applied there. If the stored offset is below it, the read model lost applied batches (a Redis restart that lost the tail of its AOF, a restore): the script
--- changes nothing and fails with an error naming READ_MODEL_BEHIND, and the worker folds the lost records again
--- from the topic before it applies this batch. Without the check it would go on past them, and they would be
--- lost for good, the offsets stored after them marking them applied.
+-- Position checks: payload "expect" holds, per partition of the batch, the offset the writer knows Redis holds
+-- (-1: none), and its dedup memory is Redis's as of that offset. A stored offset below it means the read model
+-- lost applied batches (a Redis restart that lost the tail of its AOF, a restore): READ_MODEL_BEHIND, and the
+-- worker folds the lost records again from the topic first; without the check it would go on past them, and
+-- they would be lost for good. One above it means another writer applied the partition meanwhile (two workers
+-- overlapping in a rebalance): READ_MODEL_AHEAD, and the writer reads the partition's state again. Either
+-- way the script changes nothing.
 
-local window = ARGV[1]
-local now_ms = ARGV[2]
-local input = cjson.decode(ARGV[3])
+local now_ms = ARGV[1]
+local input = cjson.decode(ARGV[2])
 local profiles, records = input.profiles, input.records
-local STRIDE = 6
+local STRIDE = 5
 
 local offsets_key = '${offsets}'
 local stats_key = '${stats}'
@@ -42,29 +44,36 @@ if redis.call('EXISTS', '${reg_meta}') == 0 then
 end
 
 -- Position checks, before anything is written.
-for ofield, offset in pairs(input.expect or {}) do
+local stored_offsets = {}
+for ofield, offset in pairs(input.expect) do
   local stored = tonumber(redis.call('HGET', offsets_key, ofield) or '-1')
   if stored < offset then
     return redis.error_reply('READ_MODEL_BEHIND ' .. ofield .. ' stored ' .. int(stored) .. ' applied ' .. int(offset))
+  elseif stored > offset then
+    return redis.error_reply('READ_MODEL_AHEAD ' .. ofield .. ' stored ' .. int(stored) .. ' expected ' .. int(offset))
   end
+  stored_offsets[ofield] = stored
 end
 
 -- 1. Which records are new: the rest were applied before and are skipped whole.
 local applied, duplicate, unknown, records_applied, records_replayed, newly_reached = 0, 0, 0, 0, 0, 0
 local dead_letters = 0
-local stored_offsets = {}
-local fresh = {}  -- the flat entry lists of the new records
-for _, record in ipairs(records) do
-  local ofield, offset, flat = record[1], record[2], record[3]
-  local stored = stored_offsets[ofield]
-  if stored == nil then stored = tonumber(redis.call('HGET', offsets_key, ofield) or '-1') end
+local fresh = {}  -- the new records
+local moved = {}  -- offset field -> the newest offset applied now
+for j, record in ipairs(records) do
+  local ofield, offset = record[1], record[2]
+  local stored = moved[ofield] or stored_offsets[ofield]
+  if stored == nil then
+    return redis.error_reply('NO_EXPECTATION ' .. ofield .. ' has no expected offset')
+  end
   if offset <= stored then
     records_replayed = records_replayed + 1
   else
-    stored_offsets[ofield] = offset
+    moved[ofield] = offset
     records_applied = records_applied + 1
-    dead_letters = dead_letters + (record[4] or 0)
-    fresh[#fresh + 1] = flat
+    dead_letters = dead_letters + record[4]
+    duplicate = duplicate + record[5]
+    fresh[#fresh + 1] = {record[3], ofield, ARGV[2 + j]}
   end
 end
 
@@ -73,8 +82,9 @@ end
 local units = {}  -- code -> {kind, segments} or false when the registry does not hold it
 do
   local codes, listed = {}, {}
-  for _, flat in ipairs(fresh) do
-    for i = 2, #flat, STRIDE do
+  for _, f in ipairs(fresh) do
+    local flat = f[1]
+    for i = 1, #flat, STRIDE do
       local code = flat[i]
       if not listed[code] then listed[code] = true; codes[#codes + 1] = code end
     end
@@ -94,34 +104,45 @@ do
   end
 end
 
--- 3. Each event once: the dedup marker, then its effects gathered per location and profile.
+-- 3. Each event's effects gathered per location and profile; its digest kept unless its location is unknown.
 local loc_profiles = {}  -- location code -> {profile -> n}
 local loc_newest = {}  -- location code -> newest occurred_ms in this call
 local new_stations = {}  -- village code -> {station_id, ...}
 local first_reach = {}  -- village code -> earliest reach ms in this call
 local reach_profiles = {}   -- village code -> {profile -> latest reach ms in this call}
-for _, flat in ipairs(fresh) do
+local digests = {}  -- offset field -> {digest string, ...}
+for _, f in ipairs(fresh) do
+  local flat, ofield, packed = f[1], f[2], f[3]
+  local kept = digests[ofield]
+  if kept == nil then kept = {}; digests[ofield] = kept end
+  local whole = true
   for i = 1, #flat, STRIDE do
-    local code = flat[i + 1]
+    local code = flat[i]
     if not units[code] then
       unknown = unknown + 1
-    elseif not redis.call('SET', '${seen}' .. flat[i], '1', 'NX', 'EX', window) then
-      duplicate = duplicate + 1
+      if whole then  -- keep the digests before this one
+        whole = false
+        kept[#kept + 1] = string.sub(packed, 1, (i - 1) / STRIDE * 16)
+      end
     else
+      if not whole then
+        local at = (i - 1) / STRIDE * 16
+        kept[#kept + 1] = string.sub(packed, at + 1, at + 16)
+      end
       applied = applied + 1
-      local ms, profile = flat[i + 2], flat[i + 4]
+      local ms, profile = flat[i + 1], flat[i + 3]
       local lp = loc_profiles[code]
       if lp == nil then lp = {}; loc_profiles[code] = lp end
       lp[profile] = (lp[profile] or 0) + 1
       if (loc_newest[code] or -1) < ms then loc_newest[code] = ms end
       if #code == 12 then
-        local station = flat[i + 5]
+        local station = flat[i + 4]
         if station ~= '' then
           local st = new_stations[code]
           if st == nil then st = {}; new_stations[code] = st end
           st[#st + 1] = station
         end
-        if flat[i + 3] == 1 then
+        if flat[i + 2] == 1 then
           if first_reach[code] == nil or ms < first_reach[code] then first_reach[code] = ms end
           local rp = reach_profiles[code]
           if rp == nil then rp = {}; reach_profiles[code] = rp end
@@ -130,6 +151,7 @@ for _, flat in ipairs(fresh) do
       end
     end
   end
+  if whole then kept[#kept + 1] = packed end
 end
 
 -- Per location: its counter fields from its profiles; per reached village: the latest reach per flag suffix
@@ -281,7 +303,15 @@ end
 
 flush_increments(as_of)
 
-for ofield, offset in pairs(stored_offsets) do redis.call('HSET', offsets_key, ofield, int(offset)) end
+for ofield, offset in pairs(moved) do redis.call('HSET', offsets_key, ofield, int(offset)) end
+for ofield, kept in pairs(digests) do
+  local dk = '${dedup}' .. ofield .. ':' .. int(input.hour)
+  local packed = table.concat(kept)
+  if #packed > 0 then
+    redis.call('APPEND', dk, packed)
+    redis.call('EXPIREAT', dk, input.expire_at)
+  end
+end
 
 if records_applied > 0 or records_replayed > 0 then
   redis.call('HINCRBY', stats_key, '${stat_events_applied}', applied)

@@ -1,4 +1,4 @@
-"""The apply script against a real Redis: exact figures under duplicates, replays and disorder.
+"""The writer and its apply script against a real Redis: exact figures under duplicates, replays and disorder.
 
 Expected figures come from a reference written out in this file (sets and counters), never from the
 code under test.
@@ -13,9 +13,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 import redis.asyncio as aioredis
 
-from coverage_service import fold
+from coverage_service import dedup, fold
 from coverage_service.readmodel.writer import ReadModelBehind, ReadModelWriter, RegistryMissing
 from lastmile import scan
+from lastmile.topics import partition_for
 from lastmile.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -76,7 +77,7 @@ async def test_a_batch_counts_once_and_a_replay_changes_nothing(redis: aioredis.
     assert first.villages_newly_reached == 2
 
     async def snapshot() -> dict[str, object]:
-        keys = sorted(k for k in await redis.keys(f"{p}:*") if ":seen:" not in k and not k.endswith(":stats"))
+        keys = sorted(k for k in await redis.keys(f"{p}:*") if ":dedup:" not in k and not k.endswith(":stats"))
         out: dict[str, object] = {}
         for k in keys:
             kind = await redis.type(k)
@@ -116,8 +117,13 @@ async def test_resent_events_are_dropped_but_other_carriers_ids_are_not(
     second = await writer.apply([record(0, 1, [e, e]), record(2, 0, [same_id_other_carrier])])
     assert (second.events_applied, second.events_duplicate) == (1, 2)
     assert (await redis.hgetall(f"{p}:loc:{VILLAGES[0]}"))["type:delivered"] == "2"
-    ttl = await redis.ttl(f"{p}:seen:sf:e1")
-    assert 3500 < ttl <= 3600
+    [key] = await redis.keys(f"{p}:dedup:scans:0:*")
+    assert await redis.strlen(key) == dedup.DIGEST_BYTES  # one digest: e, once
+    assert 3600 < await redis.ttl(key) <= 2 * 3600  # the rest of this hour, then the window
+    # A new writer (a restarted worker) reads the partition's memory from Redis and still drops the repeat.
+    restarted = await ReadModelWriter(redis, p, 3600).apply([record(0, 2, [e])])
+    assert (restarted.events_applied, restarted.events_duplicate) == (0, 1)
+    assert int((await redis.hgetall(f"{p}:stats"))["events_duplicate"]) == 3
 
 
 async def test_unknown_locations_are_not_counted_nor_remembered(redis: aioredis.Redis, settings: Settings) -> None:
@@ -127,7 +133,7 @@ async def test_unknown_locations_are_not_counted_nor_remembered(redis: aioredis.
     stray = make_event(1, "sf", "delivered", "999999999999", 1)
     result = await writer.apply([record(0, 0, [stray])])
     assert (result.events_applied, result.events_unknown_location) == (0, 1)
-    assert await redis.exists(f"{p}:seen:sf:e1") == 0
+    assert await redis.keys(f"{p}:dedup:*") == []  # so a corrected resend of it is not taken for a repeat
     assert await redis.hgetall(f"{p}:offsets") == {"scans:0": "0"}
     assert await writer.unknown_locations({"999999999999", VILLAGES[0]}) == {"999999999999"}
 
@@ -158,16 +164,15 @@ async def test_random_streams_with_duplicates_and_replays_match_the_reference(
         reached = {e.location_code for e in distinct.values() if e.reaches and KINDS[e.location_code] == "village"}
         types_in_county = Counter(e.event_type for e in distinct.values())
 
-        # Partition the log, cut into records, deliver with replays of earlier records.
+        # Partition the log by location as ingest does, cut into records, deliver with replays of earlier records.
         partitions: dict[int, list[fold.Record]] = {0: [], 1: [], 2: []}
-        offset = {0: 0, 1: 0, 2: 0}
-        i = 0
-        while i < len(log):
-            part = rng.choice([0, 1, 2])
-            n = rng.randint(1, 8)
-            partitions[part].append(record(part, offset[part], log[i : i + n]))
-            offset[part] += 1
-            i += n
+        for part in partitions:
+            mine = [e for e in log if partition_for(e.location_code, 3) == part]
+            i = 0
+            while i < len(mine):
+                n = rng.randint(1, 8)
+                partitions[part].append(record(part, len(partitions[part]), mine[i : i + n]))
+                i += n
         cursor = {0: 0, 1: 0, 2: 0}
         while any(cursor[k] < len(partitions[k]) for k in partitions):
             batch: list[fold.Record] = []
@@ -194,22 +199,45 @@ async def test_random_streams_with_duplicates_and_replays_match_the_reference(
         assert int(stats["events_applied"]) == len(distinct)
 
 
-async def test_a_position_check_above_the_stored_offset_writes_nothing(
+async def test_a_read_model_that_lost_applied_batches_stops_the_call(
     redis: aioredis.Redis, settings: Settings
 ) -> None:
-    """The worker's position check: Redis holding less than the worker applied (it lost writes) stops the call."""
+    """Redis holding less than the writer applied (it lost writes) stops the call, writing nothing; the writer reads
+    the partition again, so folding the lost records from the topic goes through."""
     p = settings.redis_key_prefix
     await seed_registry(redis, p)
     writer = ReadModelWriter(redis, p, 3600)
-    await writer.apply([record(0, 4, [make_event(1, "sf", "delivered", VILLAGES[0], 1)])], {"scans:0": -1})
+    await writer.apply([record(0, 4, [make_event(1, "sf", "delivered", VILLAGES[0], 1)])])
+    await writer.apply([record(0, 7, [make_event(2, "sf", "delivered", VILLAGES[2], 1)])])
+    await redis.hset(f"{p}:offsets", "scans:0", "4")  # as after a restart that lost the last write
     before = await region(redis, p, "CN")
-    with pytest.raises(ReadModelBehind, match="READ_MODEL_BEHIND scans:0 stored 4 applied 7"):
-        await writer.apply([record(0, 8, [make_event(2, "sf", "delivered", VILLAGES[1], 1)])], {"scans:0": 7})
+    with pytest.raises(ReadModelBehind, match="READ_MODEL_BEHIND scans:0 stored 4 applied 7") as lost:
+        await writer.apply([record(0, 8, [make_event(3, "sf", "delivered", VILLAGES[1], 1)])])
+    assert (lost.value.offset_field, lost.value.stored) == ("scans:0", 4)
     assert await region(redis, p, "CN") == before
     assert await redis.hget(f"{p}:offsets", "scans:0") == "4"
-    assert not await redis.exists(f"{p}:seen:sf:e2")
-    applied = await writer.apply([record(0, 5, [make_event(2, "sf", "delivered", VILLAGES[1], 1)])], {"scans:0": 4})
+    assert writer.positions["scans:0"] == 4
+    applied = await writer.apply([record(0, 5, [make_event(3, "sf", "delivered", VILLAGES[1], 1)])])
     assert applied.events_applied == 1
+
+
+async def test_two_writers_overlapping_on_a_partition_count_each_event_once(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """Two workers overlap on a partition in a rebalance: the old one applies after the new one read the
+    partition. The new one's next call is refused (READ_MODEL_AHEAD), it reads the partition again and drops
+    the repeat the old one applied meanwhile."""
+    p = settings.redis_key_prefix
+    await seed_registry(redis, p)
+    old, new = ReadModelWriter(redis, p, 3600), ReadModelWriter(redis, p, 3600)
+    first, repeated = make_event(1, "sf", "delivered", VILLAGES[0], 1), make_event(2, "sf", "delivered", VILLAGES[1], 1)
+    await old.apply([record(0, 0, [first])])
+    assert await new.sync(["scans:0"]) == {"scans:0": 0}
+    await old.apply([record(0, 1, [repeated])])
+    result = await new.apply([record(0, 1, [repeated]), record(0, 2, [repeated, first])])
+    assert (result.events_applied, result.records_replayed, result.events_duplicate) == (0, 1, 2)
+    assert (await region(redis, p, "CN"))["type:delivered"] == "2"
+    assert new.positions["scans:0"] == 2
 
 
 async def test_without_a_whole_registry_the_script_writes_nothing_and_says_so(

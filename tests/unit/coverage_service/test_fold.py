@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +32,7 @@ def parsed(**changes: Any) -> scan.ScanEvent:
 
 def test_a_delivery_counts_type_carrier_direction_and_reaches() -> None:
     e = fold.entry(parsed())
-    assert e.seen_id == "sf:e1"
+    assert e.digest == hashlib.blake2b(b"sf\x1fe1", digest_size=16).digest()  # the dedup identity
     assert e.reaches
     assert e.occurred_ms == 1714521600000
     assert set(e.counters) == {"type:delivered", "carrier:sf", "vol:2024"}
@@ -95,23 +97,28 @@ def test_undecodable_records_are_rejected_whole() -> None:
 
 def test_payload_orders_records_by_partition_and_offset() -> None:
     records = [fold.Record("t", 1, 9, []), fold.Record("t", 0, 5, []), fold.Record("t", 1, 3, [])]
-    wire = orjson.loads(fold.payload(records))
-    assert wire["expect"] == {} and wire["profiles"] == []
-    assert wire["records"] == [["t:0", 5, [], 0], ["t:1", 3, [], 0], ["t:1", 9, [], 0]]
+    body, *digests = fold.payload(records, {"t:0": 4, "t:1": -1}, 7, 12345)
+    wire = orjson.loads(body)
+    assert wire["expect"] == {"t:0": 4, "t:1": -1} and wire["profiles"] == []
+    assert (wire["hour"], wire["expire_at"]) == (7, 12345)
+    assert wire["records"] == [["t:0", 5, [], 0, 0], ["t:1", 3, [], 0, 0], ["t:1", 9, [], 0, 0]]
+    assert digests == [b"", b"", b""]
 
 
 def test_payload_entries_are_flat_and_share_their_profiles() -> None:
     a = fold.entry(parsed(event_id="a"))
     b = fold.entry(parsed(event_id="b", location_code="140322205207"))
     c = fold.entry(parsed(event_id="c", carrier="zto"))
-    wire = orjson.loads(fold.payload([fold.Record("t", 0, 7, [a, b, c])]))
+    body, packed = fold.payload([fold.Record("t", 0, 7, [a, b, c], duplicates=2)], {"t:0": 6}, 0, 0)
+    wire = orjson.loads(body)
     assert len(wire["profiles"]) == 2  # a and b count the same fields; c another carrier
-    [[_, _, flat, _]] = wire["records"]
+    [[_, _, flat, _, duplicates]] = wire["records"]
+    assert duplicates == 2
+    assert packed == a.digest + b.digest + c.digest  # binary, in entry order
     assert len(flat) == 3 * fold.ENTRY_STRIDE
     for i, e in enumerate((a, b, c)):
-        seen_id, code, ms, reaches, profile, station = flat[i * fold.ENTRY_STRIDE : (i + 1) * fold.ENTRY_STRIDE]
-        assert (seen_id, code, ms, reaches, station) == (
-            e.seen_id,
+        code, ms, reaches, profile, station = flat[i * fold.ENTRY_STRIDE : (i + 1) * fold.ENTRY_STRIDE]
+        assert (code, ms, reaches, station) == (
             e.location_code,
             e.occurred_ms,
             int(e.reaches),
