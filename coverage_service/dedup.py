@@ -1,27 +1,31 @@
 """Exact, compact deduplication: which (carrier, event_id) a partition has applied within the window. No I/O.
 
-Each applied event leaves a 16-byte digest, kept by the hour it was applied: in Redis as one string per partition
-and hour (16 B an event), in the worker as sorted arrays searched a whole batch at a time. docs/read-model.md.
+Each applied event leaves a 15-byte digest, kept by the hour it was applied: in Redis in fixed-size strings per
+partition and hour, in the worker as sorted arrays searched a whole batch at a time. docs/read-model.md.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from typing import Final
+from typing import Final, cast
 
 import numpy as np
 import numpy.typing as npt
 
-DIGEST_BYTES: Final = 16
+# 120 bits: the odds that two of a billion events (a national window) share a digest are below 10^-18.
+DIGEST_BYTES: Final = 15
+# Redis holds the digests in strings of exactly this many bytes, allocated once (SET) and filled in place
+# (SETRANGE): APPEND would over-allocate as it grows. With its 10-byte header the string is a 64 KiB allocation.
+CHUNK_BYTES: Final = 4368 * DIGEST_BYTES
 HOUR_MS: Final = 3_600_000
-# A digest is two big-endian 64-bit words, sorted by (high, low).
+# In memory a digest is two big-endian 64-bit words (the last byte zero), sorted by (high, low).
 _WORDS = np.dtype(">u8")
 Words = npt.NDArray[np.uint64]
 
 
 def digest(carrier: str, event_id: str) -> bytes:
-    """The dedup identity of an event: 128 bits of BLAKE2b over carrier and event_id."""
+    """The dedup identity of an event: 120 bits of BLAKE2b over carrier and event_id."""
     return hashlib.blake2b(f"{carrier}\x1f{event_id}".encode(), digest_size=DIGEST_BYTES).digest()
 
 
@@ -68,7 +72,9 @@ class _Run:
 
 
 def split(packed: bytes) -> tuple[Words, Words]:
-    words = np.frombuffer(packed, dtype=_WORDS).reshape(-1, 2)
+    rows = np.zeros((len(packed) // DIGEST_BYTES, 16), dtype=np.uint8)
+    rows[:, :DIGEST_BYTES] = np.frombuffer(packed, dtype=np.uint8).reshape(-1, DIGEST_BYTES)
+    words = rows.view(_WORDS)
     return words[:, 0].astype(np.uint64), words[:, 1].astype(np.uint64)
 
 
@@ -87,7 +93,7 @@ class Seen:
         return sum(h.nbytes + low.nbytes for run in self.hours.values() for h, low in run.chunks)
 
     def add(self, hour: int, packed: bytes) -> None:
-        """Remember the digests in ``packed`` (16 bytes each) as applied in ``hour``."""
+        """Remember the digests in ``packed`` (:data:`DIGEST_BYTES` each) as applied in ``hour``."""
         if packed:
             self.hours.setdefault(hour, _Run()).add(*split(packed))
 
@@ -99,7 +105,7 @@ class Seen:
         found = np.zeros(len(high), dtype=bool)
         for run in self.hours.values():
             found |= run.holds(high, low)
-        return found.tolist()  # type: ignore[no-any-return]
+        return cast(list[bool], found.tolist())
 
     def forget_before(self, now_ms: int) -> None:
         """Drop the hours that Redis drops too: hour h expires at the end of h plus the window."""

@@ -33,7 +33,8 @@ REG_CHILDREN: Final = "reg:children:"
 REG_META: Final = "reg:meta"
 REGION: Final = "region:"
 LOCATION: Final = "loc:"
-# Dedup digests, one string per partition (offset field) and hour: "dedup:<topic>:<partition>:<hour>".
+# Dedup digests per partition (offset field) and hour: "dedup:<topic>:<partition>:<hour>" holds how many bytes
+# of digests there are, in fixed-size strings "dedup:<topic>:<partition>:<hour>:0", ":1" ...
 DEDUP: Final = "dedup:"
 REACH_INDEX: Final = "reach:"
 STATIONS: Final = "stations:"
@@ -52,8 +53,9 @@ def offset_field(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
-def dedup_key(prefix: str, offset_field: str, hour: int) -> str:
-    return key(prefix, DEDUP, f"{offset_field}:{hour}")
+def dedup_key(prefix: str, offset_field: str, hour: int, chunk: int | None = None) -> str:
+    base = key(prefix, DEDUP, f"{offset_field}:{hour}")
+    return base if chunk is None else f"{base}:{chunk}"
 
 
 # -- Hash fields ----------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ import string
 from importlib import resources
 from typing import Final
 
+from coverage_service import dedup
 from lastmile import names
 
 PRELUDE: Final = "prelude.lua"
@@ -17,4 +18,6 @@ def source(filename: str, prefix: str, *, prelude: bool = False) -> str:
     folder = resources.files("coverage_service.readmodel").joinpath("lua")
     parts = ([PRELUDE] if prelude else []) + [filename]
     text = "\n".join(folder.joinpath(f).read_text(encoding="utf-8") for f in parts)
-    return string.Template(text).substitute(names.lua_names(prefix))
+    return string.Template(text).substitute(
+        names.lua_names(prefix), dedup_chunk_bytes=dedup.CHUNK_BYTES, digest_bytes=dedup.DIGEST_BYTES
+    )

@@ -79,18 +79,22 @@ class ReadModelWriter:
         now = _now_ms()
         hours = list(dedup.window_hours(now, self.window_ms))
         stored = await self.redis.hmget(names.key(self.prefix, names.OFFSETS), fields)
+        wanted = [(ofield, hour) for ofield in fields for hour in hours]
+        filled = await self.redis.mget([names.dedup_key(self.prefix, f, h) for f, h in wanted]) if wanted else []
         raw = self._raw_client()
         async with raw.pipeline(transaction=False) as pipe:
-            for ofield in fields:
-                for hour in hours:
-                    pipe.get(names.dedup_key(self.prefix, ofield, hour))
-            packed = await pipe.execute()
-        for i, ofield in enumerate(fields):
-            seen = dedup.Seen(self.window_ms)
-            for j, hour in enumerate(hours):
-                seen.add(hour, packed[i * len(hours) + j] or b"")
-            self.seen[ofield] = seen
-            self.positions[ofield] = -1 if stored[i] is None else int(stored[i])
+            for (ofield, hour), used in zip(wanted, filled, strict=True):
+                for chunk in range(-(-int(used or 0) // dedup.CHUNK_BYTES)):
+                    pipe.get(names.dedup_key(self.prefix, ofield, hour, chunk))
+            chunks = iter(await pipe.execute())
+        for ofield in fields:
+            self.seen[ofield] = dedup.Seen(self.window_ms)
+        for (ofield, hour), used in zip(wanted, filled, strict=True):
+            n = int(used or 0)
+            packed = b"".join(next(chunks) or b"" for _ in range(-(-n // dedup.CHUNK_BYTES)))
+            self.seen[ofield].add(hour, packed[:n])
+        for ofield, offset in zip(fields, stored, strict=True):
+            self.positions[ofield] = -1 if offset is None else int(offset)
         return {f: self.positions[f] for f in fields}
 
     def forget(self, keep: Iterable[str]) -> None:

@@ -11,7 +11,7 @@
 -- writes each hash once per call (HMGET, then HSET of the new values) instead of once per event and
 -- field, and nothing is called per event. Everything else is gathered in Lua tables first.
 --
--- ARGV: now_ms, payload, then one string of 16-byte digests per record (coverage_service.fold.payload):
+-- ARGV: now_ms, payload, then one string of digests (DIGEST bytes each) per record (coverage_service.fold.payload):
 -- payload (JSON): {"expect": {offset_field: offset}, "hour": h, "expire_at": unix s,
 --   "profiles": [[[counter field, ...], [dimension, ...]], ...],
 --   "records": [[offset_field, offset, flat, dead_letters, duplicates], ...]}, offsets ascending per partition,
@@ -32,6 +32,7 @@ local now_ms = ARGV[1]
 local input = cjson.decode(ARGV[2])
 local profiles, records = input.profiles, input.records
 local STRIDE = 5
+local DIGEST = ${digest_bytes}
 
 local offsets_key = '${offsets}'
 local stats_key = '${stats}'
@@ -122,12 +123,12 @@ for _, f in ipairs(fresh) do
       unknown = unknown + 1
       if whole then  -- keep the digests before this one
         whole = false
-        kept[#kept + 1] = string.sub(packed, 1, (i - 1) / STRIDE * 16)
+        kept[#kept + 1] = string.sub(packed, 1, (i - 1) / STRIDE * DIGEST)
       end
     else
       if not whole then
-        local at = (i - 1) / STRIDE * 16
-        kept[#kept + 1] = string.sub(packed, at + 1, at + 16)
+        local at = (i - 1) / STRIDE * DIGEST
+        kept[#kept + 1] = string.sub(packed, at + 1, at + DIGEST)
       end
       applied = applied + 1
       local ms, profile = flat[i + 1], flat[i + 3]
@@ -304,12 +305,28 @@ end
 flush_increments(as_of)
 
 for ofield, offset in pairs(moved) do redis.call('HSET', offsets_key, ofield, int(offset)) end
+-- The digests, in the partition's strings for this hour: each string is created whole (one allocation of its
+-- final size) and filled in place; the base key holds how many bytes are filled.
+local CHUNK = ${dedup_chunk_bytes}
+local zeros = nil
 for ofield, kept in pairs(digests) do
-  local dk = '${dedup}' .. ofield .. ':' .. int(input.hour)
   local packed = table.concat(kept)
   if #packed > 0 then
-    redis.call('APPEND', dk, packed)
-    redis.call('EXPIREAT', dk, input.expire_at)
+    local base = '${dedup}' .. ofield .. ':' .. int(input.hour)
+    local used = tonumber(redis.call('GET', base) or '0')
+    local pos = 1
+    while pos <= #packed do
+      local at = used % CHUNK
+      local take = math.min(CHUNK - at, #packed - pos + 1)
+      local ck = base .. ':' .. int(math.floor(used / CHUNK))
+      if at == 0 then
+        if zeros == nil then zeros = string.rep('\0', CHUNK) end
+        redis.call('SET', ck, zeros, 'EXAT', input.expire_at)
+      end
+      redis.call('SETRANGE', ck, at, string.sub(packed, pos, pos + take - 1))
+      used, pos = used + take, pos + take
+    end
+    redis.call('SET', base, int(used), 'EXAT', input.expire_at)
   end
 end
 

@@ -16,8 +16,8 @@ import redis.asyncio as aioredis
 from coverage_service import dedup, fold
 from coverage_service.readmodel.writer import ReadModelBehind, ReadModelWriter, RegistryMissing
 from lastmile import scan
-from lastmile.topics import partition_for
 from lastmile.settings import Settings
+from lastmile.topics import partition_for
 
 pytestmark = pytest.mark.integration
 
@@ -117,13 +117,29 @@ async def test_resent_events_are_dropped_but_other_carriers_ids_are_not(
     second = await writer.apply([record(0, 1, [e, e]), record(2, 0, [same_id_other_carrier])])
     assert (second.events_applied, second.events_duplicate) == (1, 2)
     assert (await redis.hgetall(f"{p}:loc:{VILLAGES[0]}"))["type:delivered"] == "2"
-    [key] = await redis.keys(f"{p}:dedup:scans:0:*")
-    assert await redis.strlen(key) == dedup.DIGEST_BYTES  # one digest: e, once
-    assert 3600 < await redis.ttl(key) <= 2 * 3600  # the rest of this hour, then the window
+    base, chunk = sorted(await redis.keys(f"{p}:dedup:scans:0:*"))
+    assert chunk == base + ":0"
+    assert await redis.get(base) == str(dedup.DIGEST_BYTES)  # one digest: e, once
+    assert await redis.strlen(chunk) == dedup.CHUNK_BYTES  # allocated whole
+    for key in (base, chunk):
+        assert 3600 < await redis.ttl(key) <= 2 * 3600  # the rest of this hour, then the window
     # A new writer (a restarted worker) reads the partition's memory from Redis and still drops the repeat.
     restarted = await ReadModelWriter(redis, p, 3600).apply([record(0, 2, [e])])
     assert (restarted.events_applied, restarted.events_duplicate) == (0, 1)
     assert int((await redis.hgetall(f"{p}:stats"))["events_duplicate"]) == 3
+
+
+async def test_digests_spanning_several_strings_are_all_remembered(redis: aioredis.Redis, settings: Settings) -> None:
+    p = settings.redis_key_prefix
+    await seed_registry(redis, p)
+    writer = ReadModelWriter(redis, p, 3600)
+    per_string = dedup.CHUNK_BYTES // dedup.DIGEST_BYTES
+    events = [make_event(i, "sf", "delivered", VILLAGES[i % 3], 1) for i in range(per_string * 2 + 7)]
+    await writer.apply([record(0, 0, events[:5])])
+    await writer.apply([record(0, 1, events[5:])])  # fills the first string and crosses into a third
+    assert len(await redis.keys(f"{p}:dedup:scans:0:*")) == 4
+    again = await ReadModelWriter(redis, p, 3600).apply([record(0, 2, events[::-1])])
+    assert (again.events_applied, again.events_duplicate) == (0, len(events))
 
 
 async def test_unknown_locations_are_not_counted_nor_remembered(redis: aioredis.Redis, settings: Settings) -> None:
@@ -199,9 +215,7 @@ async def test_random_streams_with_duplicates_and_replays_match_the_reference(
         assert int(stats["events_applied"]) == len(distinct)
 
 
-async def test_a_read_model_that_lost_applied_batches_stops_the_call(
-    redis: aioredis.Redis, settings: Settings
-) -> None:
+async def test_a_read_model_that_lost_applied_batches_stops_the_call(redis: aioredis.Redis, settings: Settings) -> None:
     """Redis holding less than the writer applied (it lost writes) stops the call, writing nothing; the writer reads
     the partition again, so folding the lost records from the topic goes through."""
     p = settings.redis_key_prefix

@@ -13,7 +13,7 @@ HOUR = dedup.HOUR_MS
 
 
 def d(i: int) -> bytes:
-    return hashlib.sha256(str(i).encode()).digest()[:16]
+    return hashlib.sha256(str(i).encode()).digest()[: dedup.DIGEST_BYTES]
 
 
 @settings(max_examples=60, deadline=None)
@@ -31,7 +31,7 @@ def test_holds_equals_a_set_of_everything_added(batches: list[tuple[int, list[in
 
 def test_digests_sharing_their_high_word_are_told_apart() -> None:
     seen = dedup.Seen(window_ms=HOUR)
-    a, b, c = bytes(8) + b"\x00" * 7 + b"\x01", bytes(8) + b"\x00" * 7 + b"\x03", bytes(8) + b"\x00" * 7 + b"\x02"
+    a, b, c = (bytes(dedup.DIGEST_BYTES - 1) + bytes([n]) for n in (1, 3, 2))
     seen.add(0, a + b)
     assert seen.holds(a + c + b) == [True, False, True]
 

@@ -166,12 +166,12 @@ def test_partitioner_is_kafkas_murmur2() -> None:
     assert [partition_of(c) for c in codes * 2] == [partition_for(c, 8) for c in codes * 2]
 
 
-def _dedup(ttl_min: int | None, ttl_max: int | None) -> dict[str, object]:
+def _dedup(ttl_min: int | None, ttl_max: int | None, total: int = 1_500, digests: int = 100) -> dict[str, object]:
     return {
-        "count": 10,
-        "sampled": 10,
-        "bytes_each": 80.0,
-        "bytes_total_estimate": 800.0,
+        "keys": 3,
+        "digests": digests,
+        "bytes_total": total,
+        "bytes_per_event": total / digests,
         "ttl_min_s": ttl_min,
         "ttl_max_s": ttl_max,
     }
@@ -179,16 +179,25 @@ def _dedup(ttl_min: int | None, ttl_max: int | None) -> dict[str, object]:
 
 @pytest.mark.parametrize(
     ("ttl_min", "ttl_max", "bounded"),
-    [(3000, 3600, True), (-1, 3600, False), (3000, 3700, False), (None, None, False)],
+    [(3000, 7200, True), (-1, 3600, False), (3000, 7300, False), (None, None, False)],
 )
-def test_dedup_memory_is_bounded_only_when_every_marker_expires_within_the_window(
+def test_dedup_memory_is_bounded_only_when_every_key_expires_within_the_window_and_its_hour(
     ttl_min: int | None, ttl_max: int | None, bounded: bool
 ) -> None:
     figures = memory._figures(2_000, 1_000, 10, 100, 500, "a test", _dedup(ttl_min, ttl_max), 3600, 10, 10)
     by_name = {f.name: f for f in figures}
-    assert by_name["dedup markers (p:seen:*) memory"].met is bounded
+    assert by_name["dedup memory bounded by the window"].met is bounded
     assert by_name["memory per event applied"].value == 100.0
     assert by_name["registry memory per unit"].value == 5.0
+
+
+@pytest.mark.parametrize(("total", "met"), [(1_600, True), (1_601, False)])
+def test_dedup_bytes_per_event_meet_the_target_at_16_and_hours_per_gib_follow(total: int, met: bool) -> None:
+    figures = memory._figures(2_000, 1_000, 10, 100, 500, "a test", _dedup(1, 2, total=total), 3600, 10, 10)
+    by_name = {f.name: f for f in figures}
+    assert by_name["dedup memory per event in the window"].met is met
+    hours = by_name["dedup: hours of the national average rate (4,000 events/s) per GiB"].value
+    assert hours == pytest.approx(2**30 / (total / 100 * 4_000 * 3_600))
 
 
 # -- naive ------------------------------------------------------------------------------------------------
