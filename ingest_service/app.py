@@ -16,13 +16,15 @@ import uvicorn
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from fastapi.security import HTTPBearer
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from starlette.requests import ClientDisconnect
 
 from ingest_service import server
 from ingest_service.auth import CarrierTokens
+from ingest_service.backpressure import Backpressure
 from ingest_service.publisher import BrokerUnavailable, Publisher
 from lastmile import apidocs, logs, names, problem, scan
+from lastmile.broker import Broker
 from lastmile.problem import Problem
 from lastmile.settings import Settings
 from lastmile.topics import ensure_topics
@@ -68,6 +70,31 @@ class Metrics:
         self.publish_seconds = Histogram(
             "lastmile_ingest_publish_seconds", "Time for the broker to acknowledge a batch", registry=self.registry
         )
+        self.backlog = Gauge(
+            "lastmile_ingest_backlog_records",
+            "Records published but not yet applied to the read model (-1: not measured)",
+            registry=self.registry,
+        )
+        self.backlog_bound = Gauge(
+            "lastmile_ingest_backlog_bound_records",
+            "Backlog past which posts are refused with 503 (0: never)",
+            registry=self.registry,
+        )
+        self.refusing = Gauge(
+            "lastmile_ingest_refusing_posts", "1 while posts are refused for the backlog", registry=self.registry
+        )
+        self.redis_used = Gauge("lastmile_redis_memory_used_bytes", "Redis used_memory", registry=self.registry)
+        self.redis_max = Gauge(
+            "lastmile_redis_memory_max_bytes", "Redis maxmemory (0: no limit)", registry=self.registry
+        )
+
+    def observe(self, pressure: Backpressure) -> None:
+        self.backlog.set(-1 if pressure.records is None else pressure.records)
+        self.backlog_bound.set(pressure.settings.ingest_max_backlog_records)
+        self.refusing.set(1 if pressure.refusal else 0)
+        if pressure.memory is not None:
+            self.redis_used.set(pressure.memory.used_bytes)
+            self.redis_max.set(pressure.memory.max_bytes)
 
 
 def create_app(settings: Settings) -> FastAPI:
@@ -80,14 +107,19 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.redis = aioredis.from_url(settings.redis_url, decode_responses=True)
         app.state.publisher = Publisher(settings)
+        app.state.broker = Broker(settings.kafka_bootstrap_servers)
+        app.state.backpressure = Backpressure(settings, app.state.redis, app.state.broker)
         try:
             await ensure_topics(settings)
         except Exception as exc:  # the broker may come later; the publisher keeps trying
             log.warning("could not check the topics at start", extra={"error": logs.describe(exc)})
         app.state.publisher.start()
+        app.state.backpressure.start()
         if not tokens:
             log.warning("no carrier tokens configured: every POST will be 401")
         yield
+        await app.state.backpressure.stop()
+        await app.state.broker.close()
         await app.state.publisher.stop()
         await app.state.redis.aclose()
 
@@ -141,6 +173,9 @@ def create_app(settings: Settings) -> FastAPI:
                 f"send Content-Type: application/json, not {media_type or 'nothing'!r}",
                 type_="unsupported-media-type",
             )
+        refusal = request.app.state.backpressure.refusal
+        if refusal is not None:
+            raise Problem(503, refusal, type_="backlog", headers=retry_after)
         body = await _read_body(request, settings.ingest_max_body_bytes)
         now = datetime.now(UTC)
         rejected: list[dict[str, Any]] = []
@@ -240,16 +275,31 @@ def create_app(settings: Settings) -> FastAPI:
     async def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="The broker and Redis are reachable", responses=problem.openapi_responses(503))
+    @app.get(
+        "/readyz",
+        summary="The broker and Redis are reachable and the backlog is within its bound",
+        responses=problem.openapi_responses(503),
+    )
     async def readyz(request: Request) -> dict[str, Any]:
-        checks = {"broker": await request.app.state.publisher.ready(), "redis": await _redis_ok(request)}
+        pressure: Backpressure = request.app.state.backpressure
+        checks = {
+            "broker": await request.app.state.publisher.ready(),
+            "redis": await _redis_ok(request),
+            "backlog": pressure.refusal is None,
+        }
+        body: dict[str, Any] = {"checks": checks, "backlog_records": pressure.records}
+        if pressure.memory is not None and pressure.memory.full:
+            body["redis_memory"] = pressure.memory.describe()
         if not all(checks.values()):
-            down = ", ".join(name for name, ok in checks.items() if not ok)
-            raise Problem(503, f"not ready: {down} unreachable", type_="not-ready", headers=retry_after, checks=checks)
-        return {"status": "ready", "checks": checks}
+            down = [f"{name} unreachable" for name in ("broker", "redis") if not checks[name]]
+            down += [] if checks["backlog"] else [str(pressure.refusal)]
+            detail = "not ready: " + "; ".join(down)
+            raise Problem(503, detail, type_="not-ready", headers=retry_after, **body)
+        return {"status": "ready", **body}
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
-    async def prometheus() -> Response:
+    async def prometheus(request: Request) -> Response:
+        metrics.observe(request.app.state.backpressure)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     return app

@@ -115,6 +115,12 @@ class Settings(BaseSettings):
     priority_population_tiers: Annotated[str, AfterValidator(_tiers)] = _env(
         "PRIORITY_POPULATION_TIERS", "2500", "Population thresholds for ?min_population=, comma-separated"
     )
+    ingest_max_backlog_records: int = _env(
+        "INGEST_MAX_BACKLOG_RECORDS",
+        20_000,
+        "Records published but not yet folded past which POST /v1/scans answers 503 (0: never)",
+        ge=0,
+    )
     ingest_host: str = _env("INGEST_HOST", "127.0.0.1", "Address the ingest API binds")
     ingest_port: Port = _env("INGEST_PORT", 8000, "Port of the ingest API")
     coverage_host: str = _env("COVERAGE_HOST", "127.0.0.1", "Address the coverage API binds")

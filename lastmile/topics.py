@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 TOPIC_ALREADY_EXISTS = 36
 
 
+class PartitionsMismatch(RuntimeError):
+    """The scan topic has another partition count than SCAN_TOPIC_PARTITIONS: events would be taken as misplaced."""
+
+
 def partition_for(location_code: str, partitions: int) -> int:
     """The partition Kafka's default partitioner picks for this key (positive murmur2, modulo)."""
     return int(murmur2(location_code.encode()) & 0x7FFFFFFF) % partitions
@@ -55,6 +59,15 @@ async def ensure_topics(settings: Settings) -> list[str]:
                     created.append(topic)
                 elif code != TOPIC_ALREADY_EXISTS:
                     raise KafkaError(f"cannot create topic {topic}: error {code} {message}")
+        [described] = [
+            t for t in await admin.describe_topics([settings.scan_topic]) if t["topic"] == settings.scan_topic
+        ]
+        count = len(described["partitions"])
+        if count != settings.scan_topic_partitions:
+            raise PartitionsMismatch(
+                f"topic {settings.scan_topic} has {count} partitions, SCAN_TOPIC_PARTITIONS says "
+                f"{settings.scan_topic_partitions}: set it to {count} (events are keyed by location code over them)"
+            )
     finally:
         await admin.close()
     if settings.scan_topic in created:

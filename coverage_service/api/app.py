@@ -7,6 +7,7 @@ the consumer lag on ``/metrics``. Served by :mod:`coverage_service.api.server`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
@@ -22,11 +23,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coverage_service.api import access, documents, fastpath, metrics, middleware, representation
-from coverage_service.api.broker import CHECK_TIMEOUT_S, Broker
 from coverage_service.api.params import RETRY_AFTER_S
 from coverage_service.api.routes import figures, reports, stream
 from coverage_service.readmodel import queries, resp
-from lastmile import apidocs, logs, problem
+from lastmile import apidocs, backlog, logs, problem
+from lastmile.broker import CHECK_TIMEOUT_S, Broker
 from lastmile.settings import Settings
 
 log = logging.getLogger("lastmile.coverage")
@@ -142,7 +143,12 @@ def create_app(settings: Settings) -> FastAPI:
         if down:
             detail = "not ready: " + "; ".join(f"{name} {checks[name]}" for name in down)
             raise problem.Problem(503, detail, type_="not-ready", headers={"Retry-After": RETRY_AFTER_S}, checks=checks)
-        return {"status": "ready", "checks": checks}
+        body: dict[str, Any] = {"status": "ready", "checks": checks}
+        with contextlib.suppress(Exception):  # reported, not required: the figures can still be read
+            memory = await backlog.memory(app.state.redis)
+            if memory.full:
+                body["redis_memory"] = memory.describe()
+        return body
 
     @app.get(
         "/metrics",

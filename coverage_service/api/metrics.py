@@ -12,9 +12,9 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from coverage_service.api.broker import Broker
 from coverage_service.readmodel import queries
-from lastmile import logs, names
+from lastmile import backlog, logs, names
+from lastmile.broker import Broker
 from lastmile.names import stat
 
 log = logging.getLogger("lastmile.coverage")
@@ -73,13 +73,22 @@ _STAT_HELP: Final = {
 
 
 async def scrape(redis: aioredis.Redis, prefix: str, broker: Broker, topic: str) -> list[Metric]:
-    (progress, redis_err), (ends, broker_err) = await asyncio.gather(
-        _attempt(queries.progress(redis, prefix)), _attempt(broker.end_offsets(topic))
+    (progress, redis_err), (ends, broker_err), (memory, _) = await asyncio.gather(
+        _attempt(queries.progress(redis, prefix)), _attempt(broker.end_offsets(topic)), _attempt(backlog.memory(redis))
     )
     up = GaugeMetricFamily("lastmile_coverage_dependency_up", "1 if the last scrape reached it", labels=["dependency"])
     up.add_metric(["redis"], 0 if redis_err else 1)
     up.add_metric(["broker"], 0 if broker_err else 1)
     out: list[Metric] = [up]
+    if memory is not None:
+        out.append(GaugeMetricFamily("lastmile_redis_memory_used_bytes", "Redis used_memory", value=memory.used_bytes))
+        out.append(
+            GaugeMetricFamily(
+                "lastmile_redis_memory_max_bytes", "Redis maxmemory (0: no limit)", value=memory.max_bytes
+            )
+        )
+        help_ = "1 when Redis is at maxmemory and refuses the worker's writes: figures are not updated"
+        out.append(GaugeMetricFamily("lastmile_read_model_full", help_, value=1 if memory.full else 0))
     if progress is None:
         return out
     now_s = time.time()

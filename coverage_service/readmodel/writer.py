@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 
 from coverage_service import dedup
 from coverage_service.fold import Record, payload
@@ -19,8 +19,6 @@ from lastmile import names
 REGISTRY_MISSING = "REGISTRY_MISSING"
 READ_MODEL_BEHIND = "READ_MODEL_BEHIND"
 READ_MODEL_AHEAD = "READ_MODEL_AHEAD"
-# Refused by Redis itself: used memory is at maxmemory and the eviction policy frees nothing for writes.
-OUT_OF_MEMORY = "OOM"
 # Another writer moving the partition on while this one reads it again is retried this often, then raised.
 AHEAD_RETRIES = 20
 
@@ -130,6 +128,9 @@ class ReadModelWriter:
             )
             try:
                 result = await self._apply(args=[now, *args])
+            except OutOfMemoryError as exc:
+                # Redis refuses a script at its first write when over maxmemory, so nothing was written.
+                raise ReadModelFull(str(exc)) from exc
             except ResponseError as exc:
                 word, _, detail = str(exc).partition(" ")
                 if word == READ_MODEL_AHEAD:
@@ -141,8 +142,6 @@ class ReadModelWriter:
                     raise ReadModelBehind(str(exc), ofield, int(rest.split(" ", 1)[0])) from exc
                 if word == REGISTRY_MISSING:
                     raise RegistryMissing(str(exc)) from exc
-                if word == OUT_OF_MEMORY:
-                    raise ReadModelFull(str(exc)) from exc
                 raise
             applied = Applied(*(int(x) for x in result))
             self._remember(kept, hour)

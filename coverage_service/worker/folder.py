@@ -22,7 +22,9 @@ from faust.types import TP, EventT
 from coverage_service.fold import Record, Rejected, decode_record, entry
 from coverage_service.readmodel.writer import Applied, ReadModelBehind, ReadModelFull, ReadModelWriter
 from lastmile import logs, names
+from lastmile.scan import ScanEvent
 from lastmile.settings import Settings
+from lastmile.topics import partition_for
 
 log = logging.getLogger("lastmile.worker")
 T = TypeVar("T")
@@ -66,6 +68,7 @@ class Folder:
         self._last_report = time.monotonic()
         # Set while Redis refuses writes at maxmemory (the time it began); folding resumes by itself.
         self.full_since: float | None = None
+        self._partitions: dict[str, int] = {}  # location code -> its partition (murmur2 is slow in Python)
 
     async def handle(self, events: Sequence[EventT[bytes]]) -> Applied:
         records, dead = await self._records([event.message for event in events])
@@ -89,21 +92,38 @@ class Folder:
         dead: list[tuple[Any, Rejected]] = []
         for msg, d in zip(messages, decoded, strict=True):
             refused = list(d.rejected)
-            refused += [
-                Rejected(
-                    None,
-                    f"location_code {e.location_code} is not in the registry",
-                    {"seen_id": f"{e.carrier}:{e.event_id}", "location_code": e.location_code},
-                )
-                for e in d.events
-                if e.location_code in unknown
-            ]
+            usable = []
+            for e in d.events:
+                why = self._unusable(e, msg.partition, unknown)
+                if why is None:
+                    usable.append(e)
+                else:
+                    raw = {"carrier": e.carrier, "event_id": e.event_id, "location_code": e.location_code}
+                    refused.append(Rejected(None, why, raw))
             dead.extend((msg, r) for r in refused)
             # Every consumed record is passed on, even with nothing left to apply, so that its offset is
             # stored and a replay recognises it; its dead letters are counted with it, once.
-            entries = [entry(e) for e in d.events]
+            entries = [entry(e) for e in usable]
             records.append(Record(msg.topic, msg.partition, msg.offset, entries, dead_letters=len(refused)))
         return records, dead
+
+    def _unusable(self, event: ScanEvent, partition: int, unknown: set[str]) -> str | None:
+        if event.location_code in unknown:
+            return f"location_code {event.location_code} is not in the registry"
+        home = self._partition_of(event.location_code)
+        if home != partition:
+            # Repeats are recognised within a partition: one in another partition could be counted twice.
+            return (
+                f"location_code {event.location_code} belongs to partition {home} of the scan topic, not {partition}:"
+                " records must be keyed by location code (docs/contract.md)"
+            )
+        return None
+
+    def _partition_of(self, code: str) -> int:
+        home = self._partitions.get(code)
+        if home is None:
+            home = self._partitions[code] = partition_for(code, self.settings.scan_topic_partitions)
+        return home
 
     async def _apply(self, records: list[Record]) -> Applied:
         """Apply the batch; when Redis lost applied batches, fold them again from the topic first."""

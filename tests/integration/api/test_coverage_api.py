@@ -480,6 +480,10 @@ async def test_metrics(settings: Settings, redis: aioredis.Redis, client: httpx.
     assert got[("lastmile_events_duplicate_total", ())] == 3
     assert got[("lastmile_records_replayed_total", ())] == 0
     assert got[("lastmile_coverage_dependency_up", (("dependency", "broker"),))] == 1
+    info = await redis.info("memory")
+    assert got[("lastmile_redis_memory_max_bytes", ())] == int(info["maxmemory"])
+    assert got[("lastmile_redis_memory_used_bytes", ())] > 0
+    assert got[("lastmile_read_model_full", ())] == 0
     route = "/v1/coverage/{code}"
     for status in ("200", "404"):
         key = (("method", "GET"), ("route", route), ("status", status))

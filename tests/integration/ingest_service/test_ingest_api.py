@@ -133,9 +133,11 @@ async def test_tokens_never_reach_the_logs(client: httpx.AsyncClient, caplog: py
 async def test_health_ready_and_metrics(client: httpx.AsyncClient) -> None:
     assert (await client.get("/healthz")).json() == {"status": "ok"}
     ready = await client.get("/readyz")
-    assert ready.status_code == 200 and ready.json()["checks"] == {"broker": True, "redis": True}
+    assert ready.status_code == 200 and ready.json()["checks"] == {"broker": True, "redis": True, "backlog": True}
     await client.post("/v1/scans", json={"events": [scan_event(0), {"bad": 1}]}, headers=auth())
     metrics = (await client.get("/metrics")).text
+    assert "lastmile_ingest_backlog_bound_records 20000.0" in metrics
+    assert "lastmile_ingest_refusing_posts 0.0" in metrics
     assert 'lastmile_ingest_events_total{outcome="accepted"} 1.0' in metrics
     assert 'lastmile_ingest_events_total{outcome="rejected"} 1.0' in metrics
     assert 'lastmile_ingest_requests_total{status="202"} 1.0' in metrics

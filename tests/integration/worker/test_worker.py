@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from ingest_service.publisher import Publisher
 from lastmile import names, scan
 from lastmile.settings import Settings
-from lastmile.topics import ensure_topics
+from lastmile.topics import ensure_topics, partition_for
 from lastmile_dev.devstack import Proc
 from tests.support.services import service_env, start
 
@@ -87,17 +87,22 @@ async def wait_applied(redis: aioredis.Redis, settings: Settings, n: int, worker
 async def test_records_the_worker_cannot_use_are_dead_lettered_and_the_stream_goes_on(
     settings: Settings, redis: aioredis.Redis, registry: None, tmp_path: Path
 ) -> None:
-    good = events(3)
-    bad_event = {**good[0].to_json(), "event_id": "", "carrier": "SF"}
-    unknown = {**good[1].to_json(), "event_id": "stray-1", "location_code": "140322205999"}
+    partitions = settings.scan_topic_partitions
+    home = [v for v in VILLAGES if partition_for(v, partitions) == 0]
+    away = next(v for v in VILLAGES if partition_for(v, partitions) != 0)
+    good = [e.to_json() | {"location_code": home[i % len(home)]} for i, e in enumerate(events(3))]
+    bad_event = {**good[0], "event_id": "", "carrier": "SF"}
+    unknown = {**good[1], "event_id": "stray-1", "location_code": "140322205999"}
+    misplaced = {**good[1], "event_id": "misplaced-1", "location_code": away}  # its location's partition is not 0
     records: list[bytes | None] = [
         b"\x00not json at all",
-        orjson.dumps({"events": [bad_event, good[2].to_json()]}),
+        orjson.dumps({"events": [bad_event, good[2]]}),
         orjson.dumps(unknown),
         orjson.dumps({"events": "nope"}),
         None,
-        orjson.dumps(good[0].to_json()),
-        orjson.dumps({"events": [good[1].to_json()]}),
+        orjson.dumps(good[0]),
+        orjson.dumps({"events": [good[1]]}),
+        orjson.dumps({"events": [misplaced]}),
     ]
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
     await producer.start()
@@ -119,7 +124,7 @@ async def test_records_the_worker_cannot_use_are_dead_lettered_and_the_stream_go
             for _ in range(50):
                 for msgs in (await consumer.getmany(timeout_ms=200)).values():
                     letters += [orjson.loads(m.value) | {"header": dict(m.headers)} for m in msgs]
-                if len(letters) >= 5:
+                if len(letters) >= 6:
                     break
         finally:
             await consumer.stop()
@@ -127,17 +132,21 @@ async def test_records_the_worker_cannot_use_are_dead_lettered_and_the_stream_go
         worker.stop()
 
     reasons = sorted((d["source"]["offset"], d["reason"]) for d in letters)
-    assert [offset for offset, _ in reasons] == [0, 1, 2, 3, 4]
+    assert [offset for offset, _ in reasons] == [0, 1, 2, 3, 4, 7]
     assert reasons[0][1].startswith("not JSON")
     assert "event_id: must be 1-128" in reasons[1][1] and "carrier: must be 2-32" in reasons[1][1]
     assert reasons[2][1] == "location_code 140322205999 is not in the registry"
     assert reasons[3][1] == "'events' must be an array"
     assert reasons[4][1] == "record has no value"
+    home_of_away = partition_for(away, partitions)
+    assert reasons[5][1].startswith(
+        f"location_code {away} belongs to partition {home_of_away} of the scan topic, not 0"
+    )
     assert all(d["header"][names.HEADER_DEAD_LETTER_REASON] for d in letters)
     st = await stats(redis, settings)
     assert st[names.stat.EVENTS_APPLIED] == 3
-    assert st[names.stat.DEAD_LETTERS] == 5  # counted once each, with the records they came in
-    assert await redis.hget(names.key(settings.redis_key_prefix, names.OFFSETS), f"{settings.scan_topic}:0") == "6"
+    assert st[names.stat.DEAD_LETTERS] == 6  # counted once each, with the records they came in
+    assert await redis.hget(names.key(settings.redis_key_prefix, names.OFFSETS), f"{settings.scan_topic}:0") == "7"
 
 
 async def test_after_redis_loses_its_data_the_worker_resumes_from_the_read_model_not_from_kafka(

@@ -1,4 +1,4 @@
-"""Kafka as the coverage API sees it: reachable or not, and the scan topic's end offsets (for the lag metric)."""
+"""Kafka as the services watch it: reachable or not, and the scan topic's end offsets (lag, backlog)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ CHECK_TIMEOUT_S: Final = 2.0
 
 
 class Broker:
-    """Kafka as the API sees it: reachable or not, and a topic's end offsets. Connects lazily, and
-    again after a failed connect, so the API starts and serves figures while the broker is down."""
+    """Kafka as a service watches it: reachable or not, and a topic's end offsets. Connects lazily, and
+    again after a failed connect, so a service starts and serves while the broker is down."""
 
     def __init__(self, bootstrap_servers: str, timeout_s: float = CHECK_TIMEOUT_S) -> None:
         self._servers = bootstrap_servers

@@ -1,0 +1,48 @@
+"""How far the read model is behind the topic (records published, not yet applied) and whether Redis, at maxmemory,
+refuses the worker's writes. Ingest refuses posts past a bound; both services show it on /readyz and /metrics."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Final
+
+import redis.asyncio as aioredis
+
+from lastmile import names
+
+# used_memory moves by client buffers from one moment to the next: Redis that refuses writes can show a little under
+# its limit when asked. Within this fraction of it counts as full.
+FULL_FRACTION: Final = 0.98
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    used_bytes: int
+    max_bytes: int  # 0: no limit
+
+    @property
+    def full(self) -> bool:
+        """At (or all but at) maxmemory: with the noeviction policy Redis refuses writes, the worker's included."""
+        return self.max_bytes > 0 and self.used_bytes >= self.max_bytes * FULL_FRACTION
+
+    def describe(self) -> str:
+        return (
+            f"Redis is at maxmemory ({self.used_bytes:,} of {self.max_bytes:,} bytes): it refuses the worker's "
+            "writes, so the figures are not updated"
+        )
+
+
+async def memory(redis: aioredis.Redis) -> Memory:
+    info = await redis.info("memory")
+    return Memory(int(info["used_memory"]), int(info.get("maxmemory", 0)))
+
+
+async def applied_offsets(redis: aioredis.Redis, prefix: str) -> dict[str, int]:
+    raw = await redis.hgetall(names.key(prefix, names.OFFSETS))
+    return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+
+
+def records_behind(topic: str, ends: Mapping[int, int], applied: Mapping[str, int]) -> int:
+    """Records on ``topic`` (end offset per partition) that the read model has not applied."""
+    return sum(max(0, end - (applied.get(names.offset_field(topic, p), -1) + 1)) for p, end in ends.items())
