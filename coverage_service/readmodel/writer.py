@@ -138,7 +138,9 @@ class ReadModelWriter:
                     continue
                 if word == READ_MODEL_BEHIND:
                     ofield, _, rest = detail.partition(" stored ")
-                    await self.sync(fields)
+                    # Only this partition: another one behind is found by the next call, and must be, for its
+                    # lost records to be folded again.
+                    await self.sync([ofield])
                     raise ReadModelBehind(str(exc), ofield, int(rest.split(" ", 1)[0])) from exc
                 if word == REGISTRY_MISSING:
                     raise RegistryMissing(str(exc)) from exc

@@ -235,6 +235,22 @@ async def test_a_read_model_that_lost_applied_batches_stops_the_call(redis: aior
     assert applied.events_applied == 1
 
 
+async def test_each_partition_that_lost_batches_is_reported_in_turn(redis: aioredis.Redis, settings: Settings) -> None:
+    p = settings.redis_key_prefix
+    await seed_registry(redis, p)
+    writer = ReadModelWriter(redis, p, 3600)
+    await writer.apply([record(0, 3, [make_event(1, "sf", "delivered", VILLAGES[0], 1)])])
+    await writer.apply([record(1, 5, [make_event(2, "sf", "delivered", VILLAGES[1], 1)])])
+    await redis.hset(f"{p}:offsets", mapping={"scans:0": "1", "scans:1": "2"})  # both lost their last batch
+    batch = [record(0, 4, [make_event(3, "sf", "delivered", VILLAGES[2], 1)]), record(1, 6, [])]
+    lost = []
+    for _ in range(2):
+        with pytest.raises(ReadModelBehind) as behind:
+            await writer.apply(batch)
+        lost.append((behind.value.offset_field, behind.value.stored))
+    assert sorted(lost) == [("scans:0", 1), ("scans:1", 2)]
+
+
 async def test_two_writers_overlapping_on_a_partition_count_each_event_once(
     redis: aioredis.Redis, settings: Settings
 ) -> None:
