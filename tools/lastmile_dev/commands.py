@@ -45,6 +45,13 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     bench.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="posting time of throughput")
     bench.add_argument(
+        "--memory-events",
+        type=int,
+        default=None,
+        metavar="N",
+        help="events the memory scenario sends (default 10,000,000)",
+    )
+    bench.add_argument(
         "--runs",
         type=int,
         default=None,
@@ -130,6 +137,11 @@ def _bench(args: argparse.Namespace, _: Settings) -> int:
         config = dataclasses.replace(
             config, duration_seconds=args.duration, freshness_seconds=min(config.freshness_seconds, args.duration)
         )
+    if args.memory_events is not None:
+        if args.memory_events < 1:
+            print("lastmile bench: --memory-events must be at least 1", file=sys.stderr)
+            return 2
+        config = dataclasses.replace(config, memory_events=args.memory_events)
     if args.runs is not None:
         if args.runs < 1:
             print("lastmile bench: --runs must be at least 1", file=sys.stderr)

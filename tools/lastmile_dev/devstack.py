@@ -159,6 +159,11 @@ def redis_server_binary() -> str:
     return found
 
 
+# The read model's Redis settings beyond the defaults, the same in docker-compose.yml: a village's hash keeps one field
+# per counter and reach flag (often over 64); past that a listpack's linear field search costs more than a hash table.
+READ_MODEL_CONFIG: tuple[str, ...] = ("--hash-max-listpack-entries", "64")
+
+
 def start_redis(
     workdir: Path,
     port: int | None = None,
@@ -191,6 +196,7 @@ def start_redis(
         "no",
         "--protected-mode",
         "no",
+        *READ_MODEL_CONFIG,
     ]
     proc = Proc("redis", argv, workdir / "redis.log").start()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from lastmile import divisions
 from lastmile.registry import BUNDLED, read_registry
 from lastmile.settings import Settings
 from lastmile.topics import partition_for
-from lastmile_dev.bench import api_load, memory, naive, registry_load
+from lastmile_dev.bench import api_load, cpu, memory, naive, registry_load, throughput
 from lastmile_dev.bench.core import Config, Context, Figure, Result, Stack
 
 SAMPLE = BUNDLED["sample"]
@@ -218,3 +219,23 @@ def test_the_ratio_uses_the_throughput_scenarios_sustained_rate() -> None:
     assert naive._optimized(_context({"throughput": Result("throughput", [figure])})) == 45_000.0
     with_sample = Result("throughput", [figure], {"sustained_events_per_s": 51_000.5})
     assert naive._optimized(_context({"throughput": with_sample})) == 51_000.5
+
+
+# -- CPU per event ------------------------------------------------------------------------------------------
+
+
+def test_the_cpu_table_gives_microseconds_per_event_and_cores_for_the_planned_rate() -> None:
+    usage = cpu.Usage({"redis": 0.5, "worker": 2.0, "ingest": 1.5})
+    figures = {f.name: f for f in throughput._cpu_figures(usage, 100_000)}
+    assert figures["Redis CPU per applied event"].value == pytest.approx(5.0)
+    assert figures["Redis CPU per applied event"].met is True
+    assert figures["CPU per event: worker"].value == pytest.approx(20.0)
+    assert figures["CPU per event: worker"].note.startswith("2.0 cores for 100,000 events/s")
+    slow = {f.name: f for f in throughput._cpu_figures(cpu.Usage({"redis": 1.1}), 100_000)}
+    assert slow["Redis CPU per applied event"].met is False
+
+
+def test_a_process_group_cpu_is_read_from_proc() -> None:
+    spent = cpu.group_cpu_seconds(os.getpgrp())
+    sum(i * i for i in range(300_000))  # burn a little
+    assert cpu.group_cpu_seconds(os.getpgrp()) >= spent > 0

@@ -22,6 +22,7 @@ import yaml
 
 from lastmile import cli
 from lastmile.settings import Settings, parse_token_map
+from lastmile_dev import devstack
 from tests.support import REPO
 
 COMPOSE_FILE = REPO / "docker-compose.yml"
@@ -580,3 +581,12 @@ def test_dockerignore_lets_in_exactly_what_the_dockerfile_copies() -> None:
                 copied.update(w.rstrip("/") for w in words[:-1])
     assert copied <= allowed, f"the Dockerfile copies {sorted(copied - allowed)}, which .dockerignore keeps out"
     assert not {"secrets", ".git", ".venv", ".run"} & allowed, "secrets or local state are let into the context"
+
+
+def test_compose_redis_runs_with_the_read_model_settings_the_tests_and_bench_use(
+    services: dict[str, dict[str, Any]],
+) -> None:
+    command = [str(part) for part in services["redis"]["command"]]
+    config = list(devstack.READ_MODEL_CONFIG)
+    assert any(command[i : i + len(config)] == config for i in range(len(command))), command
+    assert command[command.index("--maxmemory-policy") + 1] == "noeviction"

@@ -88,6 +88,8 @@ class Stack:
     # start_worker(settings) starts one with other settings (its own topic, consumer group, key prefix).
     start_worker: Callable[..., Any]
     stop_workers: Callable[[], None]  # stops every worker start_worker started, the stack's own included
+    # role ("ingest", "broker", "worker", "coverage") -> process group ids of the stack's processes of that role
+    process_groups: Callable[[], dict[str, list[int]]] = field(default=lambda: {})
 
 
 @dataclass

@@ -138,6 +138,7 @@ class BenchStack:
             workdir=self.workdir,
             start_worker=self.start_worker,
             stop_workers=self.stop_workers,
+            process_groups=self.process_groups,
         )
         return self.settings
 
@@ -165,6 +166,16 @@ class BenchStack:
             proc.stop()
         self.workers.clear()
         self.main_worker = None
+
+    def process_groups(self) -> dict[str, list[int]]:
+        """Role -> the process groups of this stack's live processes (Redis is measured by its own INFO cpu)."""
+        groups: dict[str, list[int]] = {"worker": [p.pid for p in self.workers if p.alive()]}
+        for name, proc in self.services.items():
+            groups[name] = [proc.pid]
+        for proc in self.infra:
+            if proc.name == "broker":
+                groups["broker"] = [proc.pid]
+        return groups
 
     def processes(self) -> list[Proc]:
         """The processes that must stay up for the whole run."""

@@ -14,7 +14,7 @@ from typing import Any, Final
 
 import redis.asyncio as aioredis
 
-from lastmile_dev.bench import posting
+from lastmile_dev.bench import cpu, posting
 from lastmile_dev.bench.core import Context, Figure, Result
 from lastmile_dev.bench.exact import applied, check_exact, wait_applied
 from lastmile_dev.bench.generator import Generator
@@ -22,6 +22,9 @@ from lastmile_dev.bench.generator import Generator
 FIGURE: Final = "sustained end-to-end throughput"  # the naive scenario reads this figure by name
 TARGET_EVENTS_PER_S: Final = 50_000
 TARGET_SECONDS: Final = 60.0
+TARGET_REDIS_US_PER_EVENT: Final = 10.0
+PLANNED_RATE: Final = 100_000  # events/s the CPU table sizes the machines for
+ROLES: Final = ("ingest", "broker", "worker", "redis", "coverage", "harness")
 
 
 def sustained_rate(ctx: Context) -> float | None:
@@ -47,6 +50,8 @@ async def run(ctx: Context) -> Result:
         await wait_applied(redis, prefix, gen.events_distinct)
         start_applied = await applied(redis, prefix)
         start_distinct = gen.events_distinct
+        meter = cpu.Meter(stack.process_groups, redis)
+        await meter.start()
         async with posting.client() as http:
             poster = posting.Poster(stack, http)
             timeline, t_first, t_last = await _post_for(ctx, poster, redis, prefix, start_applied)
@@ -60,6 +65,7 @@ async def run(ctx: Context) -> Result:
                 "throughput: draining the backlog", n - start_applied, target - start_applied
             ),
         )
+        usage = await meter.stop()
         exact = await check_exact(redis, prefix, ctx.registry, gen.expected())
     finally:
         await redis.aclose()
@@ -113,8 +119,10 @@ async def run(ctx: Context) -> Result:
             note=_exact_note(exact.as_sample()),
         ),
     ]
+    result.figures += _cpu_figures(usage, distinct)
     result.samples = {
         "sustained_events_per_s": sustained,
+        "cpu_seconds": usage.seconds,
         "events_distinct": distinct,
         "events_posted": poster.accepted,
         "requests": poster.requests,
@@ -168,6 +176,38 @@ async def _post_for(
     done = await applied(redis, prefix) - start_applied
     timeline.append({"t": round(last_answer - started, 3), "applied": done, "accepted": poster.accepted})
     return timeline, started, last_answer
+
+
+def _cpu_figures(usage: cpu.Usage, events: int) -> list[Figure]:
+    """Redis's CPU per event against its target, and the table of every role's, with the cores it would need."""
+    per_event = usage.per_event_us(events)
+    redis_us = per_event.get("redis")
+    figures = [
+        Figure(
+            "Redis CPU per applied event",
+            redis_us,
+            "µs",
+            f"≤ {TARGET_REDIS_US_PER_EVENT:g} µs",
+            redis_us is not None and redis_us <= TARGET_REDIS_US_PER_EVENT,
+            note="redis-server's own CPU (INFO cpu) from the first post until the last event was applied",
+        )
+    ]
+    for role in ROLES:
+        us = per_event.get(role)
+        if us is None:
+            continue
+        cores = us * PLANNED_RATE / 1e6
+        figures.append(
+            Figure(
+                f"CPU per event: {role}",
+                us,
+                "µs",
+                "reported",
+                None,
+                note=f"{cores:,.1f} cores for {PLANNED_RATE:,} events/s",
+            )
+        )
+    return figures
 
 
 def _summary(values: list[float]) -> dict[str, float | int | None]:
