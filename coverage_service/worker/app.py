@@ -10,7 +10,9 @@ import asyncio
 import logging
 import os
 import socket
+import tempfile
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -30,6 +32,8 @@ def create_app(settings: Settings) -> faust.App:
         settings.consumer_group,
         broker=[f"kafka://{server}" for server in settings.kafka_bootstrap_servers.split(",")],
         store="memory://",
+        # Faust makes a folder for table state even with the memory store; not in the working directory.
+        datadir=str(Path(tempfile.gettempdir()) / "lastmile-faust-{conf.id}-data"),
         web_enabled=False,
         consumer_auto_offset_reset="earliest",
         topic_allow_declare=True,

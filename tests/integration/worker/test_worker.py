@@ -147,6 +147,7 @@ async def test_records_the_worker_cannot_use_are_dead_lettered_and_the_stream_go
     assert st[names.stat.EVENTS_APPLIED] == 3
     assert st[names.stat.DEAD_LETTERS] == 6  # counted once each, with the records they came in
     assert await redis.hget(names.key(settings.redis_key_prefix, names.OFFSETS), f"{settings.scan_topic}:0") == "7"
+    assert not (Path.cwd() / f"{settings.consumer_group}-data").exists()  # Faust's folder goes to the temp dir
 
 
 async def test_after_redis_loses_its_data_the_worker_resumes_from_the_read_model_not_from_kafka(

@@ -89,7 +89,7 @@ async def folded(redis: aioredis.Redis, prefix: str) -> dict[str, int]:
 async def dedup_memory(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
     """Every dedup key's MEMORY USAGE and TTL, and how many digests they hold."""
     pattern = names.key(prefix, names.DEDUP) + "*"
-    keys = [str(k) async for k in redis.scan_iter(match=pattern, count=20_000)]
+    keys = [k.decode() if isinstance(k, bytes) else str(k) async for k in redis.scan_iter(match=pattern, count=20_000)]
     async with redis.pipeline(transaction=False) as pipe:
         for k in keys:
             pipe.memory_usage(k, samples=0)
