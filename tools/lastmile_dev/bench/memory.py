@@ -42,6 +42,7 @@ MB: Final = 1024 * 1024
 GIB: Final = 1024 * MB
 NATIONAL_AVERAGE_RATE: Final = 4_000  # events/s, the national average the issue names
 DEDUP_TARGET_BYTES: Final = 16
+BASELINE_EVENTS: Final = 100_000  # markers of the old layout written for the same-run baseline
 INFO_FIELDS: Final = ("used_memory", "used_memory_rss", "used_memory_dataset", "mem_fragmentation_ratio")
 COUNTED: Final = (names.stat.EVENTS_APPLIED, names.stat.EVENTS_DUPLICATE, names.stat.EVENTS_UNKNOWN_LOCATION)
 
@@ -109,6 +110,23 @@ async def dedup_memory(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
         "ttl_min_s": min(ttls, default=None),
         "ttl_max_s": max(ttls, default=None),
     }
+
+
+async def key_per_event_bytes(redis: aioredis.Redis, prefix: str, events: int = BASELINE_EVENTS) -> float:
+    """The baseline, on the same server: the layout dedup replaced, one ``SET <p>:seen:<carrier>:<event_id> 1 NX EX``
+    key per event, measured by used_memory around ``events`` of them, then deleted."""
+    base = f"{prefix}-baseline:seen:sf:bench-"
+    before = await used_memory(redis)
+    for start in range(0, events, 5_000):
+        async with redis.pipeline(transaction=False) as pipe:
+            for n in range(start, min(events, start + 5_000)):
+                pipe.set(f"{base}{n:x}", "1", nx=True, ex=259_200)
+            await pipe.execute()
+    grown = await used_memory(redis) - before
+    keys = [k async for k in redis.scan_iter(match=base + "*", count=20_000)]
+    for start in range(0, len(keys), 5_000):
+        await redis.unlink(*keys[start : start + 5_000])
+    return grown / events
 
 
 async def registry_memory(ctx: Context, settings: Settings, folder: Path) -> tuple[int | None, str]:
@@ -196,6 +214,7 @@ async def run(ctx: Context) -> Result:
         end_info = await redis.info("memory")
         ctx.progress("memory: measuring the dedup memory", 0, 1)
         dedup = await dedup_memory(redis, prefix)
+        dedup["key_per_event_bytes"] = await key_per_event_bytes(redis, prefix)
         keyspace = await redis.info("keyspace")
         expected = generator.expected()
         check = await check_exact(redis, prefix, registry, expected)
@@ -328,7 +347,8 @@ def _figures(
             f"≤ {DEDUP_TARGET_BYTES}",
             each is not None and each <= DEDUP_TARGET_BYTES,
             note=f"{dedup['bytes_total'] / MB:,.1f} MiB (MEMORY USAGE of {dedup['keys']:,} keys) for "
-            f"{dedup['digests']:,} digests; exact: every applied event counted once (checked above)",
+            f"{dedup['digests']:,} digests; baseline, same server: a key per event "
+            f"{dedup.get('key_per_event_bytes') or 0:,.0f} B",
         ),
         Figure(
             f"dedup: hours of the national average rate ({NATIONAL_AVERAGE_RATE:,} events/s) per GiB",
