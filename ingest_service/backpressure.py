@@ -18,6 +18,7 @@ from lastmile.settings import Settings
 log = logging.getLogger("lastmile.ingest.backpressure")
 
 CHECK_SECONDS: Final = 1.0
+STOP_TIMEOUT_SECONDS: Final = 5.0
 
 
 class Backpressure:
@@ -35,8 +36,8 @@ class Backpressure:
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(self._task, STOP_TIMEOUT_SECONDS)
 
     async def measure(self) -> None:
         try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Final
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -34,7 +35,7 @@ class Broker:
                     await asyncio.wait_for(admin.start(), self._timeout)  # one at a time: one error when down
                     await asyncio.wait_for(consumer.start(), self._timeout)
                 except BaseException:
-                    await asyncio.gather(admin.close(), consumer.stop(), return_exceptions=True)
+                    await self._close_both(admin, consumer)
                     raise
                 self._admin, self._consumer = admin, consumer
             return self._admin, self._consumer
@@ -59,4 +60,11 @@ class Broker:
     async def close(self) -> None:
         admin, consumer, self._admin, self._consumer = self._admin, self._consumer, None, None
         if admin is not None and consumer is not None:
-            await asyncio.gather(admin.close(), consumer.stop(), return_exceptions=True)
+            await self._close_both(admin, consumer)
+
+    async def _close_both(self, admin: AIOKafkaAdminClient, consumer: AIOKafkaConsumer) -> None:
+        # Bounded: stopping clients that were cancelled half-started can wait for ever (seen in a test's shutdown).
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(
+                asyncio.gather(admin.close(), consumer.stop(), return_exceptions=True), self._timeout
+            )
