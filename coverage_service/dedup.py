@@ -88,10 +88,6 @@ class Seen:
     def __len__(self) -> int:
         return sum(run.count for run in self.hours.values())
 
-    @property
-    def nbytes(self) -> int:
-        return sum(h.nbytes + low.nbytes for run in self.hours.values() for h, low in run.chunks)
-
     def add(self, hour: int, packed: bytes) -> None:
         """Remember the digests in ``packed`` (:data:`DIGEST_BYTES` each) as applied in ``hour``."""
         if packed:

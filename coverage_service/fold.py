@@ -131,8 +131,8 @@ def payload(records: Iterable[Record], expect: Mapping[str, int], hour: int, exp
     ``{"expect": {...}, "hour": h, "expire_at": s, "profiles": [[[counter, ...], [dimension, ...]], ...],
     "records": [[offset_field, offset, flat, dead_letters, duplicates], ...]}``, records in offset order per
     partition; ``flat`` holds :data:`ENTRY_STRIDE` values per entry: location_code, occurred_ms, reaches (0/1),
-    profile (1-based index into ``profiles``), station_id or ''. Record i's digests (16 bytes per entry, in
-    order) are argument i + 1 after the payload: binary, so outside the JSON. Events share a handful of
+    profile (1-based index into ``profiles``), station_id or ''. Record i's digests (``dedup.DIGEST_BYTES`` per
+    entry, in order) are argument i + 1 after the payload: binary, so outside the JSON. Events share a handful of
     profiles (type x carrier x year x model), so the script builds no table per event.
     """
     profiles: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
@@ -17,13 +17,14 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import PlainTextResponse, Response
 from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import Metric
 from starlette.requests import ClientDisconnect
 
 from ingest_service import server
 from ingest_service.auth import CarrierTokens
 from ingest_service.backpressure import Backpressure
 from ingest_service.publisher import BrokerUnavailable, Publisher
-from lastmile import apidocs, logs, names, problem, scan
+from lastmile import apidocs, backlog, logs, names, problem, scan
 from lastmile.broker import Broker
 from lastmile.problem import Problem
 from lastmile.settings import Settings
@@ -83,18 +84,20 @@ class Metrics:
         self.refusing = Gauge(
             "lastmile_ingest_refusing_posts", "1 while posts are refused for the backlog", registry=self.registry
         )
-        self.redis_used = Gauge("lastmile_redis_memory_used_bytes", "Redis used_memory", registry=self.registry)
-        self.redis_max = Gauge(
-            "lastmile_redis_memory_max_bytes", "Redis maxmemory (0: no limit)", registry=self.registry
-        )
+        self.memory: backlog.Memory | None = None  # Redis's, as the backlog watch last read it
+        self.registry.register(self)
+
+    def collect(self) -> Iterable[Metric]:
+        return backlog.memory_metrics(self.memory) if self.memory is not None else []
+
+    def describe(self) -> Iterable[Metric]:
+        return []
 
     def observe(self, pressure: Backpressure) -> None:
         self.backlog.set(-1 if pressure.records is None else pressure.records)
         self.backlog_bound.set(pressure.settings.ingest_max_backlog_records)
         self.refusing.set(1 if pressure.refusal else 0)
-        if pressure.memory is not None:
-            self.redis_used.set(pressure.memory.used_bytes)
-            self.redis_max.set(pressure.memory.max_bytes)
+        self.memory = pressure.memory
 
 
 def create_app(settings: Settings) -> FastAPI:

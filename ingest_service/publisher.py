@@ -14,7 +14,7 @@ from aiokafka.errors import KafkaError
 
 from lastmile import logs, names, scan
 from lastmile.settings import Settings
-from lastmile.topics import partition_for
+from lastmile.topics import Partitioner
 
 log = logging.getLogger("lastmile.ingest.publisher")
 
@@ -29,7 +29,7 @@ class Publisher:
         self.topic = settings.scan_topic
         self.timeout = settings.ingest_publish_timeout_seconds
         self._producer: AIOKafkaProducer | None = None
-        self._partitions: int | None = None
+        self._partition_of: Partitioner | None = None
         self._starting: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -51,9 +51,9 @@ class Publisher:
             try:
                 await producer.start()
                 partitions = await asyncio.wait_for(producer.partitions_for(self.topic), self.timeout)
-                self._partitions = len(partitions)
+                self._partition_of = Partitioner(len(partitions))
                 self._producer = producer
-                log.info("connected to the broker", extra={"topic": self.topic, "partitions": self._partitions})
+                log.info("connected to the broker", extra={"topic": self.topic, "partitions": len(partitions)})
             except (KafkaError, OSError, TimeoutError) as exc:
                 await producer.stop()
                 log.warning("broker not reachable yet", extra={"error": logs.describe(exc), "retry_in": delay})
@@ -82,12 +82,12 @@ class Publisher:
 
     async def publish(self, carrier: str, request_id: str, events: Sequence[scan.ScanEvent]) -> None:
         """Return once every event is acknowledged by the broker, or raise BrokerUnavailable."""
-        producer, partitions = self._producer, self._partitions
-        if producer is None or partitions is None:
+        producer, partition_of = self._producer, self._partition_of
+        if producer is None or partition_of is None:
             raise BrokerUnavailable("not connected to the broker")
         by_partition: dict[int, list[scan.ScanEvent]] = defaultdict(list)
         for event in events:
-            by_partition[partition_for(event.location_code, partitions)].append(event)
+            by_partition[partition_of(event.location_code)].append(event)
         received_at = scan.format_time(datetime.now(UTC))
         headers = [
             (names.HEADER_SCHEMA, names.SCHEMA_BATCH_V1.encode()),

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Final
 
 import redis.asyncio as aioredis
+from prometheus_client.core import GaugeMetricFamily
 
 from lastmile import names
 
@@ -39,10 +40,26 @@ async def memory(redis: aioredis.Redis) -> Memory:
 
 
 async def applied_offsets(redis: aioredis.Redis, prefix: str) -> dict[str, int]:
+    """Offset field -> the last offset the read model applied."""
     raw = await redis.hgetall(names.key(prefix, names.OFFSETS))
     return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
 
 
+def lag(topic: str, ends: Mapping[int, int], applied: Mapping[str, int]) -> dict[int, int]:
+    """Per partition of ``topic`` (its end offset in ``ends``), the records the read model has not applied."""
+    return {p: max(0, end - (applied.get(names.offset_field(topic, p), -1) + 1)) for p, end in ends.items()}
+
+
 def records_behind(topic: str, ends: Mapping[int, int], applied: Mapping[str, int]) -> int:
-    """Records on ``topic`` (end offset per partition) that the read model has not applied."""
-    return sum(max(0, end - (applied.get(names.offset_field(topic, p), -1) + 1)) for p, end in ends.items())
+    """Records on ``topic`` that the read model has not applied, all partitions together."""
+    return sum(lag(topic, ends, applied).values())
+
+
+def memory_metrics(memory: Memory) -> list[GaugeMetricFamily]:
+    """Redis's memory as both services export it on /metrics."""
+    full = "1 when Redis is at maxmemory and refuses the worker's writes: figures are not updated"
+    return [
+        GaugeMetricFamily("lastmile_redis_memory_used_bytes", "Redis used_memory", value=memory.used_bytes),
+        GaugeMetricFamily("lastmile_redis_memory_max_bytes", "Redis maxmemory (0: no limit)", value=memory.max_bytes),
+        GaugeMetricFamily("lastmile_read_model_full", full, value=1 if memory.full else 0),
+    ]

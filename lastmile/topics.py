@@ -31,6 +31,20 @@ def partition_for(location_code: str, partitions: int) -> int:
     return int(murmur2(location_code.encode()) & 0x7FFFFFFF) % partitions
 
 
+class Partitioner:
+    """``partition_for`` remembered per code: murmur2 in Python costs microseconds, and codes repeat."""
+
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
+        self._known: dict[str, int] = {}
+
+    def __call__(self, code: str) -> int:
+        p = self._known.get(code)
+        if p is None:
+            p = self._known[code] = partition_for(code, self.partitions)
+        return p
+
+
 async def ensure_topics(settings: Settings) -> list[str]:
     """Create the scan and dead-letter topics when missing; return the names created.
 

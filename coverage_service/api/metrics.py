@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from coverage_service.readmodel import queries
-from lastmile import backlog, logs, names
+from lastmile import backlog, logs
 from lastmile.broker import Broker
 from lastmile.names import stat
 
@@ -81,14 +81,7 @@ async def scrape(redis: aioredis.Redis, prefix: str, broker: Broker, topic: str)
     up.add_metric(["broker"], 0 if broker_err else 1)
     out: list[Metric] = [up]
     if memory is not None:
-        out.append(GaugeMetricFamily("lastmile_redis_memory_used_bytes", "Redis used_memory", value=memory.used_bytes))
-        out.append(
-            GaugeMetricFamily(
-                "lastmile_redis_memory_max_bytes", "Redis maxmemory (0: no limit)", value=memory.max_bytes
-            )
-        )
-        help_ = "1 when Redis is at maxmemory and refuses the worker's writes: figures are not updated"
-        out.append(GaugeMetricFamily("lastmile_read_model_full", help_, value=1 if memory.full else 0))
+        out += backlog.memory_metrics(memory)
     if progress is None:
         return out
     now_s = time.time()
@@ -98,9 +91,8 @@ async def scrape(redis: aioredis.Redis, prefix: str, broker: Broker, topic: str)
             "Records on the topic not yet applied to the read model",
             labels=["topic", "partition"],
         )
-        for part, end in sorted(ends.items()):
-            applied = progress["offsets"].get(names.offset_field(topic, part), -1)
-            lag.add_metric([topic, str(part)], max(0, end - (applied + 1)))
+        for part, behind in sorted(backlog.lag(topic, ends, progress["offsets"]).items()):
+            lag.add_metric([topic, str(part)], behind)
         out.append(lag)
     as_of_ms, applied_ms = progress["national_as_of_ms"], progress["stats"].get(stat.APPLIED_AT_MS)
     if as_of_ms is not None:

@@ -13,7 +13,7 @@ from redis.exceptions import OutOfMemoryError, ResponseError
 from coverage_service import dedup
 from coverage_service.fold import Record, payload
 from coverage_service.readmodel import scripts
-from lastmile import names
+from lastmile import backlog, names
 
 # The apply script's refusals: it writes nothing and fails with an error that starts with one of these.
 REGISTRY_MISSING = "REGISTRY_MISSING"
@@ -98,7 +98,11 @@ class ReadModelWriter:
     def forget(self, keep: Iterable[str]) -> None:
         """Let go of the partitions not in ``keep`` (after a rebalance): their memory is another worker's now."""
         kept = set(keep)
-        for ofield in [f for f in self.positions if f not in kept]:
+        self._unsync([f for f in self.positions if f not in kept])
+
+    def _unsync(self, offset_fields: Iterable[str]) -> None:
+        """Drop what is known of these partitions: the next apply reads them from Redis again."""
+        for ofield in offset_fields:
             self.positions.pop(ofield, None)
             self.seen.pop(ofield, None)
 
@@ -149,7 +153,7 @@ class ReadModelWriter:
             self._remember(kept, hour)
             if applied.events_unknown_location:
                 # Their digests were not stored: read the partitions' memory again rather than guess which.
-                self.forget(set(self.positions) - fields)
+                self._unsync(fields)
             return applied
         raise RuntimeError(f"partitions {sorted(fields)} kept moving on under another writer")
 
@@ -202,8 +206,7 @@ class ReadModelWriter:
             self.positions[ofield] = -1
 
     async def applied_offsets(self) -> dict[str, int]:
-        raw = await self.redis.hgetall(names.key(self.prefix, names.OFFSETS))
-        return {_text(k): int(v) for k, v in raw.items()}
+        return await backlog.applied_offsets(self.redis, self.prefix)
 
     def _raw_client(self) -> aioredis.Redis:
         """A client on the same server that leaves replies as bytes: the digests are binary."""
@@ -223,7 +226,3 @@ class ReadModelWriter:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value

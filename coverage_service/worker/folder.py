@@ -24,7 +24,7 @@ from coverage_service.readmodel.writer import Applied, ReadModelBehind, ReadMode
 from lastmile import logs, names
 from lastmile.scan import ScanEvent
 from lastmile.settings import Settings
-from lastmile.topics import partition_for
+from lastmile.topics import Partitioner
 
 log = logging.getLogger("lastmile.worker")
 T = TypeVar("T")
@@ -68,7 +68,7 @@ class Folder:
         self._last_report = time.monotonic()
         # Set while Redis refuses writes at maxmemory (the time it began); folding resumes by itself.
         self.full_since: float | None = None
-        self._partitions: dict[str, int] = {}  # location code -> its partition (murmur2 is slow in Python)
+        self._partition_of = Partitioner(settings.scan_topic_partitions)
 
     async def handle(self, events: Sequence[EventT[bytes]]) -> Applied:
         records, dead = await self._records([event.message for event in events])
@@ -118,12 +118,6 @@ class Folder:
                 " records must be keyed by location code (docs/contract.md)"
             )
         return None
-
-    def _partition_of(self, code: str) -> int:
-        home = self._partitions.get(code)
-        if home is None:
-            home = self._partitions[code] = partition_for(code, self.settings.scan_topic_partitions)
-        return home
 
     async def _apply(self, records: list[Record]) -> Applied:
         """Apply the batch; when Redis lost applied batches, fold them again from the topic first."""

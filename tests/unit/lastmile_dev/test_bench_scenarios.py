@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from lastmile import divisions
 from lastmile.registry import BUNDLED, read_registry
 from lastmile.settings import Settings
-from lastmile.topics import partition_for
+from lastmile.topics import Partitioner, partition_for
 from lastmile_dev.bench import api_load, cpu, memory, naive, registry_load, throughput
 from lastmile_dev.bench.core import Config, Context, Figure, Result, Stack
 
@@ -149,7 +149,7 @@ def test_records_are_ingest_batches_one_per_partition_in_order() -> None:
     events = [
         {"event_id": f"e{i}", "location_code": code} for i, code in enumerate(["140322205206", "140322100200"] * 5)
     ]
-    records = memory.records_of(events, memory.Partitioner(8), "2026-11-22T00:00:00.000Z")
+    records = memory.records_of(events, Partitioner(8), "2026-11-22T00:00:00.000Z")
     seen: list[str] = []
     for partition, value in records.items():
         body = orjson.loads(value)
@@ -162,7 +162,7 @@ def test_records_are_ingest_batches_one_per_partition_in_order() -> None:
 
 
 def test_partitioner_is_kafkas_murmur2() -> None:
-    partition_of = memory.Partitioner(8)
+    partition_of = Partitioner(8)
     codes = [u.code for u in read_registry(SAMPLE).villages[:50]]
     assert [partition_of(c) for c in codes * 2] == [partition_for(c, 8) for c in codes * 2]
 

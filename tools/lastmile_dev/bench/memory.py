@@ -24,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from coverage_service.dedup import DIGEST_BYTES
 from lastmile import names, scan
 from lastmile.settings import Settings
-from lastmile.topics import partition_for
+from lastmile.topics import Partitioner
 from lastmile_dev.bench.core import Context, Figure, Result
 from lastmile_dev.bench.exact import check_exact
 from lastmile_dev.bench.generator import Generator
@@ -45,20 +45,6 @@ DEDUP_TARGET_BYTES: Final = 16
 BASELINE_EVENTS: Final = 100_000  # markers of the old layout written for the same-run baseline
 INFO_FIELDS: Final = ("used_memory", "used_memory_rss", "used_memory_dataset", "mem_fragmentation_ratio")
 COUNTED: Final = (names.stat.EVENTS_APPLIED, names.stat.EVENTS_DUPLICATE, names.stat.EVENTS_UNKNOWN_LOCATION)
-
-
-class Partitioner:
-    """``partition_for`` remembered per code: murmur2 in Python costs microseconds, and codes repeat."""
-
-    def __init__(self, partitions: int) -> None:
-        self.partitions = partitions
-        self._known: dict[str, int] = {}
-
-    def __call__(self, code: str) -> int:
-        p = self._known.get(code)
-        if p is None:
-            p = self._known[code] = partition_for(code, self.partitions)
-        return p
 
 
 def records_of(events: list[dict[str, Any]], partition_of: Callable[[str], int], received_at: str) -> dict[int, bytes]:
