@@ -1,15 +1,14 @@
 """The aggregation fold's pure half: what one scan event changes in the read model. No I/O.
 
 An event becomes an :class:`Entry`: the counters it increments, whether it reaches a village, and the dimensions its
-reach counts under. ``apply.lua`` applies entries; keeping the decision here lets the rules be tested without Redis.
+reach counts under; :mod:`coverage_service.changes` sums a batch of them into the read model's writes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Final
+from typing import Any
 
 import orjson
 
@@ -118,43 +117,3 @@ class Record:
     @property
     def offset_field(self) -> str:
         return names.offset_field(self.topic, self.partition)
-
-
-# Fields of one entry in the apply script's flat entry list (see :func:`payload`).
-ENTRY_STRIDE: Final = 5
-
-
-def payload(records: Iterable[Record], expect: Mapping[str, int], hour: int, expire_at_s: int) -> list[bytes]:
-    """The apply script's arguments after ``now_ms``: the JSON payload, then each record's packed digests.
-
-    ``expect``: per partition (offset field), the offset Redis must hold now (the writer's position check).
-    ``{"expect": {...}, "hour": h, "expire_at": s, "profiles": [[[counter, ...], [dimension, ...]], ...],
-    "records": [[offset_field, offset, flat, dead_letters, duplicates], ...]}``, records in offset order per
-    partition; ``flat`` holds :data:`ENTRY_STRIDE` values per entry: location_code, occurred_ms, reaches (0/1),
-    profile (1-based index into ``profiles``), station_id or ''. Record i's digests (``dedup.DIGEST_BYTES`` per
-    entry, in order) are argument i + 1 after the payload: binary, so outside the JSON. Events share a handful of
-    profiles (type x carrier x year x model), so the script builds no table per event.
-    """
-    profiles: dict[tuple[tuple[str, ...], tuple[str, ...]], int] = {}
-    wire_records: list[list[Any]] = []
-    digests: list[bytes] = []
-    for r in sorted(records, key=lambda r: (r.topic, r.partition, r.offset)):
-        flat: list[Any] = []
-        for e in r.entries:
-            key = (e.counters, e.dimensions)
-            profile = profiles.get(key)
-            if profile is None:
-                profile = profiles[key] = len(profiles) + 1
-            flat.extend((e.location_code, e.occurred_ms, 1 if e.reaches else 0, profile, e.station_id))
-        wire_records.append([r.offset_field, r.offset, flat, r.dead_letters, r.duplicates])
-        digests.append(b"".join(e.digest for e in r.entries))
-    body = orjson.dumps(
-        {
-            "expect": dict(expect),
-            "hour": hour,
-            "expire_at": expire_at_s,
-            "profiles": [[list(c), list(d)] for c, d in profiles],
-            "records": wire_records,
-        }
-    )
-    return [body, *digests]

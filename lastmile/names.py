@@ -31,6 +31,8 @@ REG_KIND: Final = "reg:kind"
 REG_UNIT: Final = "reg:unit:"
 REG_CHILDREN: Final = "reg:children:"
 REG_META: Final = "reg:meta"
+# A token every registry write replaces: the worker decides a batch on the registry of one generation.
+REG_GENERATION: Final = "reg:generation"
 REGION: Final = "region:"
 LOCATION: Final = "loc:"
 # Dedup digests per partition (offset field) and hour: "dedup:<topic>:<partition>:<hour>" holds how many bytes
@@ -126,6 +128,7 @@ def lua_names(prefix: str) -> dict[str, str]:
         "reach_index": key(prefix, REACH_INDEX),
         "stations": key(prefix, STATIONS),
         "reg_meta": key(prefix, REG_META),
+        "reg_generation": key(prefix, REG_GENERATION),
         "meta_population_tiers": meta.POPULATION_TIERS,
         "meta_loaded_at": meta.LOADED_AT,
         "villages_with_station": field.VILLAGES_WITH_STATION,

@@ -7,6 +7,7 @@ scans, and a load can be repeated or resumed (docs/registry.md).
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -52,18 +53,21 @@ async def load_registry(
     old_tiers = await redis.hget(meta_key, names.meta.POPULATION_TIERS) or ""
     new_tiers = format_tiers(population_tiers)
     units = list(registry.units())
+    load = uuid.uuid4().hex  # generations of this load: unlike a counter, never equal to an earlier load's
     added = reclassified = 0
     for start in range(0, len(units), CHUNK_UNITS):
         chunk = units[start : start + CHUNK_UNITS]
         rows = [(u.code, u.name, u.kind, "" if u.population is None else str(u.population)) for u in chunk]
-        chunk_added, chunk_reclassified = await script(args=[orjson.dumps(rows), old_tiers, new_tiers])
+        chunk_added, chunk_reclassified = await script(
+            args=[orjson.dumps(rows), old_tiers, new_tiers, f"{load}:{start}"]
+        )
         added += int(chunk_added)
         reclassified += int(chunk_reclassified)
         if progress is not None:
             progress(start + len(chunk), len(units))
     # Last, so that registry_loaded turns true only once a whole edition is in. Units absent from this edition
     # are left as they are: removing one would mean unwinding its reach flags and parcel counters.
-    await _write_meta(redis, prefix, registry, new_tiers)
+    await _write_meta(redis, prefix, registry, new_tiers, f"{load}:meta")
     return LoadReport(
         kinds=dict(registry.kind_counts),
         regions=registry.level_counts,
@@ -82,8 +86,8 @@ def format_tiers(tiers: Sequence[int]) -> str:
     return ",".join(str(t) for t in sorted(set(tiers)))
 
 
-async def _write_meta(redis: aioredis.Redis, prefix: str, registry: Registry, tiers: str) -> None:
-    """The nation's unit and denominator, and the load record, in one transaction."""
+async def _write_meta(redis: aioredis.Redis, prefix: str, registry: Registry, tiers: str, generation: str) -> None:
+    """The nation's unit and denominator, the load record and the registry generation, in one transaction."""
     meta_key = names.key(prefix, names.REG_META)
     meta: dict[FieldT, EncodableT] = {
         names.meta.LOADED_AT: datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
@@ -97,4 +101,5 @@ async def _write_meta(redis: aioredis.Redis, prefix: str, registry: Registry, ti
         pipe.hsetnx(names.key(prefix, names.REGION, names.NATIONAL), names.field.VILLAGES_TOTAL, 0)
         pipe.delete(meta_key)
         pipe.hset(meta_key, mapping=meta)
+        pipe.set(names.key(prefix, names.REG_GENERATION), generation)
         await pipe.execute()

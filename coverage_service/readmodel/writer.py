@@ -1,5 +1,6 @@
-"""The read model's writer: drops repeats, then runs the apply script, which folds records, stores offsets and keeps
-the dedup digests in one step. It knows, per partition, the offset Redis holds and the digests applied up to it."""
+"""The read model's writer: drops repeats, decides a batch's changes from what Redis holds, then runs the apply script,
+which writes them with the offsets and the dedup digests in one step. It knows, per partition, the offset Redis holds
+and the digests applied up to it, and the registry's word on the codes it has seen."""
 
 from __future__ import annotations
 
@@ -7,18 +8,21 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError, ResponseError
 
-from coverage_service import dedup
-from coverage_service.fold import Record, payload
+from coverage_service import changes, dedup
+from coverage_service.fold import Record
 from coverage_service.readmodel import scripts
 from lastmile import backlog, names
+from lastmile.divisions import KIND_VILLAGE
 
 # The apply script's refusals: it writes nothing and fails with an error that starts with one of these.
 REGISTRY_MISSING = "REGISTRY_MISSING"
 READ_MODEL_BEHIND = "READ_MODEL_BEHIND"
 READ_MODEL_AHEAD = "READ_MODEL_AHEAD"
+REGISTRY_CHANGED = "REGISTRY_CHANGED"
 # Another writer moving the partition on while this one reads it again is retried this often, then raised.
 AHEAD_RETRIES = 20
 
@@ -59,6 +63,11 @@ class ReadModelWriter:
         self.prefix = prefix
         self.window_ms = dedup_window_seconds * 1000
         self._apply = redis.register_script(scripts.source("apply.lua", prefix, prelude=True))
+        self._units_script = redis.register_script(scripts.source("units.lua", prefix, prelude=True))
+        # The registry's word on the codes seen, for one registry generation (reg:generation).
+        self._units: dict[str, changes.Unit | None] = {}
+        self._unit_values: dict[tuple[str, str], changes.Unit] = {}
+        self._generation: str | None = None
         # Per partition (offset field): the offset Redis holds (-1: none) and the digests applied up to it,
         # read by sync() or kept by apply(). The apply script checks the offset before it writes.
         self.positions: dict[str, int] = {}
@@ -110,34 +119,49 @@ class ReadModelWriter:
         """Fold ``records`` and store their offsets, atomically; records already applied are skipped, and events
         whose (carrier, event_id) the partition applied within the dedup window are dropped.
 
-        :class:`ReadModelBehind` when Redis lost batches this writer applied (its position is read again first);
-        :class:`RegistryMissing` while no whole registry is loaded; :class:`ReadModelFull` at maxmemory. None of
-        them writes anything.
+        The changes are decided here (:mod:`coverage_service.changes`) from the registry and the villages' state,
+        read first; the apply script refuses them, writing nothing, if either changed since, and they are decided
+        again. :class:`ReadModelBehind` when Redis lost batches this writer applied (its position is read again
+        first); :class:`RegistryMissing` while no whole registry is loaded; :class:`ReadModelFull` at maxmemory.
+        None of them writes anything.
         """
         if not records:
             return NOTHING
         fields = {r.offset_field for r in records}
-        for _ in range(AHEAD_RETRIES):
+        ahead = 0
+        while True:
             missing = [f for f in fields if f not in self.positions]
             if missing:
                 await self.sync(missing)
             now = _now_ms()
             hour = dedup.hour_of(now)
             kept = self._drop_repeats(records, now)
-            args = payload(
-                kept,
-                {f: self.positions[f] for f in fields},
+            units = await self.units({e.location_code for r in kept for e in r.entries})
+            expect = {f: self.positions[f] for f in fields}
+            gathered = changes.gather(kept, units, expect)
+            decided = changes.resolve(gathered, units, await self._held(gathered.reads()))
+            args = changes.payload(
+                gathered,
+                decided,
+                expect,
+                self._generation or "",
                 hour,
                 dedup.expires_at_ms(hour, self.window_ms) // 1000,
             )
             try:
-                result = await self._apply(args=[now, *args])
+                await self._apply(args=[now, *args])
             except OutOfMemoryError as exc:
                 # Redis refuses a script at its first write when over maxmemory, so nothing was written.
                 raise ReadModelFull(str(exc)) from exc
             except ResponseError as exc:
                 word, _, detail = str(exc).partition(" ")
+                if word == REGISTRY_CHANGED:
+                    self._forget_units()
+                    continue
                 if word == READ_MODEL_AHEAD:
+                    ahead += 1
+                    if ahead >= AHEAD_RETRIES:
+                        raise RuntimeError(f"partitions {sorted(fields)} kept moving on under another writer") from exc
                     await self.sync([detail.split(" ", 1)[0]])
                     continue
                 if word == READ_MODEL_BEHIND:
@@ -149,13 +173,15 @@ class ReadModelWriter:
                 if word == REGISTRY_MISSING:
                     raise RegistryMissing(str(exc)) from exc
                 raise
-            applied = Applied(*(int(x) for x in result))
-            self._remember(kept, hour)
-            if applied.events_unknown_location:
-                # Their digests were not stored: read the partitions' memory again rather than guess which.
-                self._unsync(fields)
-            return applied
-        raise RuntimeError(f"partitions {sorted(fields)} kept moving on under another writer")
+            self._remember(gathered, hour)
+            return Applied(
+                gathered.applied,
+                gathered.duplicate,
+                gathered.unknown,
+                gathered.records_applied,
+                gathered.records_replayed,
+                decided.newly_reached,
+            )
 
     def _drop_repeats(self, records: list[Record], now: int) -> list[Record]:
         """The records with the entries their partition applied before, or that came earlier in this batch, taken
@@ -166,7 +192,7 @@ class ReadModelWriter:
             self.seen[ofield].forget_before(now)
         for r in sorted(records, key=lambda r: (r.topic, r.partition, r.offset)):
             if not r.entries or r.offset <= self.positions[r.offset_field]:
-                out.append(r)  # a replay: the script skips it whole
+                out.append(r)  # a replay: skipped whole
                 continue
             seen_now = batch.setdefault(r.offset_field, set())
             held = self.seen[r.offset_field].holds(b"".join(e.digest for e in r.entries))
@@ -178,26 +204,62 @@ class ReadModelWriter:
             out.append(replace(r, entries=entries, duplicates=r.duplicates + len(r.entries) - len(entries)))
         return out
 
-    def _remember(self, records: list[Record], hour: int) -> None:
-        for r in records:
-            ofield = r.offset_field
-            if r.offset > self.positions[ofield]:
-                self.positions[ofield] = r.offset
-                self.seen[ofield].add(hour, b"".join(e.digest for e in r.entries))
+    def _remember(self, gathered: changes.Gathered, hour: int) -> None:
+        for ofield, offset in gathered.offsets.items():
+            self.positions[ofield] = offset
+            self.seen[ofield].add(hour, b"".join(gathered.digests.get(ofield, ())))
+
+    async def _held(self, reads: list[changes.Read]) -> dict[str, changes.Held]:
+        """What the villages of a batch hold now. Read before the apply script, which checks that no other writer
+        moved their partitions on since (a village is written only by its partition's writer)."""
+        if not reads:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for read in reads:
+                pipe.hmget(names.key(self.prefix, names.LOCATION, read.code), read.fields)
+                if read.stations:
+                    pipe.scard(names.key(self.prefix, names.STATIONS, read.code))
+            replies = iter(await pipe.execute())
+        return {read.code: changes.Held(next(replies), int(next(replies)) if read.stations else 0) for read in reads}
+
+    async def units(self, codes: Iterable[str]) -> dict[str, changes.Unit | None]:
+        """The registry's kind and segments of each code (None: not in the registry), kept per registry generation;
+        :class:`RegistryMissing` while no whole registry is loaded (after a wipe, or during the first load)."""
+        wanted = set(codes)
+        while True:
+            unread = sorted(c for c in wanted if c not in self._units)
+            if not unread and self._generation is not None:
+                return {c: self._units[c] for c in wanted}
+            reply = await self._units_script(args=[orjson.dumps(unread)])
+            generation, loaded = str(reply[0]), int(reply[1])
+            if not loaded:
+                raise RegistryMissing("the division registry is not loaded in Redis (lastmile registry load); waiting")
+            if generation != self._generation:
+                # A registry load ran: what is known belongs to another generation.
+                self._forget_units()
+                self._generation = generation
+                if len(unread) < len(wanted):
+                    continue
+            for i, code in enumerate(unread):
+                kind, segments = str(reply[2 + 2 * i]), str(reply[3 + 2 * i])
+                self._units[code] = self._unit(kind, segments) if kind else None
+
+    def _unit(self, kind: str, segments: str) -> changes.Unit:
+        """One shared Unit per (kind, segments): there are a handful, for some hundred thousand codes."""
+        unit = self._unit_values.get((kind, segments))
+        if unit is None:
+            parts = tuple(segments.split(",")) if kind == KIND_VILLAGE else ()
+            unit = self._unit_values[(kind, segments)] = changes.Unit(kind, parts)
+        return unit
+
+    def _forget_units(self) -> None:
+        self._units = {}
+        self._generation = None
 
     async def unknown_locations(self, codes: set[str]) -> set[str]:
         """The codes the registry does not hold; :class:`RegistryMissing` while no whole registry is loaded
         (after a wipe, or during the first load), when every code would look unknown."""
-        ordered = sorted(codes)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.exists(names.key(self.prefix, names.REG_META))
-            if ordered:
-                pipe.hmget(names.key(self.prefix, names.REG_KIND), ordered)
-            loaded, *found = await pipe.execute()
-        if not loaded:
-            raise RegistryMissing("the division registry is not loaded in Redis (lastmile registry load); waiting")
-        kinds = found[0] if found else []
-        return {code for code, kind in zip(ordered, kinds, strict=True) if kind is None}
+        return {code for code, unit in (await self.units(codes)).items() if unit is None}
 
     async def forget_offset(self, topic: str, partition: int) -> None:
         ofield = names.offset_field(topic, partition)

@@ -10,10 +10,12 @@
 --
 -- ARGV[1] (JSON): [[code, name, kind, population or ''], ...], parents before their children.
 -- ARGV[2], ARGV[3]: the population tiers before and after this load, comma-separated.
+-- ARGV[4]: this chunk's registry generation (reg:generation), so that no batch the worker decided before it applies.
 -- Returns: {units added, units whose kind changed}
 
 local units = cjson.decode(ARGV[1])
 local old_tiers, new_tiers = parse_tiers(ARGV[2]), parse_tiers(ARGV[3])
+redis.call('SET', '${reg_generation}', ARGV[4])
 local parent_length = {[2] = 0, [4] = 2, [6] = 4, [9] = 6, [12] = 9}
 
 local function as_set(list)

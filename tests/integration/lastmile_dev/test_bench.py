@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 
 from lastmile import names
 from lastmile.registry import BUNDLED, read_registry
+from lastmile_dev.bench import cpu
 from lastmile_dev.bench.core import Config
 from lastmile_dev.bench.runner import SCENARIOS, run_bench, scenario_module
 
@@ -44,6 +45,7 @@ async def test_a_quick_bench_runs_every_scenario_and_reports_exact_figures(
     for name in OURS:
         assert by_name[name].exact is True, (name, by_name[name].samples.get("exactness"))
     assert by_name["throughput"].samples["sustained_events_per_s"] > 0
+    assert by_name["throughput"].samples["redis_commands_per_event"]["evalsha"][0] > 0  # the apply script ran
     assert by_name["freshness"].samples["probe_latency_ms"]
     assert [p["workers"] for p in by_name["scaling"].samples["phases"]] == [1, 2]
 
@@ -100,3 +102,14 @@ async def test_repeated_runs_are_reported_as_medians_and_stay_exact(
     # Each run's own distinct events, plus the warm-up batch, are all of them.
     posted = sum(r["events_distinct"] for r in result.samples["runs"])
     assert 0 < posted < int(applied)
+
+
+async def test_command_stats_are_read_from_a_real_redis(redis_url: str) -> None:
+    client = aioredis.from_url(redis_url, decode_responses=True)
+    try:
+        before = await cpu.redis_command_stats(client)
+        await client.set("bench:probe", "1")
+        after = await cpu.redis_command_stats(client)
+    finally:
+        await client.aclose()
+    assert after["set"][0] == before.get("set", (0, 0))[0] + 1

@@ -276,10 +276,27 @@ async def test_without_a_whole_registry_the_script_writes_nothing_and_says_so(
     """A wipe between the worker's registry lookup and its apply call: the script refuses, and the writer raises
     RegistryMissing (the worker waits on it), not a bare ResponseError."""
     p = settings.redis_key_prefix
-    await redis.hset(f"{p}:reg:kind", mapping=KINDS)  # a load under way: reg:meta is written last
+    await seed_registry(redis, p)
     writer = ReadModelWriter(redis, p, 3600)
+    assert await writer.unknown_locations({VILLAGES[0]}) == set()  # looked up, and known
+    await redis.delete(f"{p}:reg:meta")  # the wipe, or a load under way: reg:meta is written last
     with pytest.raises(RegistryMissing, match="REGISTRY_MISSING"):
         await writer.apply([record(0, 0, [make_event(1, "sf", "delivered", VILLAGES[0], 1)])])
     assert sorted(await redis.keys(f"{p}:*")) == [f"{p}:reg:kind"]
     with pytest.raises(RegistryMissing):
-        await writer.unknown_locations({VILLAGES[0]})
+        await ReadModelWriter(redis, p, 3600).unknown_locations({VILLAGES[0]})
+
+
+async def test_a_registry_load_between_lookup_and_apply_is_seen_and_the_batch_decided_again(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """The writer decides a batch on the registry it read; a load that reclassifies a unit meanwhile changes the
+    generation, the script refuses, and the batch is decided again on the new kinds."""
+    p = settings.redis_key_prefix
+    await seed_registry(redis, p)
+    writer = ReadModelWriter(redis, p, 3600)
+    assert await writer.unknown_locations({COMMUNITY}) == set()  # known, as a community
+    await redis.hset(f"{p}:reg:kind", COMMUNITY, "village")  # what a load reclassifying it writes...
+    await redis.set(f"{p}:reg:generation", "a later load")  # ...with its generation
+    await writer.apply([record(0, 0, [make_event(1, "sf", "delivered", COMMUNITY, 1)])])
+    assert (await region(redis, p, TOWNSHIP)).get("villages_reached") == "1"  # counted as the village it now is

@@ -92,35 +92,3 @@ def test_undecodable_records_are_rejected_whole() -> None:
         assert decoded.events == []
         assert decoded.rejected[0].index is None
         assert reason in decoded.rejected[0].reason
-
-
-def test_payload_orders_records_by_partition_and_offset() -> None:
-    records = [fold.Record("t", 1, 9, []), fold.Record("t", 0, 5, []), fold.Record("t", 1, 3, [])]
-    body, *digests = fold.payload(records, {"t:0": 4, "t:1": -1}, 7, 12345)
-    wire = orjson.loads(body)
-    assert wire["expect"] == {"t:0": 4, "t:1": -1} and wire["profiles"] == []
-    assert (wire["hour"], wire["expire_at"]) == (7, 12345)
-    assert wire["records"] == [["t:0", 5, [], 0, 0], ["t:1", 3, [], 0, 0], ["t:1", 9, [], 0, 0]]
-    assert digests == [b"", b"", b""]
-
-
-def test_payload_entries_are_flat_and_share_their_profiles() -> None:
-    a = fold.entry(parsed(event_id="a"))
-    b = fold.entry(parsed(event_id="b", location_code="140322205207"))
-    c = fold.entry(parsed(event_id="c", carrier="zto"))
-    body, packed = fold.payload([fold.Record("t", 0, 7, [a, b, c], duplicates=2)], {"t:0": 6}, 0, 0)
-    wire = orjson.loads(body)
-    assert len(wire["profiles"]) == 2  # a and b count the same fields; c another carrier
-    [[_, _, flat, _, duplicates]] = wire["records"]
-    assert duplicates == 2
-    assert packed == a.digest + b.digest + c.digest  # binary, in entry order
-    assert len(flat) == 3 * fold.ENTRY_STRIDE
-    for i, e in enumerate((a, b, c)):
-        code, ms, reaches, profile, station = flat[i * fold.ENTRY_STRIDE : (i + 1) * fold.ENTRY_STRIDE]
-        assert (code, ms, reaches, station) == (
-            e.location_code,
-            e.occurred_ms,
-            int(e.reaches),
-            e.station_id,
-        )
-        assert wire["profiles"][profile - 1] == [list(e.counters), list(e.dimensions)]

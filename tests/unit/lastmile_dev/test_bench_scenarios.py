@@ -235,6 +235,16 @@ def test_the_cpu_table_gives_microseconds_per_event_and_cores_for_the_planned_ra
     assert slow["Redis CPU per applied event"].met is False
 
 
+def test_redis_commands_are_ranked_by_their_microseconds_per_event() -> None:
+    usage = cpu.Usage({"redis": 1.0}, {"hset": (3_000, 20_000), "evalsha": (10, 90_000), "get": (0, 0)})
+    per_event = usage.redis_commands_per_event(1_000)
+    assert list(per_event) == ["evalsha", "hset"]  # busiest first, unused commands left out
+    assert per_event["hset"] == pytest.approx((3.0, 20.0))
+    figures = {f.name: f for f in throughput._cpu_figures(usage, 1_000)}
+    assert figures["Redis µs per event in scripts (evalsha)"].value == pytest.approx(90.0)
+    assert "hset 20.0 µs (3.00 calls)" in figures["Redis µs per event in scripts (evalsha)"].note
+
+
 def test_a_process_group_cpu_is_read_from_proc() -> None:
     spent = cpu.group_cpu_seconds(os.getpgrp())
     sum(i * i for i in range(300_000))  # burn a little

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import resource
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -37,12 +37,31 @@ def harness_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+async def redis_command_stats(redis: aioredis.Redis) -> dict[str, tuple[int, int]]:
+    """Per command: calls and microseconds so far (INFO commandstats; commands a script runs count on their own
+    line and again inside the script's ``evalsha``)."""
+    info = await redis.info("commandstats")
+    return {
+        name.removeprefix("cmdstat_"): (int(v["calls"]), int(v["usec"]))
+        for name, v in info.items()
+        if isinstance(v, dict)
+    }
+
+
 @dataclass
 class Usage:
     seconds: dict[str, float]  # role -> CPU seconds over the phase
+    commands: dict[str, tuple[int, int]] = field(default_factory=dict)  # Redis command -> (calls, µs) over it
 
     def per_event_us(self, events: int) -> dict[str, float]:
         return {role: s * 1e6 / events for role, s in self.seconds.items()} if events else {}
+
+    def redis_commands_per_event(self, events: int) -> dict[str, tuple[float, float]]:
+        """Per Redis command, busiest first: (calls, µs) per event."""
+        if not events:
+            return {}
+        ranked = sorted(self.commands.items(), key=lambda kv: -kv[1][1])
+        return {name: (calls / events, usec / events) for name, (calls, usec) in ranked if calls}
 
 
 class Meter:
@@ -52,6 +71,7 @@ class Meter:
         self.groups = groups
         self.redis = redis
         self._start: dict[str, float] = {}
+        self._commands: dict[str, tuple[int, int]] = {}
 
     async def _read(self) -> dict[str, float]:
         now = {role: sum(group_cpu_seconds(p) for p in pids) for role, pids in self.groups().items()}
@@ -61,7 +81,16 @@ class Meter:
 
     async def start(self) -> None:
         self._start = await self._read()
+        self._commands = await redis_command_stats(self.redis)
 
     async def stop(self) -> Usage:
         end = await self._read()
-        return Usage({role: end[role] - self._start.get(role, 0.0) for role in end})
+        commands = await redis_command_stats(self.redis)
+        before = self._commands
+        return Usage(
+            {role: end[role] - self._start.get(role, 0.0) for role in end},
+            {
+                name: (calls - before.get(name, (0, 0))[0], usec - before.get(name, (0, 0))[1])
+                for name, (calls, usec) in commands.items()
+            },
+        )

@@ -25,6 +25,7 @@ TARGET_SECONDS: Final = 60.0
 TARGET_REDIS_US_PER_EVENT: Final = 10.0
 PLANNED_RATE: Final = 100_000  # events/s the CPU table sizes the machines for
 ROLES: Final = ("ingest", "broker", "worker", "redis", "coverage", "harness")
+COMMANDS_SHOWN: Final = 8  # Redis commands listed by their µs per event
 
 
 def sustained_rate(ctx: Context) -> float | None:
@@ -123,6 +124,7 @@ async def run(ctx: Context) -> Result:
     result.samples = {
         "sustained_events_per_s": sustained,
         "cpu_seconds": usage.seconds,
+        "redis_commands_per_event": usage.redis_commands_per_event(distinct),
         "events_distinct": distinct,
         "events_posted": poster.accepted,
         "requests": poster.requests,
@@ -192,6 +194,20 @@ def _cpu_figures(usage: cpu.Usage, events: int) -> list[Figure]:
             note="redis-server's own CPU (INFO cpu) from the first post until the last event was applied",
         )
     ]
+    commands = usage.redis_commands_per_event(events)
+    if commands:
+        top = list(commands.items())[:COMMANDS_SHOWN]
+        figures.append(
+            Figure(
+                "Redis µs per event in scripts (evalsha)",
+                commands.get("evalsha", (0.0, 0.0))[1],
+                "µs",
+                "reported",
+                None,
+                note="; ".join(f"{name} {us:.1f} µs ({calls:.2f} calls)" for name, (calls, us) in top)
+                + " (INFO commandstats, busiest first; evalsha includes the commands its scripts run)",
+            )
+        )
     for role in ROLES:
         us = per_event.get(role)
         if us is None:
