@@ -38,6 +38,7 @@ class Unit:
 class Location:
     """A batch's events at one location, summed."""
 
+    offset_field: str  # its partition's
     counts: dict[str, int] = field(default_factory=dict)
     newest_ms: int = -1
     first_reach_ms: int | None = None
@@ -69,13 +70,14 @@ class Gathered:
             fields = [*counters, f.FIRST_REACH_MS]
             for s in suffixes:
                 fields += (f.REACHED + s, f.LAST_REACH_MS + s)
-            out.append(Read(code, counters, suffixes, fields, bool(loc.stations)))
+            out.append(Read(code, loc.offset_field, counters, suffixes, fields, bool(loc.stations)))
         return out
 
 
 @dataclass(frozen=True, slots=True)
 class Read:
     code: str
+    offset_field: str
     counters: list[str]
     suffixes: list[str]
     fields: list[str]  # counters, first_reach_ms, then reached<s> and last_reach_ms<s> per suffix
@@ -86,7 +88,7 @@ class Read:
 class Held:
     """A village's current values of :attr:`Read.fields` (None: absent) and the size of its station set."""
 
-    values: Sequence[str | None]
+    values: Sequence[str | int | None]
     stations: int = 0
 
 
@@ -124,7 +126,7 @@ def gather(records: Iterable[Record], units: Mapping[str, Unit | None], position
             g.applied += 1
             loc = locations.get(code)
             if loc is None:
-                loc = locations[code] = Location()
+                loc = locations[code] = Location(ofield)
             counts = loc.counts
             for c in e.counters:
                 counts[c] = counts.get(c, 0) + 1

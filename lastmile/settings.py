@@ -109,6 +109,12 @@ class Settings(BaseSettings):
     dedup_window_hours: Positive = _env(
         "DEDUP_WINDOW_HOURS", 72.0, "How long a (carrier, event_id) is remembered to drop repeats"
     )
+    worker_village_cache: int = _env(
+        "WORKER_VILLAGE_CACHE",
+        200_000,
+        "Villages whose read-model state a worker keeps in memory, saving a Redis read per batch (0: none)",
+        ge=0,
+    )
     lapse_window_days: Positive = _env(
         "LAPSE_WINDOW_DAYS", 30.0, "A reached village not reached again for this long is lapsed (防回退)"
     )

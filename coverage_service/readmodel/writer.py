@@ -14,7 +14,7 @@ from redis.exceptions import OutOfMemoryError, ResponseError
 
 from coverage_service import changes, dedup
 from coverage_service.fold import Record
-from coverage_service.readmodel import scripts
+from coverage_service.readmodel import scripts, villages
 from lastmile import backlog, names
 from lastmile.divisions import KIND_VILLAGE
 
@@ -58,7 +58,9 @@ NOTHING = Applied(0, 0, 0, 0, 0, 0)
 
 
 class ReadModelWriter:
-    def __init__(self, redis: aioredis.Redis, prefix: str, dedup_window_seconds: int) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, prefix: str, dedup_window_seconds: int, village_cache: int = 200_000
+    ) -> None:
         self.redis = redis
         self.prefix = prefix
         self.window_ms = dedup_window_seconds * 1000
@@ -72,6 +74,7 @@ class ReadModelWriter:
         # read by sync() or kept by apply(). The apply script checks the offset before it writes.
         self.positions: dict[str, int] = {}
         self.seen: dict[str, dedup.Seen] = {}
+        self.villages = villages.Villages(village_cache)
         self._raw: aioredis.Redis | None = None
 
     async def sync(self, offset_fields: Iterable[str]) -> dict[str, int]:
@@ -100,6 +103,7 @@ class ReadModelWriter:
             n = int(used or 0)
             packed = b"".join(next(chunks) or b"" for _ in range(-(-n // dedup.CHUNK_BYTES)))
             self.seen[ofield].add(hour, packed[:n])
+        self.villages.forget(fields)
         for ofield, offset in zip(fields, stored, strict=True):
             self.positions[ofield] = -1 if offset is None else int(offset)
         return {f: self.positions[f] for f in fields}
@@ -111,9 +115,11 @@ class ReadModelWriter:
 
     def _unsync(self, offset_fields: Iterable[str]) -> None:
         """Drop what is known of these partitions: the next apply reads them from Redis again."""
-        for ofield in offset_fields:
+        gone = list(offset_fields)
+        for ofield in gone:
             self.positions.pop(ofield, None)
             self.seen.pop(ofield, None)
+        self.villages.forget(gone)
 
     async def apply(self, records: list[Record]) -> Applied:
         """Fold ``records`` and store their offsets, atomically; records already applied are skipped, and events
@@ -174,6 +180,7 @@ class ReadModelWriter:
                     raise RegistryMissing(str(exc)) from exc
                 raise
             self._remember(gathered, hour)
+            self.villages.written(decided.locs, decided.stations)
             return Applied(
                 gathered.applied,
                 gathered.duplicate,
@@ -210,17 +217,41 @@ class ReadModelWriter:
             self.seen[ofield].add(hour, b"".join(gathered.digests.get(ofield, ())))
 
     async def _held(self, reads: list[changes.Read]) -> dict[str, changes.Held]:
-        """What the villages of a batch hold now. Read before the apply script, which checks that no other writer
+        """What the villages of a batch hold now: from memory, or read from Redis (the loc: hash whole, and the
+        size of the station set when the batch brings stations). The apply script checks that no other writer
         moved their partitions on since (a village is written only by its partition's writer)."""
-        if not reads:
-            return {}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for read in reads:
-                pipe.hmget(names.key(self.prefix, names.LOCATION, read.code), read.fields)
+        known: dict[str, villages.Village] = {}
+        unread: list[changes.Read] = []
+        uncounted: list[changes.Read] = []
+        for read in reads:
+            v = self.villages.get(read.code)
+            if v is None:
+                unread.append(read)
                 if read.stations:
+                    uncounted.append(read)
+            else:
+                known[read.code] = v
+                if read.stations and v.stations is None:
+                    uncounted.append(read)
+        if unread or uncounted:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for read in unread:
+                    pipe.hgetall(names.key(self.prefix, names.LOCATION, read.code))
+                for read in uncounted:
                     pipe.scard(names.key(self.prefix, names.STATIONS, read.code))
-            replies = iter(await pipe.execute())
-        return {read.code: changes.Held(next(replies), int(next(replies)) if read.stations else 0) for read in reads}
+                replies = await pipe.execute()
+            counts = dict(zip((r.code for r in uncounted), replies[len(unread) :], strict=True))
+            for read, loc in zip(unread, replies[: len(unread)], strict=True):
+                v = known[read.code] = villages.village(read.offset_field, loc, counts.get(read.code))
+                self.villages.keep(read.code, v)
+            for code, n in counts.items():
+                known[code].stations = int(n) > 0
+        return {
+            read.code: changes.Held(
+                [known[read.code].fields.get(f) for f in read.fields], 1 if known[read.code].stations else 0
+            )
+            for read in reads
+        }
 
     async def units(self, codes: Iterable[str]) -> dict[str, changes.Unit | None]:
         """The registry's kind and segments of each code (None: not in the registry), kept per registry generation;

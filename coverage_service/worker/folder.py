@@ -62,7 +62,9 @@ class Folder:
     def __init__(self, settings: Settings, send_dead_letter: Callable[[bytes, bytes], Awaitable[Any]]) -> None:
         self.settings = settings
         self.redis = aioredis.from_url(settings.redis_url, decode_responses=True)
-        self.writer = ReadModelWriter(self.redis, settings.redis_key_prefix, settings.dedup_window_seconds)
+        self.writer = ReadModelWriter(
+            self.redis, settings.redis_key_prefix, settings.dedup_window_seconds, settings.worker_village_cache
+        )
         self.send_dead_letter = send_dead_letter
         self.totals = {"events_applied": 0, "events_duplicate": 0, "records_replayed": 0, "dead_letters": 0}
         self._last_report = time.monotonic()

@@ -74,7 +74,9 @@ async def rebuild(
                 read_registry(registry_dir),
                 population_tiers=settings.population_tiers,
             )
-        writer = ReadModelWriter(redis, settings.redis_key_prefix, settings.dedup_window_seconds)
+        writer = ReadModelWriter(
+            redis, settings.redis_key_prefix, settings.dedup_window_seconds, settings.worker_village_cache
+        )
         await _fold_topic(settings, writer, report, progress)
     finally:
         await redis.aclose()

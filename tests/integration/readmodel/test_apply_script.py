@@ -163,7 +163,8 @@ async def test_random_streams_with_duplicates_and_replays_match_the_reference(
     for trial in range(15):
         p = f"{settings.redis_key_prefix}-{trial}"
         await seed_registry(redis, p)
-        writer = ReadModelWriter(redis, p, 3600)
+        # The writer's memory of villages: none, one village (always letting go), or room for all.
+        writer = ReadModelWriter(redis, p, 3600, village_cache=(0, 1, 1000)[trial % 3])
         log: list[scan.ScanEvent] = []
         for i in range(rng.randint(20, 120)):
             event_type = rng.choice(types)
@@ -268,6 +269,29 @@ async def test_two_writers_overlapping_on_a_partition_count_each_event_once(
     assert (result.events_applied, result.records_replayed, result.events_duplicate) == (0, 1, 2)
     assert (await region(redis, p, "CN"))["type:delivered"] == "2"
     assert new.positions["scans:0"] == 2
+
+
+async def test_a_writer_overtaken_on_a_partition_reads_its_villages_again(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """A writer's memory of a village goes stale when another applies its partition: the script refuses the
+    decisions made on it, and the writer reads the village again."""
+    p = settings.redis_key_prefix
+    await seed_registry(redis, p)
+    a, b = ReadModelWriter(redis, p, 3600), ReadModelWriter(redis, p, 3600)
+    v = VILLAGES[0]
+    await a.apply([record(0, 0, [make_event(1, "sf", "delivered", v, 5)])])
+    assert a.villages.get(v) is not None  # remembered
+    await b.apply([record(0, 1, [make_event(2, "yto", "delivered", v, 3), make_event(3, "sf", "picked_up", v, 2)])])
+    await a.apply([record(0, 2, [make_event(4, "zto", "delivered", v, 1)])])
+    loc = await redis.hgetall(f"{p}:loc:{v}")
+    assert (loc["type:delivered"], loc["type:picked_up"]) == ("3", "1")
+    assert (loc["carrier:sf"], loc["carrier:yto"], loc["carrier:zto"]) == ("2", "1", "1")
+    assert loc["last_reach_ms"] == str(int((NOW - timedelta(hours=1)).timestamp() * 1000))
+    nation = await region(redis, p, "CN")
+    assert nation["villages_reached"] == nation["villages_reached|carrier:yto"] == "1"
+    assert nation["villages_reached|carrier:zto"] == nation["villages_reached|carrier:sf"] == "1"
+    assert nation["type:delivered"] == "3"
 
 
 async def test_without_a_whole_registry_the_script_writes_nothing_and_says_so(
