@@ -7,6 +7,7 @@ check, so what was read or written stays what Redis holds until the partition is
 from __future__ import annotations
 
 import sys
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -23,7 +24,8 @@ class Villages:
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
-        self._held: dict[str, Village] = {}
+        # OrderedDict: a dict whose first items keep being deleted makes next(iter()) scan their empty slots.
+        self._held: OrderedDict[str, Village] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._held)
@@ -36,7 +38,7 @@ class Villages:
             return
         self._held[code] = village
         while len(self._held) > self.capacity:
-            del self._held[next(iter(self._held))]
+            self._held.popitem(last=False)
 
     def written(self, locs: Mapping[str, list[object]], stations: Iterable[str]) -> None:
         """What an apply call wrote: each village's new field values, and the villages given stations."""
@@ -55,7 +57,7 @@ class Villages:
         """Let go of the villages of these partitions: they are read from Redis again."""
         gone = set(offset_fields)
         if gone and self._held:
-            self._held = {code: v for code, v in self._held.items() if v.offset_field not in gone}
+            self._held = OrderedDict((code, v) for code, v in self._held.items() if v.offset_field not in gone)
 
 
 def village(offset_field: str, loc: Mapping[str, str], stations: int | None) -> Village:
