@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
+import msgspec.msgpack as msgpack
 
 from coverage_service.fold import Record
 from lastmile import names
@@ -235,10 +235,10 @@ def _add(regions: dict[str, dict[str, int]], code: str, name: str, n: int) -> No
 def payload(
     g: Gathered, ch: Changes, expect: Mapping[str, int], registry: str, hour: int, expire_at_s: int
 ) -> list[bytes]:
-    """The apply script's arguments after ``now_ms``: the JSON payload, then one string of packed digests per
+    """The apply script's arguments after ``now_ms``: the payload (MessagePack), then one string of packed digests per
     partition named in its ``digests`` list (binary, so outside the JSON). The format is on ``apply.lua``."""
     digests = [(ofield, b"".join(d)) for ofield, d in g.digests.items()]
-    body = orjson.dumps(
+    body = msgpack.encode(
         {
             "expect": dict(expect),
             "registry": registry,

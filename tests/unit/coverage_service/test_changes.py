@@ -10,7 +10,7 @@ from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import orjson
+import msgspec.msgpack as msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -189,7 +189,7 @@ def test_the_payload_carries_the_writes_and_one_digest_string_per_partition() ->
     g = changes.gather([fold.Record("t", 1, 3, [b]), fold.Record("t", 0, 5, [a])], UNITS, {"t:0": 4, "t:1": -1})
     ch = changes.resolve(g, UNITS, empty(g))
     body, *digests = changes.payload(g, ch, {"t:0": 4, "t:1": -1}, "gen-7", 11, 12345)
-    wire = orjson.loads(body)
+    wire = msgpack.decode(body)
     assert (wire["expect"], wire["registry"], wire["hour"], wire["expire_at"]) == (
         {"t:0": 4, "t:1": -1},
         "gen-7",
