@@ -1,13 +1,15 @@
 """What a batch of records changes in the read model: the fold's decisions, made in the worker. Pure; no I/O.
 
-:func:`gather` sums a batch per location; :meth:`Gathered.reads` names the state of each village the decisions need;
-:func:`resolve` turns both into the writes (:class:`Changes`) and :func:`payload` into the apply script's arguments.
+:func:`gather` sums a batch per location; :func:`resolve` turns the sums and what the batch's villages hold into the
+writes (:class:`Changes`) and :func:`payload` into the apply script's arguments.
 Redis then only writes: its one thread is the pipeline's ceiling (docs/read-model.md, "The write path").
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+import functools
+import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -58,37 +60,17 @@ class Gathered:
     records_applied: int = 0
     records_replayed: int = 0
 
-    def reads(self) -> list[Read]:
-        """Per village-level location: the fields of its ``loc:`` hash the decisions need, and whether the size of
-        its station set is needed (when the batch brings stations)."""
-        out = []
-        for code, loc in self.locations.items():
-            if len(code) != VILLAGE_DIGITS:
-                continue
-            counters = list(loc.counts)
-            suffixes = list(loc.last_reach)
-            fields = [*counters, f.FIRST_REACH_MS]
-            for s in suffixes:
-                fields += (f.REACHED + s, f.LAST_REACH_MS + s)
-            out.append(Read(code, loc.offset_field, counters, suffixes, fields, bool(loc.stations)))
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class Read:
-    code: str
-    offset_field: str
-    counters: list[str]
-    suffixes: list[str]
-    fields: list[str]  # counters, first_reach_ms, then reached<s> and last_reach_ms<s> per suffix
-    stations: bool
+    def villages(self) -> dict[str, Location]:
+        """The village-level locations (12 digits), whose ``loc:`` hashes the decisions read."""
+        return {code: loc for code, loc in self.locations.items() if len(code) == VILLAGE_DIGITS}
 
 
 @dataclass(frozen=True, slots=True)
 class Held:
-    """A village's current values of :attr:`Read.fields` (None: absent) and the size of its station set."""
+    """What a village holds now: its ``loc:`` hash, and the size of its station set (read when the batch brings
+    stations)."""
 
-    values: Sequence[str | int | None]
+    fields: Mapping[str, str | int]
     stations: int = 0
 
 
@@ -151,47 +133,62 @@ def resolve(g: Gathered, units: Mapping[str, Unit | None], held: Mapping[str, He
     """The writes of a gathered batch, given what its villages hold now (``held``, keyed by village)."""
     ch = Changes()
     _sum_counters(g, ch)
-    regions = ch.regions
-    for read in g.reads():
-        code = read.code
+    regions, indexes = ch.regions, ch.indexes
+    for code, loc in g.villages().items():
         unit = units[code]
         assert unit is not None  # gather() keeps known codes only
-        loc = g.locations[code]
         now = held[code]
-        values = now.values
-        above = (code[:TOWNSHIP_DIGITS], *(code[:n] for n in PARENT_DIGITS), names.NATIONAL)
-        indexed = above[:2]  # township and county keep lapse indexes
+        values = now.fields
         writes: list[Any] = []
-        for i, counter in enumerate(read.counters):
-            writes += (counter, int(values[i] or 0) + loc.counts[counter])
-        nc = len(read.counters)
-        first, was = loc.first_reach_ms, values[nc]
+        for counter, n in loc.counts.items():
+            writes += (counter, int(values.get(counter, 0)) + n)
+        first, was = loc.first_reach_ms, values.get(f.FIRST_REACH_MS)
         if first is not None and (was is None or first < int(was)):
             writes += (f.FIRST_REACH_MS, first)
-        for j, s in enumerate(read.suffixes):
-            ms = loc.last_reach[s]
-            if values[nc + 1 + 2 * j] is None:
-                writes += (f.REACHED + s, 1)
+        above: list[dict[str, int]] | None = None
+        for s, ms in loc.last_reach.items():
+            reached, last_reach = _flag_fields(s)
+            if reached not in values:
+                writes += (reached, 1)
                 if s == "" and unit.kind == KIND_VILLAGE:
                     ch.newly_reached += 1
-                for q in unit.segments:
-                    name = f.VILLAGES_REACHED + s + q
-                    for r in above:
-                        _add(regions, r, name, 1)
-            last = values[nc + 2 + 2 * j]
+                if unit.segments:
+                    above = above or _regions_above(regions, code)
+                    for q in unit.segments:
+                        name = _reached_field(s, q)
+                        for region in above:
+                            region[name] = region.get(name, 0) + 1
+            last = values.get(last_reach)
             if last is None or ms > int(last):
-                writes += (f.LAST_REACH_MS + s, ms)
+                writes += (last_reach, ms)
                 for q in unit.segments:
-                    for r in indexed:
-                        ch.indexes.setdefault(r + s + q, []).extend((ms, code))
+                    for r in (code[:TOWNSHIP_DIGITS], code[:6]):  # township and county keep lapse indexes
+                        indexes.setdefault(r + s + q, []).extend((ms, code))
         if loc.stations:
             ch.stations[code] = list(loc.stations)
-            if now.stations == 0:  # its first station: 一村一站 counts it once
+            if now.stations == 0 and unit.segments:  # its first station: 一村一站 counts it once
+                above = above or _regions_above(regions, code)
                 for q in unit.segments:
-                    for r in above:
-                        _add(regions, r, f.VILLAGES_WITH_STATION + q, 1)
+                    name = f.VILLAGES_WITH_STATION + q
+                    for region in above:
+                        region[name] = region.get(name, 0) + 1
         ch.locs[code] = writes
     return ch
+
+
+def _regions_above(regions: dict[str, dict[str, int]], code: str) -> list[dict[str, int]]:
+    """The increments of the five regions a village counts in: township, county, city, province, nation."""
+    return [regions.setdefault(r, {}) for r in (code[:TOWNSHIP_DIGITS], code[:6], code[:4], code[:2], names.NATIONAL)]
+
+
+@functools.cache
+def _flag_fields(suffix: str) -> tuple[str, str]:
+    return sys.intern(f.REACHED + suffix), sys.intern(f.LAST_REACH_MS + suffix)
+
+
+@functools.cache
+def _reached_field(suffix: str, segment: str) -> str:
+    return sys.intern(f.VILLAGES_REACHED + suffix + segment)
 
 
 def _sum_counters(g: Gathered, ch: Changes) -> None:

@@ -10,6 +10,7 @@ import sys
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 
 @dataclass(slots=True)
@@ -40,14 +41,14 @@ class Villages:
         while len(self._held) > self.capacity:
             self._held.popitem(last=False)
 
-    def written(self, locs: Mapping[str, list[object]], stations: Iterable[str]) -> None:
+    def written(self, locs: Mapping[str, list[Any]], stations: Iterable[str]) -> None:
         """What an apply call wrote: each village's new field values, and the villages given stations."""
         for code, writes in locs.items():
             village = self._held.get(code)
             if village is not None:
                 fields = village.fields
                 for i in range(0, len(writes), 2):
-                    fields[sys.intern(str(writes[i]))] = int(str(writes[i + 1]))
+                    fields[sys.intern(writes[i])] = writes[i + 1]
         for code in stations:
             village = self._held.get(code)
             if village is not None:

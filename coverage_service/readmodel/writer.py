@@ -145,7 +145,7 @@ class ReadModelWriter:
             units = await self.units({e.location_code for r in kept for e in r.entries})
             expect = {f: self.positions[f] for f in fields}
             gathered = changes.gather(kept, units, expect)
-            decided = changes.resolve(gathered, units, await self._held(gathered.reads()))
+            decided = changes.resolve(gathered, units, await self._held(gathered.villages()))
             args = changes.payload(
                 gathered,
                 decided,
@@ -216,42 +216,37 @@ class ReadModelWriter:
             self.positions[ofield] = offset
             self.seen[ofield].add(hour, b"".join(gathered.digests.get(ofield, ())))
 
-    async def _held(self, reads: list[changes.Read]) -> dict[str, changes.Held]:
+    async def _held(self, batch: dict[str, changes.Location]) -> dict[str, changes.Held]:
         """What the villages of a batch hold now: from memory, or read from Redis (the loc: hash whole, and the
         size of the station set when the batch brings stations). The apply script checks that no other writer
         moved their partitions on since (a village is written only by its partition's writer)."""
         known: dict[str, villages.Village] = {}
-        unread: list[changes.Read] = []
-        uncounted: list[changes.Read] = []
-        for read in reads:
-            v = self.villages.get(read.code)
+        unread: list[tuple[str, str]] = []  # (village, offset field)
+        uncounted: list[str] = []
+        for code, loc in batch.items():
+            v = self.villages.get(code)
             if v is None:
-                unread.append(read)
-                if read.stations:
-                    uncounted.append(read)
+                unread.append((code, loc.offset_field))
+                if loc.stations:
+                    uncounted.append(code)
             else:
-                known[read.code] = v
-                if read.stations and v.stations is None:
-                    uncounted.append(read)
+                known[code] = v
+                if loc.stations and v.stations is None:
+                    uncounted.append(code)
         if unread or uncounted:
             async with self.redis.pipeline(transaction=False) as pipe:
-                for read in unread:
-                    pipe.hgetall(names.key(self.prefix, names.LOCATION, read.code))
-                for read in uncounted:
-                    pipe.scard(names.key(self.prefix, names.STATIONS, read.code))
+                for code, _ in unread:
+                    pipe.hgetall(names.key(self.prefix, names.LOCATION, code))
+                for code in uncounted:
+                    pipe.scard(names.key(self.prefix, names.STATIONS, code))
                 replies = await pipe.execute()
-            counts = dict(zip((r.code for r in uncounted), replies[len(unread) :], strict=True))
-            for read, loc in zip(unread, replies[: len(unread)], strict=True):
-                v = known[read.code] = villages.village(read.offset_field, loc, counts.get(read.code))
-                self.villages.keep(read.code, v)
+            counts = dict(zip(uncounted, replies[len(unread) :], strict=True))
+            for (code, ofield), loc_hash in zip(unread, replies[: len(unread)], strict=True):
+                v = known[code] = villages.village(ofield, loc_hash, counts.get(code))
+                self.villages.keep(code, v)
             for code, n in counts.items():
                 known[code].stations = int(n) > 0
-        return {
-            read.code: changes.Held(
-                [known[read.code].fields.get(f) for f in read.fields], 1 if known[read.code].stations else 0
-            )
-            for read in reads
-        }
+        return {code: changes.Held(v.fields, 1 if v.stations else 0) for code, v in known.items()}
 
     async def units(self, codes: Iterable[str]) -> dict[str, changes.Unit | None]:
         """The registry's kind and segments of each code (None: not in the registry), kept per registry generation;

@@ -58,7 +58,7 @@ def ms(hours: int) -> int:
 
 
 def empty(g: changes.Gathered) -> dict[str, changes.Held]:
-    return {r.code: changes.Held([None] * len(r.fields)) for r in g.reads()}
+    return {code: changes.Held({}) for code in g.villages()}
 
 
 def test_replays_are_skipped_per_partition_and_unknown_codes_neither_counted_nor_remembered() -> None:
@@ -109,7 +109,6 @@ def test_what_a_village_holds_decides_what_moves() -> None:
         UNITS,
         {"t:0": -1},
     )
-    [read] = g.reads()
     now = {
         "type:delivered": "7",
         "carrier:sf": "4",
@@ -119,7 +118,7 @@ def test_what_a_village_holds_decides_what_moves() -> None:
         "reached|carrier:sf": "1",
         "last_reach_ms|carrier:sf": str(ms(1)),
     }
-    held = {V2: changes.Held([now.get(f) for f in read.fields], stations=1)}
+    held = {V2: changes.Held(now, stations=1)}
     ch = changes.resolve(g, UNITS, held)
     writes = dict(zip(ch.locs[V2][::2], ch.locs[V2][1::2], strict=True))
     assert writes["type:delivered"] == 9 and writes["carrier:sf"] == 5 and writes["carrier:zto"] == 1
@@ -139,7 +138,7 @@ def test_non_villages_count_parcels_but_no_coverage() -> None:
         [fold.Record("t", 0, 0, [event(1, COMMUNITY), event(2, TOWNSHIP, kind="arrived_at_hub")])], UNITS, {"t:0": -1}
     )
     ch = changes.resolve(g, UNITS, empty(g))
-    assert [r.code for r in g.reads()] == [COMMUNITY]  # a township's own code has no loc: hash
+    assert list(g.villages()) == [COMMUNITY]  # a township's own code has no loc: hash
     assert ch.indexes == {} and ch.newly_reached == 0
     assert ch.regions[TOWNSHIP] == {"type:delivered": 1, "carrier:sf": 2, "vol:2024": 1, "type:arrived_at_hub": 1}
     assert ch.locs[COMMUNITY][ch.locs[COMMUNITY].index("reached") + 1] == 1  # its flag, for its own page
