@@ -132,8 +132,11 @@ def gather(records: Iterable[Record], units: Mapping[str, Unit | None], position
 def resolve(g: Gathered, units: Mapping[str, Unit | None], held: Mapping[str, Held]) -> Changes:
     """The writes of a gathered batch, given what its villages hold now (``held``, keyed by village)."""
     ch = Changes()
-    _sum_counters(g, ch)
-    regions, indexes = ch.regions, ch.indexes
+    indexes = ch.indexes
+    # What villages add to their township (reached and station counts); _roll_up adds it to every region above.
+    townships: dict[str, tuple[dict[str, int], int]] = {}
+    for code, loc in g.locations.items():
+        _merge(townships, code[:TOWNSHIP_DIGITS], loc.counts, loc.newest_ms)
     for code, loc in g.villages().items():
         unit = units[code]
         assert unit is not None  # gather() keeps known codes only
@@ -145,19 +148,16 @@ def resolve(g: Gathered, units: Mapping[str, Unit | None], held: Mapping[str, He
         first, was = loc.first_reach_ms, values.get(f.FIRST_REACH_MS)
         if first is not None and (was is None or first < int(was)):
             writes += (f.FIRST_REACH_MS, first)
-        above: list[dict[str, int]] | None = None
+        township = townships[code[:TOWNSHIP_DIGITS]][0]
         for s, ms in loc.last_reach.items():
             reached, last_reach = _flag_fields(s)
             if reached not in values:
                 writes += (reached, 1)
                 if s == "" and unit.kind == KIND_VILLAGE:
                     ch.newly_reached += 1
-                if unit.segments:
-                    above = above or _regions_above(regions, code)
-                    for q in unit.segments:
-                        name = _reached_field(s, q)
-                        for region in above:
-                            region[name] = region.get(name, 0) + 1
+                for q in unit.segments:
+                    name = _reached_field(s, q)
+                    township[name] = township.get(name, 0) + 1
             last = values.get(last_reach)
             if last is None or ms > int(last):
                 writes += (last_reach, ms)
@@ -166,19 +166,13 @@ def resolve(g: Gathered, units: Mapping[str, Unit | None], held: Mapping[str, He
                         indexes.setdefault(r + s + q, []).extend((ms, code))
         if loc.stations:
             ch.stations[code] = list(loc.stations)
-            if now.stations == 0 and unit.segments:  # its first station: 一村一站 counts it once
-                above = above or _regions_above(regions, code)
+            if now.stations == 0:  # its first station: 一村一站 counts it once
                 for q in unit.segments:
                     name = f.VILLAGES_WITH_STATION + q
-                    for region in above:
-                        region[name] = region.get(name, 0) + 1
+                    township[name] = township.get(name, 0) + 1
         ch.locs[code] = writes
+    _roll_up(townships, ch)
     return ch
-
-
-def _regions_above(regions: dict[str, dict[str, int]], code: str) -> list[dict[str, int]]:
-    """The increments of the five regions a village counts in: township, county, city, province, nation."""
-    return [regions.setdefault(r, {}) for r in (code[:TOWNSHIP_DIGITS], code[:6], code[:4], code[:2], names.NATIONAL)]
 
 
 @functools.cache
@@ -191,24 +185,19 @@ def _reached_field(suffix: str, segment: str) -> str:
     return sys.intern(f.VILLAGES_REACHED + suffix + segment)
 
 
-def _sum_counters(g: Gathered, ch: Changes) -> None:
-    """Parcel counters and as-of, summed level by level: each location's counters go to its township (a 9-digit
-    location is one), each region's to its parent, up to the nation."""
-    level: dict[str, tuple[dict[str, int], int]] = {}
-    for code, loc in g.locations.items():
-        _merge(level, code[:TOWNSHIP_DIGITS], loc.counts, loc.newest_ms)
+def _roll_up(townships: dict[str, tuple[dict[str, int], int]], ch: Changes) -> None:
+    """Each township's increments and newest event to its region, each region's to its parent, up to the nation:
+    a location's counters are added once per level, not once per region above it."""
+    level = townships
     for digits in (*PARENT_DIGITS, 0):
         parents: dict[str, tuple[dict[str, int], int]] = {}
         for code, (counts, newest) in level.items():
-            region = ch.regions.setdefault(code, {})
-            for name, n in counts.items():
-                region[name] = region.get(name, 0) + n
+            ch.regions[code] = counts
             ch.as_of[code] = newest
             _merge(parents, code[:digits] if digits else names.NATIONAL, counts, newest)
         level = parents
     for code, (counts, newest) in level.items():  # the nation
-        for name, n in counts.items():
-            _add(ch.regions, code, name, n)
+        ch.regions[code] = counts
         ch.as_of[code] = newest
 
 
@@ -222,11 +211,6 @@ def _merge(level: dict[str, tuple[dict[str, int], int]], code: str, counts: Mapp
         into[name] = into.get(name, 0) + n
     if newest > was:
         level[code] = (into, newest)
-
-
-def _add(regions: dict[str, dict[str, int]], code: str, name: str, n: int) -> None:
-    region = regions.setdefault(code, {})
-    region[name] = region.get(name, 0) + n
 
 
 def payload(

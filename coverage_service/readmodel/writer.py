@@ -8,6 +8,7 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+import msgspec.msgpack as msgpack
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError, ResponseError
@@ -66,6 +67,7 @@ class ReadModelWriter:
         self.window_ms = dedup_window_seconds * 1000
         self._apply = redis.register_script(scripts.source("apply.lua", prefix, prelude=True))
         self._units_script = redis.register_script(scripts.source("units.lua", prefix, prelude=True))
+        self._villages_script = redis.register_script(scripts.source("villages.lua", prefix, prelude=True))
         # The registry's word on the codes seen, for one registry generation (reg:generation).
         self._units: dict[str, changes.Unit | None] = {}
         self._unit_values: dict[tuple[str, str], changes.Unit] = {}
@@ -234,14 +236,12 @@ class ReadModelWriter:
                 if loc.stations and v.stations is None:
                     uncounted.append(code)
         if unread or uncounted:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for code, _ in unread:
-                    pipe.hgetall(names.key(self.prefix, names.LOCATION, code))
-                for code in uncounted:
-                    pipe.scard(names.key(self.prefix, names.STATIONS, code))
-                replies = await pipe.execute()
+            replies = await self._villages_script(
+                args=[msgpack.encode([code for code, _ in unread]), msgpack.encode(uncounted)]
+            )
             counts = dict(zip(uncounted, replies[len(unread) :], strict=True))
-            for (code, ofield), loc_hash in zip(unread, replies[: len(unread)], strict=True):
+            for (code, ofield), flat in zip(unread, replies[: len(unread)], strict=True):
+                loc_hash = dict(zip(flat[::2], flat[1::2], strict=True))
                 v = known[code] = villages.village(ofield, loc_hash, counts.get(code))
                 self.villages.keep(code, v)
             for code, n in counts.items():
