@@ -226,9 +226,7 @@ def payload(
             "hour": hour,
             "expire_at": expire_at_s,
             "locs": _flat(ch.locs.items()),
-            "regions": [
-                x for code, fields in ch.regions.items() for x in (code, _flat(fields.items()), ch.as_of.get(code, -1))
-            ],
+            "regions": [x for code, fields in ch.regions.items() for x in (code, fields, ch.as_of.get(code, -1))],
             "indexes": _flat(ch.indexes.items()),
             "stations": _flat(ch.stations.items()),
             "offsets": _flat(g.offsets.items()),

@@ -20,7 +20,7 @@
 -- ARGV: now_ms, payload (MessagePack: decoded faster than JSON), then one string of digests (DIGEST bytes each) per offset field of "digests":
 -- {"expect": {offset_field: offset}, "registry": generation, "hour": h, "expire_at": unix s,
 --  "locs": [village, [field, value, ...], ...],          values to set in loc:<village>
---  "regions": [code, [field, n, ...], as_of_ms, ...],     increments to region:<code>, and its as_of floor
+--  "regions": [code, {field: n, ...}, as_of_ms, ...],     increments to region:<code>, and its as_of floor
 --  "indexes": [name, [ms, village, ...], ...],            last reaches to raise in reach:<name> (ZADD GT)
 --  "stations": [village, [station_id, ...], ...],         added to stations:<village>
 --  "offsets": [offset_field, offset, ...], "digests": [offset_field, ...],
@@ -62,14 +62,17 @@ end
 local regions = input.regions
 for i = 1, #regions, 3 do
   local rk, fields, newest = region_key(regions[i]), regions[i + 1], regions[i + 2]
-  local wanted, nf = {}, #fields / 2
-  for k = 1, nf do wanted[k] = fields[2 * k - 1] end
+  local wanted, deltas, nf = {}, {}, 0
+  for name, n in pairs(fields) do
+    nf = nf + 1
+    wanted[nf], deltas[nf] = name, n
+  end
   wanted[nf + 1] = AS_OF
   local cur = redis.call('HMGET', rk, unpack(wanted))
   local out = {}
   for k = 1, nf do
     out[2 * k - 1] = wanted[k]
-    out[2 * k] = (tonumber(cur[k]) or 0) + fields[2 * k]
+    out[2 * k] = (tonumber(cur[k]) or 0) + deltas[k]
   end
   local was = tonumber(cur[nf + 1])
   if newest >= 0 and (was == nil or newest > was) then
