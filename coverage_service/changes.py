@@ -137,7 +137,8 @@ def resolve(g: Gathered, units: Mapping[str, Unit | None], held: Mapping[str, He
     townships: dict[str, tuple[dict[str, int], int]] = {}
     for code, loc in g.locations.items():
         _merge(townships, code[:TOWNSHIP_DIGITS], loc.counts, loc.newest_ms)
-    for code, loc in g.villages().items():
+        if len(code) != VILLAGE_DIGITS:
+            continue
         unit = units[code]
         assert unit is not None  # gather() keeps known codes only
         now = held[code]

@@ -9,7 +9,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
 import msgspec.msgpack as msgpack
-import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError, ResponseError
 
@@ -239,12 +238,11 @@ class ReadModelWriter:
             replies = await self._villages_script(
                 args=[msgpack.encode([code for code, _ in unread]), msgpack.encode(uncounted)]
             )
-            counts = dict(zip(uncounted, replies[len(unread) :], strict=True))
             for (code, ofield), flat in zip(unread, replies[: len(unread)], strict=True):
                 loc_hash = dict(zip(flat[::2], flat[1::2], strict=True))
-                v = known[code] = villages.village(ofield, loc_hash, counts.get(code))
-                self.villages.keep(code, v)
-            for code, n in counts.items():
+                known[code] = villages.village(ofield, loc_hash, None)
+                self.villages.keep(code, known[code])
+            for code, n in zip(uncounted, replies[len(unread) :], strict=True):
                 known[code].stations = int(n) > 0
         return {code: changes.Held(v.fields, 1 if v.stations else 0) for code, v in known.items()}
 
@@ -256,7 +254,7 @@ class ReadModelWriter:
             unread = sorted(c for c in wanted if c not in self._units)
             if not unread and self._generation is not None:
                 return {c: self._units[c] for c in wanted}
-            reply = await self._units_script(args=[orjson.dumps(unread)])
+            reply = await self._units_script(args=[msgpack.encode(unread)])
             generation, loaded = str(reply[0]), int(reply[1])
             if not loaded:
                 raise RegistryMissing("the division registry is not loaded in Redis (lastmile registry load); waiting")

@@ -57,29 +57,10 @@ for i = 1, #locs, 2 do
   if #writes > 0 then redis.call('HSET', loc_key(locs[i]), unpack(writes)) end
 end
 
--- Region increments: one HMGET of the fields a region moves and one HSET of their sums (a redis.call costs far
--- more than the command it runs, so never one HINCRBY per field); as_of_ms only ever moves forward.
+-- Region increments (prelude's increment_hash: one HMGET and one HSET per region); as_of_ms only moves forward.
 local regions = input.regions
 for i = 1, #regions, 3 do
-  local rk, fields, newest = region_key(regions[i]), regions[i + 1], regions[i + 2]
-  local wanted, deltas, nf = {}, {}, 0
-  for name, n in pairs(fields) do
-    nf = nf + 1
-    wanted[nf], deltas[nf] = name, n
-  end
-  wanted[nf + 1] = AS_OF
-  local cur = redis.call('HMGET', rk, unpack(wanted))
-  local out = {}
-  for k = 1, nf do
-    out[2 * k - 1] = wanted[k]
-    out[2 * k] = (tonumber(cur[k]) or 0) + deltas[k]
-  end
-  local was = tonumber(cur[nf + 1])
-  if newest >= 0 and (was == nil or newest > was) then
-    out[2 * nf + 1] = AS_OF
-    out[2 * nf + 2] = newest
-  end
-  if #out > 0 then redis.call('HSET', rk, unpack(out)) end
+  increment_hash(region_key(regions[i]), regions[i + 1], AS_OF, regions[i + 2])
 end
 
 local indexes = input.indexes

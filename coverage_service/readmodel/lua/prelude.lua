@@ -64,46 +64,44 @@ local function call_sliced(command, key, list, step)
   return out
 end
 
--- Increments gathered first and written once per hash: one HMGET of the fields it moves and one HSET of
--- their sums, instead of one HINCRBY per field (a script's redis.call costs more than the command itself).
--- ``also`` (key -> {field -> value}) are fields to raise to at least ``value`` in the same write (as_of_ms).
+-- Adds ``fields`` (field -> n) to hash ``key`` with one HMGET of the fields and one HSET of their sums, instead of
+-- one HINCRBY per field (a script's redis.call costs more than the command itself); with ``floor`` >= 0, field
+-- ``floor_field`` is raised to at least ``floor`` in the same write (as_of_ms). Sums go to Redis as Lua numbers:
+-- Redis formats them itself, faster than string.format here.
+local function increment_hash(key, fields, floor_field, floor)
+  local names, deltas, n = {}, {}, 0
+  for fld, d in pairs(fields) do
+    if d ~= 0 then n = n + 1; names[n], deltas[n] = fld, d end
+  end
+  local floored = floor ~= nil and floor >= 0
+  if floored then names[n + 1] = floor_field end
+  if #names == 0 then return end
+  local cur = #names < SLICE and redis.call('HMGET', key, unpack(names)) or call_sliced('HMGET', key, names, 1)
+  local out = {}
+  for i = 1, n do
+    out[2 * i - 1] = names[i]
+    out[2 * i] = (tonumber(cur[i]) or 0) + deltas[i]
+  end
+  if floored then
+    local was = tonumber(cur[n + 1])
+    if was == nil or floor > was then
+      out[#out + 1] = floor_field
+      out[#out + 1] = floor
+    end
+  end
+  if #out == 0 then return end
+  if #out < SLICE then redis.call('HSET', key, unpack(out)) else call_sliced('HSET', key, out, 2) end
+end
+
+-- Increments gathered with add() over a script, then written once per hash by flush_increments().
 local incr = {}
 local function add(key, fld, n)
   local h = incr[key]
   if h == nil then h = {}; incr[key] = h end
   h[fld] = (h[fld] or 0) + n
 end
-local function flush_increments(also)
-  also = also or {}
-  for key, _ in pairs(also) do
-    if incr[key] == nil then incr[key] = {} end
-  end
-  for key, fields in pairs(incr) do
-    local names, deltas = {}, {}
-    for fld, n in pairs(fields) do
-      if n ~= 0 then names[#names + 1] = fld; deltas[#deltas + 1] = n end
-    end
-    local at_least = also[key] or {}
-    local floors = {}
-    for fld, v in pairs(at_least) do names[#names + 1] = fld; floors[#floors + 1] = v end
-    if #names > 0 then
-      local cur = call_sliced('HMGET', key, names, 1)
-      local out = {}
-      for i = 1, #deltas do
-        out[#out + 1] = names[i]
-        out[#out + 1] = int((tonumber(cur[i]) or 0) + deltas[i])
-      end
-      for j = 1, #floors do
-        local i = #deltas + j
-        local now = tonumber(cur[i])
-        if now == nil or floors[j] > now then
-          out[#out + 1] = names[i]
-          out[#out + 1] = int(floors[j])
-        end
-      end
-      if #out > 0 then call_sliced('HSET', key, out, 2) end
-    end
-  end
+local function flush_increments()
+  for key, fields in pairs(incr) do increment_hash(key, fields) end
   incr = {}
 end
 

@@ -1,11 +1,11 @@
 -- What the registry says of some location codes, for the worker's decisions (coverage_service.changes).
 -- (Runs after prelude.lua, whose segments() is the one statement of which figures a unit counts in.) Read-only.
 --
--- ARGV[1] (JSON): [code, ...]
+-- ARGV[1] (MessagePack): [code, ...]
 -- Returns: {generation, loaded (0/1), kind or '' (not in the registry), segments joined by ',', ...}
 -- The generation changes with every registry write: the apply script refuses a batch decided on another one.
 
-local codes = cjson.decode(ARGV[1])
+local codes = cmsgpack.unpack(ARGV[1])
 local out = {redis.call('GET', '${reg_generation}') or '', redis.call('EXISTS', '${reg_meta}')}
 local tiers = current_tiers()
 local kinds = call_sliced('HMGET', '${reg_kind}', codes, 1)
