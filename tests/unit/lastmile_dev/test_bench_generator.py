@@ -10,6 +10,7 @@ import itertools
 from collections import Counter
 from datetime import UTC, datetime
 
+import orjson
 import pytest
 
 from lastmile import scan
@@ -85,3 +86,38 @@ def test_the_same_seed_gives_the_same_events(registry: Registry) -> None:
     strip = [[{k: v for k, v in e.items() if k != "occurred_at"} for e in batch] for batch in a]
     assert strip == [[{k: v for k, v in e.items() if k != "occurred_at"} for e in batch] for batch in b]
     assert Generator(registry, seed=10).next_batch(1)[0]["event_id"] != a[0][0]["event_id"]
+
+
+def test_prebuilt_batches_count_only_once_posted_and_unsent_ones_are_never_resent(registry: Registry) -> None:
+    gen = Generator(registry, seed=17)
+    kind = {u.code: u.kind for u in registry.villages}
+    before = gen.expected()
+    built = gen.prebuild(30, 200)
+    assert gen.expected() == before  # nothing is counted until it is posted
+    posted, unsent = built[:18], built[18:]
+    for batch in posted:
+        gen.posted(batch)
+    gen.unsent(unsent)
+    sent = [e for batch in posted for e in orjson.loads(batch.body)["events"]]
+    assert all(e["carrier"] == batch.carrier for batch in posted for e in orjson.loads(batch.body)["events"])
+    # Batches made after the phase may re-send only events that were sent.
+    sent_ids = {(e["carrier"], e["event_id"]) for e in sent}
+    later = [e for _ in range(20) for e in gen.next_batch(200)]
+    later_ids = {(e["carrier"], e["event_id"]) for e in later}
+    never_sent = {
+        (e["carrier"], e["event_id"]) for batch in unsent for e in orjson.loads(batch.body)["events"]
+    } - sent_ids
+    assert not later_ids & never_sent
+    assert later_ids & sent_ids  # some are re-sends of the posted batches
+
+    distinct = {(e["carrier"], e["event_id"]): e for e in sent + later}
+    reached = {
+        str(e["location_code"])
+        for e in distinct.values()
+        if e["event_type"] in REACH and kind.get(str(e["location_code"])) == "village"
+    }
+    expected = gen.expected()
+    assert expected["events_distinct"] == len(distinct)
+    assert expected["duplicates_sent"] == len(sent) + len(later) - len(distinct)
+    assert expected["by_type"] == dict(Counter(str(e["event_type"]) for e in distinct.values()))
+    assert expected["villages_reached"]["CN"] == len(reached)

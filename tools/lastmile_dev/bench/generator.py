@@ -1,7 +1,8 @@
 """The load generator: realistic scan events for a real registry, and the exact figures they must produce.
 
 Its load model (skewed county volumes, one carrier per batch, re-sends, late and out-of-order events) is on
-docs/performance.md. It is fast (a few µs per event) because it runs in the harness process beside the load it measures.
+docs/performance.md. The throughput phase builds its batches before it starts (:meth:`Generator.prebuild`), so that
+making the load does not compete with the services for the machine's two cores.
 """
 
 from __future__ import annotations
@@ -11,8 +12,12 @@ import random
 import time
 from bisect import bisect_right
 from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Final
+
+import orjson
 
 from lastmile.registry import Registry
 
@@ -64,6 +69,34 @@ CST: Final = timezone(timedelta(hours=8))
 NATIONAL: Final = "CN"
 
 
+@dataclass(slots=True)
+class Tally:
+    """What events add to the expected figures: distinct events by type, re-sends, villages reached."""
+
+    distinct: int = 0
+    duplicates: int = 0
+    by_type: Counter[str] = field(default_factory=Counter)
+    reached: set[str] = field(default_factory=set)
+
+    def add(self, other: Tally) -> None:
+        self.distinct += other.distinct
+        self.duplicates += other.duplicates
+        self.by_type.update(other.by_type)
+        self.reached |= other.reached
+
+
+@dataclass(frozen=True, slots=True)
+class Prebuilt:
+    """A batch made ahead of a timed phase: its JSON body, and what it adds to the expected figures once it is
+    posted (:meth:`Generator.posted`)."""
+
+    carrier: str
+    body: bytes
+    events: int
+    fresh: int  # events made for it (the others are re-sends of earlier batches)
+    tally: Tally
+
+
 class Generator:
     """Scan events for ``registry``. The same seed gives the same events (their times follow the clock), and
     event ids carry the seed, so generators with different seeds never collide in one read model."""
@@ -85,11 +118,10 @@ class Generator:
         self._model_cum = list(itertools.accumulate(w for _, w in COOPERATION_SHARES))
         self._earlier: dict[str, deque[dict[str, Any]]] = {c: deque(maxlen=RESEND_MEMORY) for c in self.carriers}
         self._time_text: dict[int, str] = {}
-        # What the pipeline must show, from the distinct events only.
-        self._distinct = 0
-        self._duplicates = 0
-        self._by_type: Counter[str] = Counter()
-        self._reached: set[str] = set()
+        # What the pipeline must show, from the distinct events posted; _tally is where events are counted as
+        # they are made (a pre-built batch's own until it is posted).
+        self._totals = Tally()
+        self._tally = self._totals
 
     def _volume_model(
         self, registry: Registry
@@ -128,9 +160,35 @@ class Generator:
             # Only events of earlier batches are re-sent: ingest refuses a batch that repeats an event_id.
             for i in rng.sample(range(len(earlier)), resends):
                 batch.insert(int(rng.random() * (len(batch) + 1)), earlier[i])
-                self._duplicates += 1
+                self._tally.duplicates += 1
         earlier.extend(made)
         return batch
+
+    def prebuild(self, batches: int, n: int) -> list[Prebuilt]:
+        """``batches`` batches of ``n`` events, serialised, counted in the expected figures only once they are
+        :meth:`posted`. Post them in order: a batch re-sends events of the batches before it."""
+        out: list[Prebuilt] = []
+        try:
+            for _ in range(batches):
+                self._tally = tally = Tally()
+                batch = self.next_batch(n)
+                body = orjson.dumps({"events": batch})
+                out.append(Prebuilt(batch[0]["carrier"], body, len(batch), tally.distinct, tally))
+        finally:
+            self._tally = self._totals
+        return out
+
+    def posted(self, batch: Prebuilt) -> None:
+        """Count a pre-built batch as sent: its events are now part of what the pipeline must show."""
+        self._totals.add(batch.tally)
+
+    def unsent(self, batches: Sequence[Prebuilt]) -> None:
+        """Forget the pre-built batches never posted (the ones after those posted), so that no later batch
+        re-sends one of their events as if it had been sent."""
+        for batch in reversed(batches):
+            earlier = self._earlier[batch.carrier]
+            for _ in range(min(batch.fresh, len(earlier))):
+                earlier.pop()
 
     def probe(self, carrier: str, village: str) -> dict[str, Any]:
         """One delivered event by ``carrier`` at ``village`` now: the freshness scenario's marker."""
@@ -183,34 +241,36 @@ class Generator:
         return text
 
     def _count(self, event: dict[str, Any]) -> None:
-        self._distinct += 1
-        self._by_type[event["event_type"]] += 1
+        tally = self._tally
+        tally.distinct += 1
+        tally.by_type[event["event_type"]] += 1
         code = event["location_code"]
         if event["event_type"] in REACH and code in self._admin_village:
-            self._reached.add(code)
+            tally.reached.add(code)
 
     # -- what the pipeline must show ------------------------------------------------------------------
 
     @property
     def events_distinct(self) -> int:
-        return self._distinct
+        return self._totals.distinct
 
     def villages(self, reached: bool | None = None) -> list[str]:
         """Administrative villages, all or only those (not) reached by the events so far, in code order."""
         if reached is None:
             return sorted(self._admin_village)
-        return sorted(c for c in self._admin_village if (c in self._reached) == reached)
+        return sorted(c for c in self._admin_village if (c in self._totals.reached) == reached)
 
     def expected(self) -> dict[str, Any]:
         """The exact figures the distinct events produced so far must show in the read model."""
+        totals = self._totals
         reached: Counter[str] = Counter()
-        for code in self._reached:
+        for code in totals.reached:
             reached[code[:2]] += 1
             reached[code[:6]] += 1
-        reached[NATIONAL] = len(self._reached)
+        reached[NATIONAL] = len(totals.reached)
         return {
-            "events_distinct": self._distinct,
-            "duplicates_sent": self._duplicates,
+            "events_distinct": totals.distinct,
+            "duplicates_sent": totals.duplicates,
             "villages_reached": dict(reached),
-            "by_type": dict(self._by_type),
+            "by_type": dict(totals.by_type),
         }

@@ -45,8 +45,11 @@ class Poster:
 
     async def post(self, batch: list[dict[str, Any]]) -> float:
         """Post one single-carrier batch until it is accepted; return the time (monotonic) of the 202."""
-        body = orjson.dumps({"events": batch})
-        headers = self.headers[batch[0]["carrier"]]
+        return await self.post_body(batch[0]["carrier"], orjson.dumps({"events": batch}))
+
+    async def post_body(self, carrier: str, body: bytes) -> float:
+        """Post one single-carrier batch, already serialised, until it is accepted; return the time of the 202."""
+        headers = self.headers[carrier]
         for _attempt in range(RETRIES):
             started = time.monotonic()
             try:

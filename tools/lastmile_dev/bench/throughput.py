@@ -10,6 +10,8 @@ import asyncio
 import itertools
 import statistics
 import time
+from collections import deque
+from dataclasses import dataclass
 from typing import Any, Final
 
 import redis.asyncio as aioredis
@@ -17,7 +19,7 @@ import redis.asyncio as aioredis
 from lastmile_dev.bench import cpu, posting
 from lastmile_dev.bench.core import Context, Figure, Result
 from lastmile_dev.bench.exact import applied, check_exact, wait_applied
-from lastmile_dev.bench.generator import Generator
+from lastmile_dev.bench.generator import Generator, Prebuilt
 
 FIGURE: Final = "sustained end-to-end throughput"  # the naive scenario reads this figure by name
 TARGET_EVENTS_PER_S: Final = 50_000
@@ -51,11 +53,12 @@ async def run(ctx: Context) -> Result:
         await wait_applied(redis, prefix, gen.events_distinct)
         start_applied = await applied(redis, prefix)
         start_distinct = gen.events_distinct
+        load = _prebuild(ctx)
         meter = cpu.Meter(stack.process_groups, redis)
         await meter.start()
         async with posting.client() as http:
             poster = posting.Poster(stack, http)
-            timeline, t_first, t_last = await _post_for(ctx, poster, redis, prefix, start_applied)
+            timeline, t_first, t_last = await _post_for(ctx, load, poster, redis, prefix, start_applied)
         target = gen.events_distinct
         ctx.progress("throughput: draining the backlog", 0, target - start_applied)
         t_done, final = await wait_applied(
@@ -80,8 +83,11 @@ async def run(ctx: Context) -> Result:
     result = Result("throughput", exact=exact.ok and t_done is not None)
     note = (
         f"{distinct:,} distinct events ({poster.accepted - distinct:,} re-sends) posted for {posting_seconds:.0f} s "
-        f"by {config.posters} posters in batches of {config.batch_size}, then drained"
+        f"by {config.posters} posters in batches of {config.batch_size}, then drained; the load was built before "
+        f"the phase ({load.built:,} events in {load.build_seconds:.0f} s)"
     )
+    if load.made_during:
+        note += f", and {load.made_during:,} more made during it when posting outran that"
     if posting_seconds < TARGET_SECONDS:
         note += f"; the target asks for ≥ {TARGET_SECONDS:.0f} s"
     result.figures = [
@@ -130,6 +136,9 @@ async def run(ctx: Context) -> Result:
         "requests": poster.requests,
         "retries_503": poster.retries,
         "posting_seconds": posting_seconds,
+        "load_prebuilt_events": load.built,
+        "load_build_seconds": load.build_seconds,
+        "load_made_during_phase": load.made_during,
         "drain_seconds": (t_done - t_last) if t_done is not None else None,
         "applied_total": final,
         "post_latency_ms": _summary([s * 1000 for s in poster.latencies]),
@@ -139,24 +148,57 @@ async def run(ctx: Context) -> Result:
     return result
 
 
+@dataclass
+class Load:
+    """The phase's batches, built before it starts; what posting took from them, and what it had to make."""
+
+    batches: deque[Prebuilt]
+    built: int  # events
+    build_seconds: float
+    made_during: int = 0  # events generated during the phase, once the pre-built ones ran out
+
+
+def _prebuild(ctx: Context) -> Load:
+    config, gen = ctx.config, generator_of(ctx)
+    events = config.max_events or int(config.prebuilt_events_per_s * config.duration_seconds)
+    count = -(-events // config.batch_size)
+    started = time.monotonic()
+    batches: list[Prebuilt] = []
+    step = max(1, count // 100)
+    for done in range(0, count, step):
+        batches += gen.prebuild(min(step, count - done), config.batch_size)
+        ctx.progress("throughput: building the load", len(batches), count)
+    if config.max_events:  # the last batch is cut to the budget
+        over = sum(b.events for b in batches) - config.max_events
+        if over > 0:
+            gen.unsent(batches[-1:])
+            batches[-1:] = gen.prebuild(1, batches[-1].events - over)
+    return Load(deque(batches), sum(b.events for b in batches), time.monotonic() - started)
+
+
 async def _post_for(
-    ctx: Context, poster: posting.Poster, redis: aioredis.Redis, prefix: str, start_applied: int
+    ctx: Context, load: Load, poster: posting.Poster, redis: aioredis.Redis, prefix: str, start_applied: int
 ) -> tuple[list[dict[str, Any]], float, float]:
-    """Post until the duration (or ``config.max_events``) is used up; sample progress each second."""
+    """Post the pre-built load until the duration is used up (or all of it, under ``config.max_events``); sample
+    progress each second."""
     config, gen = ctx.config, generator_of(ctx)
     started = time.monotonic()
     deadline = started + config.duration_seconds
     budget = config.max_events or None
-    claimed = 0
     last_answer = started
     timeline: list[dict[str, Any]] = []
 
     async def post_loop() -> None:
-        nonlocal claimed, last_answer
-        while time.monotonic() < deadline and (budget is None or claimed < budget):
-            n = config.batch_size if budget is None else min(config.batch_size, budget - claimed)
-            claimed += n
-            answered = await poster.post(gen.next_batch(n))
+        nonlocal last_answer
+        while load.batches if budget else time.monotonic() < deadline:
+            if load.batches:
+                batch = load.batches.popleft()
+                answered = await poster.post_body(batch.carrier, batch.body)
+                gen.posted(batch)
+            else:
+                events = gen.next_batch(config.batch_size)
+                load.made_during += len(events)
+                answered = await poster.post(events)
             last_answer = max(last_answer, answered)
 
     async def sample() -> None:
@@ -174,6 +216,8 @@ async def _post_for(
         await asyncio.gather(*(post_loop() for _ in range(config.posters)))
     finally:
         sampler.cancel()
+        gen.unsent(load.batches)  # never posted: no later batch may re-send their events
+        load.batches.clear()
     # The last sample: what was applied when the last 202 came back.
     done = await applied(redis, prefix) - start_applied
     timeline.append({"t": round(last_answer - started, 3), "applied": done, "accepted": poster.accepted})
