@@ -6,6 +6,8 @@ reach counts under; :mod:`coverage_service.changes` sums a batch of them into th
 
 from __future__ import annotations
 
+import functools
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -32,22 +34,31 @@ class Entry:
 
 
 def entry(event: scan.ScanEvent) -> Entry:
-    counters = [field.TYPE + event.event_type, field.CARRIER + event.carrier]
-    if event.event_type in scan.VOLUME_TYPES:
-        counters.append(field.VOLUME + str(event.occurred_at.astimezone(CHINA_STANDARD_TIME).year))
-    dimensions = [field.CARRIER + event.carrier]
-    if event.cooperation_model is not None:
-        counters.append(field.MODEL + event.cooperation_model)
-        dimensions.append(field.MODEL + event.cooperation_model)
+    year = event.occurred_at.astimezone(CHINA_STANDARD_TIME).year if event.event_type in scan.VOLUME_TYPES else 0
+    counters, dimensions = _labels(event.event_type, event.carrier, year, event.cooperation_model)
     return Entry(
         digest=dedup.digest(event.carrier, event.event_id),
         location_code=event.location_code,
         occurred_ms=event.occurred_ms,
         reaches=event.reaches,
-        counters=tuple(counters),
-        dimensions=tuple(dimensions),
+        counters=counters,
+        dimensions=dimensions,
         station_id=event.station_id or "" if event.is_village else "",
     )
+
+
+@functools.lru_cache(maxsize=65_536)
+def _labels(event_type: str, carrier: str, year: int, model: str | None) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """The counters an event increments and the dimensions its reach counts under: a handful of combinations,
+    made once each, so that the batch's sums hash the same string objects (year 0: not a volume type)."""
+    counters = [field.TYPE + event_type, field.CARRIER + carrier]
+    if year:
+        counters.append(field.VOLUME + str(year))
+    dimensions = [field.CARRIER + carrier]
+    if model is not None:
+        counters.append(field.MODEL + model)
+        dimensions.append(field.MODEL + model)
+    return tuple(sys.intern(c) for c in counters), tuple(sys.intern(d) for d in dimensions)
 
 
 @dataclass(frozen=True, slots=True)

@@ -97,9 +97,12 @@ class Settings(BaseSettings):
     consumer_group: str = _env(
         "WORKER_GROUP_ID", names.CONSUMER_GROUP, "Consumer group (Faust app id) of the workers", min_length=1
     )
-    # Records, not events: an ingest record holds one POST's share of a partition (up to ~1,000 events), and
-    # one Lua call blocks Redis for its whole length, so calls are kept well under a second.
-    worker_batch_max: int = _env("WORKER_BATCH_MAX", 16, "Most records the worker folds in one Redis call", ge=1)
+    # A record holds one POST's share of a partition (1 to ~1,000 events): records are taken by the hundred, and
+    # folded in calls sized in events, since one Lua call blocks Redis's readers for its whole length.
+    worker_batch_max: int = _env("WORKER_BATCH_MAX", 256, "Most records the worker takes from the topic at once", ge=1)
+    worker_apply_events: int = _env(
+        "WORKER_APPLY_EVENTS", 5_000, "Most events the worker folds in one Redis call (a bigger record: one call)", ge=1
+    )
     worker_batch_within_seconds: Positive = _env(
         "WORKER_BATCH_WITHIN_SECONDS", 0.05, "Longest wait to fill a worker batch"
     )

@@ -46,9 +46,7 @@ class Villages:
         for code, writes in locs.items():
             village = self._held.get(code)
             if village is not None:
-                fields = village.fields
-                for i in range(0, len(writes), 2):
-                    fields[sys.intern(writes[i])] = writes[i + 1]
+                village.fields.update(zip(writes[::2], writes[1::2], strict=True))
         for code in stations:
             village = self._held.get(code)
             if village is not None:

@@ -5,8 +5,8 @@ and the digests applied up to it, and the registry's word on the codes it has se
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import astuple, dataclass, replace
 
 import msgspec.msgpack as msgpack
 import redis.asyncio as aioredis
@@ -52,6 +52,9 @@ class Applied:
     records_applied: int
     records_replayed: int
     villages_newly_reached: int
+
+    def __add__(self, other: Applied) -> Applied:
+        return Applied(*(a + b for a, b in zip(astuple(self), astuple(other), strict=True)))
 
 
 NOTHING = Applied(0, 0, 0, 0, 0, 0)
@@ -246,24 +249,25 @@ class ReadModelWriter:
                 known[code].stations = int(n) > 0
         return {code: changes.Held(v.fields, 1 if v.stations else 0) for code, v in known.items()}
 
-    async def units(self, codes: Iterable[str]) -> dict[str, changes.Unit | None]:
+    async def units(self, codes: Collection[str]) -> Mapping[str, changes.Unit | None]:
         """The registry's kind and segments of each code (None: not in the registry), kept per registry generation;
-        :class:`RegistryMissing` while no whole registry is loaded (after a wipe, or during the first load)."""
-        wanted = set(codes)
+        the mapping returned holds every code asked for, and may hold others. :class:`RegistryMissing` while no
+        whole registry is loaded (after a wipe, or during the first load)."""
         while True:
-            unread = sorted(c for c in wanted if c not in self._units)
+            unread_set = {c for c in codes if c not in self._units}
+            unread = sorted(unread_set)
             if not unread and self._generation is not None:
-                return {c: self._units[c] for c in wanted}
+                return self._units
             reply = await self._units_script(args=[msgpack.encode(unread)])
             generation, loaded = str(reply[0]), int(reply[1])
             if not loaded:
                 raise RegistryMissing("the division registry is not loaded in Redis (lastmile registry load); waiting")
             if generation != self._generation:
-                # A registry load ran: what is known belongs to another generation.
+                # A registry load ran (or this is the first read): what is known belongs to another generation.
                 self._forget_units()
                 self._generation = generation
-                if len(unread) < len(wanted):
-                    continue
+                if any(c not in unread_set for c in codes):
+                    continue  # read the others too, in this generation
             for i, code in enumerate(unread):
                 kind, segments = str(reply[2 + 2 * i]), str(reply[3 + 2 * i])
                 self._units[code] = self._unit(kind, segments) if kind else None
@@ -283,7 +287,8 @@ class ReadModelWriter:
     async def unknown_locations(self, codes: set[str]) -> set[str]:
         """The codes the registry does not hold; :class:`RegistryMissing` while no whole registry is loaded
         (after a wipe, or during the first load), when every code would look unknown."""
-        return {code for code, unit in (await self.units(codes)).items() if unit is None}
+        units = await self.units(codes)
+        return {code for code in codes if units[code] is None}
 
     async def forget_offset(self, topic: str, partition: int) -> None:
         ofield = names.offset_field(topic, partition)

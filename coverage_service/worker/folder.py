@@ -20,7 +20,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP, EventT
 
 from coverage_service.fold import Record, Rejected, decode_record, entry
-from coverage_service.readmodel.writer import Applied, ReadModelBehind, ReadModelFull, ReadModelWriter
+from coverage_service.readmodel.writer import NOTHING, Applied, ReadModelBehind, ReadModelFull, ReadModelWriter
 from lastmile import logs, names
 from lastmile.scan import ScanEvent
 from lastmile.settings import Settings
@@ -56,6 +56,22 @@ async def retrying(what: str, action: Callable[[], Awaitable[T]]) -> T:
             attempt += 1
 
 
+def calls(records: list[Record], max_events: int) -> list[list[Record]]:
+    """The records in consecutive groups of at most ``max_events`` events, one apply call each (a record is never
+    split: its offset is stored when all of it is applied; a bigger one is a call of its own). An empty list
+    still makes one call, so that its offsets are stored."""
+    out: list[list[Record]] = [[]]
+    size = 0
+    for r in records:
+        n = max(1, len(r.entries))
+        if out[-1] and size + n > max_events:
+            out.append([])
+            size = 0
+        out[-1].append(r)
+        size += n
+    return out
+
+
 class Folder:
     """Turns a batch of consumed records into one apply call, dead-lettering what cannot be used."""
 
@@ -79,7 +95,9 @@ class Folder:
         for msg, rejected in dead:
             await retrying("dead-letter publish", lambda m=msg, r=rejected: self._dead_letter(m, r))  # type: ignore[misc]
 
-        applied = await retrying("apply batch", lambda: self._apply(records))
+        applied = NOTHING
+        for chunk in calls(records, self.settings.worker_apply_events):
+            applied += await retrying("apply batch", lambda c=chunk: self._apply(c))  # type: ignore[misc]
         self._account(applied, len(dead))
         return applied
 
@@ -184,7 +202,9 @@ class Folder:
                 done = any(m.offset >= end - 1 for m in fetched.get(tp, []))
                 for i in range(0, len(messages), self.settings.worker_batch_max):
                     records, dead = await self._records(messages[i : i + self.settings.worker_batch_max])
-                    self._account(await self._apply(records), len(dead))
+                    for chunk in calls(records, self.settings.worker_apply_events):
+                        self._account(await self._apply(chunk), 0)
+                    self._account(NOTHING, len(dead))
         finally:
             await consumer.stop()
 

@@ -19,7 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from coverage_service.fold import Record, decode_record, entry
 from coverage_service.readmodel.registry_store import load_registry, registry_loaded
 from coverage_service.readmodel.writer import ReadModelWriter
-from coverage_service.worker.folder import HEARTBEAT_TTL_SECONDS
+from coverage_service.worker.folder import HEARTBEAT_TTL_SECONDS, calls
 from lastmile import names
 from lastmile.registry import read_registry
 from lastmile.settings import Settings
@@ -180,8 +180,7 @@ async def _fold_topic(
                     consumer.pause(tp)
             # The worker's own fold and apply script, with partitions and offsets: the stored offsets keep the
             # rebuild exactly-once, whether it is run again or a worker takes over afterwards.
-            for start in range(0, len(records), settings.worker_batch_max):
-                chunk = records[start : start + settings.worker_batch_max]
+            for chunk in calls(records, settings.worker_apply_events):
                 result = await writer.apply(chunk)
                 report.events_applied += result.events_applied
                 report.events_duplicate += result.events_duplicate

@@ -60,7 +60,10 @@ async def test_worker_killed_at_random_points_ends_exact(
     workers: list[Proc] = []
 
     def launch(n: int) -> Proc:
-        env = service_env(settings, WORKER_GROUP_ID=f"{settings.consumer_group}-{n}", WORKER_BATCH_MAX="32")
+        # Small apply calls: a taken batch is folded in several, so kills also land between the calls of one.
+        env = service_env(
+            settings, WORKER_GROUP_ID=f"{settings.consumer_group}-{n}", WORKER_BATCH_MAX="32", WORKER_APPLY_EVENTS="15"
+        )
         proc: Proc = start("worker", env, tmp_path / f"worker-{n}")
         workers.append(proc)
         return proc

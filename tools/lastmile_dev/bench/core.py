@@ -35,7 +35,7 @@ class Config:
     posters: int = 6  # concurrent HTTP posters of the throughput and freshness load
     # The throughput phase's load is built before it starts, for this many events/s over its duration (more than
     # ingest accepts here); should posting outrun it, the rest is made during the phase and the output says so.
-    prebuilt_events_per_s: int = 30_000
+    prebuilt_events_per_s: int = 40_000
     freshness_seconds: float = 30.0  # how long the steady half-rate load of the freshness scenario runs
     scaling_events: int = 600_000  # events preloaded into the topic for each worker-scaling phase
     runs: int = 3  # runs of each timed scenario (lastmile_dev.bench.medians): the table shows their medians

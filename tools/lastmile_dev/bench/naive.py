@@ -34,6 +34,7 @@ OPTIMIZED: Final = ("throughput", "sustained end-to-end throughput")  # scenario
 SEED_OFFSET: Final = 101
 QUICK_EVENTS: Final = 4_000  # the quick run sends this many and waits for all of them
 BACKLOG: Final = 30_000  # events kept queued ahead of the worker in the full run
+PREBUILT_EVENTS_PER_S: Final = 8_000  # the load queued before the phase: twice this design's rate here
 CHUNK: Final = 1_000
 START_TIMEOUT_SECONDS: Final = 120.0
 POLL_SECONDS: Final = 0.25  # the quick run's; the full run reads the counters once a second
@@ -170,7 +171,9 @@ async def run(ctx: Context) -> Result:
     proc: Proc | None = None
     timeline: list[tuple[float, int]] = []
     try:
-        await top_up(cap or BACKLOG)  # a backlog before the worker starts, so it never waits for input
+        # The load before the worker starts, for the whole phase at more than this design's rate (as the throughput
+        # scenario's is built before it), so that making it does not compete; topped up only if it runs short.
+        await top_up(cap or max(BACKLOG, int(config.duration_seconds * PREBUILT_EVENTS_PER_S)))
         log = stack.workdir / "logs" / "naive-worker.log"
         proc = Proc("naive-worker", [sys.executable, "-m", __name__, "worker"], log, env=settings_env(settings))
         proc.start()
