@@ -243,6 +243,10 @@ def test_redis_commands_are_ranked_by_their_microseconds_per_event() -> None:
     figures = {f.name: f for f in throughput._cpu_figures(usage, 1_000)}
     assert figures["Redis µs per event in scripts (evalsha)"].value == pytest.approx(90.0)
     assert "hset 20.0 µs (3.00 calls)" in figures["Redis µs per event in scripts (evalsha)"].note
+    # 10 calls for 90 ms of Redis: each held it 9 ms, for 100 events.
+    held = figures["Redis held per script call (mean)"]
+    assert held.value == pytest.approx(9.0)
+    assert "100 events each" in held.note
 
 
 def test_a_process_group_cpu_is_read_from_proc() -> None:

@@ -252,6 +252,19 @@ def _cpu_figures(usage: cpu.Usage, events: int) -> list[Figure]:
                 + " (INFO commandstats, busiest first; evalsha includes the commands its scripts run)",
             )
         )
+    calls, usec = usage.commands.get("evalsha", (0, 0))
+    if calls:
+        figures.append(
+            Figure(
+                "Redis held per script call (mean)",
+                usec / calls / 1000,
+                "ms",
+                "reported",
+                None,
+                note=f"{calls:,} calls, {events / calls:,.0f} events each: a reader arriving meanwhile waits for it "
+                "(WORKER_APPLY_EVENTS bounds a call)",
+            )
+        )
     for role in ROLES:
         us = per_event.get(role)
         if us is None:
