@@ -606,7 +606,9 @@ async def test_a_request_trickling_past_the_read_timeout_gets_408_and_publishes_
     body = orjson.loads(content)
     assert body["status"] == 408 and body["type"].endswith("/request-timeout"), body
     assert body["timeout_seconds"] == READ_TIMEOUT_S
-    assert READ_TIMEOUT_S <= took <= READ_TIMEOUT_S + 5, took  # closed at the deadline, not at the client's will
+    # closed at the deadline, not at the client's will; the server's loop clock is cached per iteration and its timers
+    # have millisecond granularity, so the deadline may fall a few ms short of one taken before connecting
+    assert READ_TIMEOUT_S - 0.05 <= took <= READ_TIMEOUT_S + 5, took
     async with httpx.AsyncClient(base_url=f"http://{where}", timeout=5) as http:
         r = await http.post("/v1/scans", json={"events": [scan_event(good_id)]}, headers=auth())
         assert r.status_code == 202, r.text
