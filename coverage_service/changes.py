@@ -11,7 +11,7 @@ import functools
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec.msgpack as msgpack
 
@@ -65,13 +65,15 @@ class Gathered:
         return {code: loc for code, loc in self.locations.items() if len(code) == VILLAGE_DIGITS}
 
 
-@dataclass(frozen=True, slots=True)
-class Held:
-    """What a village holds now: its ``loc:`` hash, and the size of its station set (read when the batch brings
-    stations)."""
+class Held(Protocol):
+    """What a village holds now: its ``loc:`` hash, values as integers, and whether its station set is non-empty
+    (read when the batch brings stations; None: not read)."""
 
-    fields: Mapping[str, str | int]
-    stations: int = 0
+    @property
+    def fields(self) -> Mapping[str, int]: ...
+
+    @property
+    def stations(self) -> bool | None: ...
 
 
 @dataclass(slots=True)
@@ -136,39 +138,45 @@ def resolve(g: Gathered, units: Mapping[str, Unit | None], held: Mapping[str, He
     # What villages add to their township (reached and station counts); _roll_up adds it to every region above.
     townships: dict[str, tuple[dict[str, int], int]] = {}
     for code, loc in g.locations.items():
-        _merge(townships, code[:TOWNSHIP_DIGITS], loc.counts, loc.newest_ms)
+        township_code = code[:TOWNSHIP_DIGITS]
+        _merge(townships, township_code, loc.counts, loc.newest_ms)
         if len(code) != VILLAGE_DIGITS:
             continue
         unit = units[code]
         assert unit is not None  # gather() keeps known codes only
         now = held[code]
         values = now.fields
+        value = values.get
         writes: list[Any] = []
         for counter, n in loc.counts.items():
-            writes += (counter, int(values.get(counter, 0)) + n)
-        first, was = loc.first_reach_ms, values.get(f.FIRST_REACH_MS)
-        if first is not None and (was is None or first < int(was)):
+            writes += (counter, value(counter, 0) + n)
+        first, was = loc.first_reach_ms, value(f.FIRST_REACH_MS)
+        if first is not None and (was is None or first < was):
             writes += (f.FIRST_REACH_MS, first)
-        township = townships[code[:TOWNSHIP_DIGITS]][0]
+        township = townships[township_code][0]
+        segments = unit.segments
         for s, ms in loc.last_reach.items():
             reached, last_reach = _flag_fields(s)
             if reached not in values:
                 writes += (reached, 1)
                 if s == "" and unit.kind == KIND_VILLAGE:
                     ch.newly_reached += 1
-                for q in unit.segments:
-                    name = _reached_field(s, q)
+                for name in _reached_fields(s, segments):
                     township[name] = township.get(name, 0) + 1
-            last = values.get(last_reach)
-            if last is None or ms > int(last):
+            last = value(last_reach)
+            if last is None or ms > last:
                 writes += (last_reach, ms)
-                for q in unit.segments:
-                    for r in (code[:TOWNSHIP_DIGITS], code[:6]):  # township and county keep lapse indexes
-                        indexes.setdefault(r + s + q, []).extend((ms, code))
+                for sq in _suffixes(s, segments):
+                    for index in (township_code + sq, code[:6] + sq):  # township and county keep lapse indexes
+                        members = indexes.get(index)
+                        if members is None:
+                            indexes[index] = [ms, code]
+                        else:
+                            members += (ms, code)
         if loc.stations:
             ch.stations[code] = list(loc.stations)
-            if now.stations == 0:  # its first station: 一村一站 counts it once
-                for q in unit.segments:
+            if not now.stations:  # its first station: 一村一站 counts it once
+                for q in segments:
                     name = f.VILLAGES_WITH_STATION + q
                     township[name] = township.get(name, 0) + 1
         ch.locs[code] = writes
@@ -182,8 +190,13 @@ def _flag_fields(suffix: str) -> tuple[str, str]:
 
 
 @functools.cache
-def _reached_field(suffix: str, segment: str) -> str:
-    return sys.intern(f.VILLAGES_REACHED + suffix + segment)
+def _reached_fields(suffix: str, segments: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sys.intern(f.VILLAGES_REACHED + suffix + q) for q in segments)
+
+
+@functools.cache
+def _suffixes(suffix: str, segments: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(suffix + q for q in segments)
 
 
 def _roll_up(townships: dict[str, tuple[dict[str, int], int]], ch: Changes) -> None:

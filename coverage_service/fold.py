@@ -9,7 +9,7 @@ from __future__ import annotations
 import functools
 import sys
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -20,6 +20,8 @@ from lastmile.names import field
 
 # Parcel volume is counted by calendar year in China Standard Time, the year regulators report in.
 CHINA_STANDARD_TIME = timezone(timedelta(hours=8), "CST")
+CST_OFFSET_MS = 8 * 3_600_000
+DAY_MS = 86_400_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,17 +36,24 @@ class Entry:
 
 
 def entry(event: scan.ScanEvent) -> Entry:
-    year = event.occurred_at.astimezone(CHINA_STANDARD_TIME).year if event.event_type in scan.VOLUME_TYPES else 0
+    ms = event.occurred_ms
+    year = _china_year((ms + CST_OFFSET_MS) // DAY_MS) if event.event_type in scan.VOLUME_TYPES else 0
     counters, dimensions = _labels(event.event_type, event.carrier, year, event.cooperation_model)
     return Entry(
         digest=dedup.digest(event.carrier, event.event_id),
         location_code=event.location_code,
-        occurred_ms=event.occurred_ms,
+        occurred_ms=ms,
         reaches=event.reaches,
         counters=counters,
         dimensions=dimensions,
         station_id=event.station_id or "" if event.is_village else "",
     )
+
+
+@functools.lru_cache(maxsize=4_096)
+def _china_year(day: int) -> int:
+    """The year of a day counted in China Standard Time (days since its 1970-01-01)."""
+    return (date(1970, 1, 1) + timedelta(days=day)).year
 
 
 @functools.lru_cache(maxsize=65_536)

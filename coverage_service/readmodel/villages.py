@@ -46,7 +46,8 @@ class Villages:
         for code, writes in locs.items():
             village = self._held.get(code)
             if village is not None:
-                village.fields.update(zip(writes[::2], writes[1::2], strict=True))
+                pairs = iter(writes)
+                village.fields.update(zip(pairs, pairs, strict=True))
         for code in stations:
             village = self._held.get(code)
             if village is not None:

@@ -220,7 +220,7 @@ class ReadModelWriter:
             self.positions[ofield] = offset
             self.seen[ofield].add(hour, b"".join(gathered.digests.get(ofield, ())))
 
-    async def _held(self, batch: dict[str, changes.Location]) -> dict[str, changes.Held]:
+    async def _held(self, batch: dict[str, changes.Location]) -> dict[str, villages.Village]:
         """What the villages of a batch hold now: from memory, or read from Redis (the loc: hash whole, and the
         size of the station set when the batch brings stations). The apply script checks that no other writer
         moved their partitions on since (a village is written only by its partition's writer)."""
@@ -247,7 +247,7 @@ class ReadModelWriter:
                 self.villages.keep(code, known[code])
             for code, n in zip(uncounted, replies[len(unread) :], strict=True):
                 known[code].stations = int(n) > 0
-        return {code: changes.Held(v.fields, 1 if v.stations else 0) for code, v in known.items()}
+        return known
 
     async def units(self, codes: Collection[str]) -> Mapping[str, changes.Unit | None]:
         """The registry's kind and segments of each code (None: not in the registry), kept per registry generation;

@@ -7,6 +7,7 @@ module under test.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -57,8 +58,16 @@ def ms(hours: int) -> int:
     return int((NOW - timedelta(hours=hours)).timestamp() * 1000)
 
 
+@dataclass
+class Held:
+    """A village's state as the writer hands it to :func:`changes.resolve`."""
+
+    fields: dict[str, int]
+    stations: bool | None = False
+
+
 def empty(g: changes.Gathered) -> dict[str, changes.Held]:
-    return {code: changes.Held({}) for code in g.villages()}
+    return {code: Held({}) for code in g.villages()}
 
 
 def test_replays_are_skipped_per_partition_and_unknown_codes_neither_counted_nor_remembered() -> None:
@@ -110,15 +119,15 @@ def test_what_a_village_holds_decides_what_moves() -> None:
         {"t:0": -1},
     )
     now = {
-        "type:delivered": "7",
-        "carrier:sf": "4",
-        "first_reach_ms": str(ms(1)),
-        "reached": "1",
-        "last_reach_ms": str(ms(1)),
-        "reached|carrier:sf": "1",
-        "last_reach_ms|carrier:sf": str(ms(1)),
+        "type:delivered": 7,
+        "carrier:sf": 4,
+        "first_reach_ms": ms(1),
+        "reached": 1,
+        "last_reach_ms": ms(1),
+        "reached|carrier:sf": 1,
+        "last_reach_ms|carrier:sf": ms(1),
     }
-    held = {V2: changes.Held(now, stations=1)}
+    held = {V2: Held(now, stations=True)}
     ch = changes.resolve(g, UNITS, held)
     writes = dict(zip(ch.locs[V2][::2], ch.locs[V2][1::2], strict=True))
     assert writes["type:delivered"] == 9 and writes["carrier:sf"] == 5 and writes["carrier:zto"] == 1

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
+from hypothesis import given
+from hypothesis import strategies as st
 
 from coverage_service import fold
 from lastmile import scan
@@ -50,6 +52,15 @@ def test_volume_is_counted_once_per_parcel_by_china_standard_time_year() -> None
     assert "vol:2023" in fold.entry(parsed(event_type="delivered", occurred_at="2023-12-31T15:59:59Z")).counters
     for not_a_parcel_end in ("arrived_at_station", "out_for_delivery"):
         assert not any(c.startswith("vol:") for c in fold.entry(parsed(event_type=not_a_parcel_end)).counters)
+
+
+@given(st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2099, 12, 31), timezones=st.just(UTC)))
+def test_the_volume_year_is_the_year_on_a_clock_in_beijing(moment: datetime) -> None:
+    moment = moment.replace(microsecond=moment.microsecond // 1000 * 1000)  # the contract's times are to the ms
+    expected = moment.astimezone(timezone(timedelta(hours=8))).year
+    event = scan.ScanEvent("e1", "sf", "W1", "delivered", "140322205206", moment)  # any time, unlike validate()
+    e = fold.entry(event)
+    assert f"vol:{expected}" in e.counters
 
 
 def test_the_station_goes_with_village_events_only() -> None:
