@@ -20,7 +20,7 @@ from lastmile.names import field
 
 # Parcel volume is counted by calendar year in China Standard Time, the year regulators report in.
 CHINA_STANDARD_TIME = timezone(timedelta(hours=8), "CST")
-CST_OFFSET_MS = 8 * 3_600_000
+CST_OFFSET_MS = int(CHINA_STANDARD_TIME.utcoffset(None).total_seconds()) * 1000
 DAY_MS = 86_400_000
 
 

@@ -133,8 +133,8 @@ def run(settings: Settings) -> None:
 
 # An apply call's temporaries (entries, locations, writes: some ten objects per event) live for the whole call;
 # at the default thresholds they outlive young collections, and each full collection then walks every object the
-# worker holds (its village memory, the registry's word on its codes): measured, a third of the worker's CPU
-# (docs/performance.md). Young collections after this many allocations let a call's temporaries die young.
+# worker holds (its village memory, the registry's word on its codes); docs/performance.md has the measurement.
+# Young collections after this many allocations let a call's temporaries die young.
 GC_YOUNG_THRESHOLD = 200_000
 
 
