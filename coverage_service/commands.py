@@ -101,7 +101,7 @@ def _registry(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from coverage_service.readmodel.registry_store import load_registry
+    from coverage_service.readmodel.registry_store import LayoutMismatch, load_registry
     from lastmile.registry import RegistryError, locate, read_registry
 
     directory = locate(args.directory)
@@ -133,7 +133,12 @@ def _registry(args: argparse.Namespace, settings: Settings) -> int:
         finally:
             await client.aclose()
 
-    print(load_summary(directory, asyncio.run(load())))
+    try:
+        report = asyncio.run(load())
+    except LayoutMismatch as exc:
+        print(f"lastmile registry load: {exc}", file=sys.stderr)
+        return 1
+    print(load_summary(directory, report))
     return 0
 
 

@@ -33,6 +33,9 @@ REG_CHILDREN: Final = "reg:children:"
 REG_META: Final = "reg:meta"
 # A token every registry write replaces: the worker decides a batch on the registry of one generation.
 REG_GENERATION: Final = "reg:generation"
+# The read model's key layout, written with the registry: 2 since keys carry their province's hash tag.
+LAYOUT: Final = "layout"
+LAYOUT_VERSION: Final = "2"
 REGION: Final = "region:"
 LOCATION: Final = "loc:"
 # Dedup digests per partition (offset field) and hour: "dedup:<topic>:<partition>:<hour>" holds how many bytes
@@ -47,8 +50,25 @@ HISTORY: Final = "history:"
 HISTORY_DAYS: Final = "history-days"
 
 
+# The keys of a province's units carry its code as a Redis Cluster hash tag, "lastmile:{37}:loc:370102001001", so
+# that one province's keys share a hash slot (docs/sharding.md).
+SHARDED: Final = frozenset({REGION, LOCATION, REACH_INDEX, STATIONS})
+
+
 def key(prefix: str, suffix: str, code: str = "") -> str:
+    if code and suffix in SHARDED and code != NATIONAL:
+        return f"{prefix}:{shard_tag(code)}:{suffix}{code}"
     return f"{prefix}:{suffix}{code}"
+
+
+def pattern(prefix: str, suffix: str) -> str:
+    """The SCAN pattern of every key of one kind (``REGION`` ...), in any hash slot."""
+    return f"{prefix}:*{suffix}*" if suffix in SHARDED else f"{prefix}:{suffix}*"
+
+
+def shard_tag(code: str) -> str:
+    """The hash tag of a unit's keys: its province's two digits in braces."""
+    return "{" + code[:2] + "}"
 
 
 def offset_field(topic: str, partition: int) -> str:
@@ -122,13 +142,15 @@ def lua_names(prefix: str) -> dict[str, str]:
         "reg_kind": key(prefix, REG_KIND),
         "reg_unit": key(prefix, REG_UNIT),
         "reg_children": key(prefix, REG_CHILDREN),
-        "region": key(prefix, REGION),
-        "loc": key(prefix, LOCATION),
+        "prefix": prefix,
+        "region": REGION,
+        "loc": LOCATION,
         "dedup": key(prefix, DEDUP),
-        "reach_index": key(prefix, REACH_INDEX),
-        "stations": key(prefix, STATIONS),
+        "reach_index": REACH_INDEX,
+        "stations": STATIONS,
         "reg_meta": key(prefix, REG_META),
         "reg_generation": key(prefix, REG_GENERATION),
+        "layout": key(prefix, LAYOUT),
         "meta_population_tiers": meta.POPULATION_TIERS,
         "meta_loaded_at": meta.LOADED_AT,
         "villages_with_station": field.VILLAGES_WITH_STATION,

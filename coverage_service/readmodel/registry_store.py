@@ -26,6 +26,10 @@ from lastmile.registry import NATION_NAME, Registry
 CHUNK_UNITS: Final = 2000
 
 
+class LayoutMismatch(RuntimeError):
+    """The read model in Redis was written in another key layout than this version's (names.LAYOUT_VERSION)."""
+
+
 @dataclass(frozen=True)
 class LoadReport:
     kinds: dict[str, int]  # village-level units per kind, in this edition
@@ -50,6 +54,9 @@ async def load_registry(
     started = time.perf_counter()
     script = redis.register_script(scripts.source("registry.lua", prefix, prelude=True))
     meta_key = names.key(prefix, names.REG_META)
+    layout = await redis.get(names.key(prefix, names.LAYOUT))
+    if await redis.exists(meta_key) and layout != names.LAYOUT_VERSION:
+        raise LayoutMismatch(layout_mismatch(prefix, layout))
     old_tiers = await redis.hget(meta_key, names.meta.POPULATION_TIERS) or ""
     new_tiers = format_tiers(population_tiers)
     units = list(registry.units())
@@ -82,6 +89,13 @@ async def registry_loaded(redis: aioredis.Redis, prefix: str) -> bool:
     return bool(await redis.exists(names.key(prefix, names.REG_META)))
 
 
+def layout_mismatch(prefix: str, layout: str | None) -> str:
+    return (
+        f"the read model under {prefix!r} is in key layout {layout or '1'}, this version writes layout "
+        f"{names.LAYOUT_VERSION}: rebuild it from the topic (lastmile rebuild --wipe --registry DIR)"
+    )
+
+
 def format_tiers(tiers: Sequence[int]) -> str:
     return ",".join(str(t) for t in sorted(set(tiers)))
 
@@ -102,4 +116,5 @@ async def _write_meta(redis: aioredis.Redis, prefix: str, registry: Registry, ti
         pipe.delete(meta_key)
         pipe.hset(meta_key, mapping=meta)
         pipe.set(names.key(prefix, names.REG_GENERATION), generation)
+        pipe.set(names.key(prefix, names.LAYOUT), names.LAYOUT_VERSION)
         await pipe.execute()

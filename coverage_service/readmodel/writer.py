@@ -14,7 +14,7 @@ from redis.exceptions import OutOfMemoryError, ResponseError
 
 from coverage_service import changes, dedup
 from coverage_service.fold import Record
-from coverage_service.readmodel import scripts, villages
+from coverage_service.readmodel import registry_store, scripts, villages
 from lastmile import backlog, names
 from lastmile.divisions import KIND_VILLAGE
 
@@ -259,9 +259,11 @@ class ReadModelWriter:
             if not unread and self._generation is not None:
                 return self._units
             reply = await self._units_script(args=[msgpack.encode(unread)])
-            generation, loaded = str(reply[0]), int(reply[1])
+            generation, loaded, layout = str(reply[0]), int(reply[1]), str(reply[2])
             if not loaded:
                 raise RegistryMissing("the division registry is not loaded in Redis (lastmile registry load); waiting")
+            if layout != names.LAYOUT_VERSION:
+                raise RegistryMissing(registry_store.layout_mismatch(self.prefix, layout))
             if generation != self._generation:
                 # A registry load ran (or this is the first read): what is known belongs to another generation.
                 self._forget_units()
@@ -269,7 +271,7 @@ class ReadModelWriter:
                 if any(c not in unread_set for c in codes):
                     continue  # read the others too, in this generation
             for i, code in enumerate(unread):
-                kind, segments = str(reply[2 + 2 * i]), str(reply[3 + 2 * i])
+                kind, segments = str(reply[3 + 2 * i]), str(reply[4 + 2 * i])
                 self._units[code] = self._unit(kind, segments) if kind else None
 
     def _unit(self, kind: str, segments: str) -> changes.Unit:

@@ -219,19 +219,21 @@ async def read_model(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
         }
 
     out: dict[str, Any] = {"regions": {}, "locations": {}, "lapse_indexes": {}}
-    for part, pattern in (("regions", names.REGION), ("locations", names.LOCATION)):
-        start = len(names.key(prefix, pattern))
-        async for key in redis.scan_iter(match=names.key(prefix, pattern, "*"), count=1000):
+
+    def code(key: str, suffix: str) -> str:
+        return key.split(":" + suffix, 1)[1]
+
+    for part, suffix in (("regions", names.REGION), ("locations", names.LOCATION)):
+        async for key in redis.scan_iter(match=names.pattern(prefix, suffix), count=1000):
             kept = keep(await redis.hgetall(key), REGION_FIELDS if part == "regions" else LOC_FIELDS)
             if kept:
-                out[part][key[start:]] = kept
-    start = len(names.key(prefix, names.REACH_INDEX))
-    async for key in redis.scan_iter(match=names.key(prefix, names.REACH_INDEX, "*"), count=1000):
+                out[part][code(key, suffix)] = kept
+    async for key in redis.scan_iter(match=names.pattern(prefix, names.REACH_INDEX), count=1000):
         if names.field.TIER_SEP in key:
             continue
         members: list[Any] = await redis.zrange(key, 0, -1, withscores=True)
         if members:
-            out["lapse_indexes"][key[start:]] = {m: int(s) for m, s in members}
+            out["lapse_indexes"][code(key, names.REACH_INDEX)] = {m: int(s) for m, s in members}
     raw = await redis.hgetall(names.key(prefix, names.STATS))
     out["stats"] = {k: int(raw.get(k, 0)) for k in ("events_applied", "events_duplicate")}
     return out

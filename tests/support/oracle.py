@@ -142,11 +142,10 @@ async def count_active(
 ) -> list[int]:
     """For each (counties or townships, scope) group, its villages reached at or after ``cutoff_ms`` in the
     scope: the sum of the group's lapse-index counts. One pipeline of a few script calls."""
-    index = names.key(prefix, names.REACH_INDEX)
     flat: list[tuple[int, str]] = []  # (group, index key)
     for g, (regions, flt) in enumerate(groups):
         suffix = flt.index_suffix()
-        flat.extend((g, index + r + suffix) for r in regions)
+        flat.extend((g, names.key(prefix, names.REACH_INDEX, r + suffix)) for r in regions)
     totals = [0] * len(groups)
     if not flat:
         return totals

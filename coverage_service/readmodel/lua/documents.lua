@@ -45,7 +45,7 @@ local function sorted_children(code)
 end
 
 local function active(code, suffix, cutoff)
-  return redis.call('ZCOUNT', '${reach_index}' .. code .. suffix, cutoff, '+inf')
+  return redis.call('ZCOUNT', index_key(code .. suffix), cutoff, '+inf')
 end
 
 -- The dimensions of a region hash (flat HGETALL reply): '|carrier:sf', '|model:postal_express' ...
@@ -67,7 +67,7 @@ if mode == 'region' then
   out.kind = redis.call('HGET', '${reg_kind}', code)
   if not out.kind and code ~= NATIONAL then return cjson.encode(times(out)) end
   out.name = redis.call('HGET', '${reg_unit}' .. code, '${unit_name}')
-  out.region = redis.call('HGETALL', '${region}' .. code)
+  out.region = redis.call('HGETALL', region_key(code))
   if own_counts then
     -- An index holds the villages its villages_reached field counts: where that is 0 there is nothing to count.
     local fields = {}
@@ -93,14 +93,14 @@ if mode == 'region' then
     local reached_flag, last_field = '${reached}' .. dim, '${last_reach_ms}' .. dim
     for i, c in ipairs(kids) do
       local unit = redis.call('HMGET', '${reg_unit}' .. c, '${unit_name}', '${unit_population}')
-      local loc = redis.call('HMGET', '${loc}' .. c, reached_flag, last_field, '${last_reach_ms}')
-      rows[i] = {c, kinds[i], unit[1], unit[2], loc[1], loc[2], loc[3], redis.call('SCARD', '${stations}' .. c)}
+      local loc = redis.call('HMGET', loc_key(c), reached_flag, last_field, '${last_reach_ms}')
+      rows[i] = {c, kinds[i], unit[1], unit[2], loc[1], loc[2], loc[3], redis.call('SCARD', stations_key(c))}
     end
   else
     local fields = {'${villages_total}' .. tier, '${villages_reached}' .. dim .. tier, '${as_of_ms}',
                     '${villages_with_station}' .. tier}
     for i, c in ipairs(kids) do
-      local v = redis.call('HMGET', '${region}' .. c, unpack(fields))
+      local v = redis.call('HMGET', region_key(c), unpack(fields))
       local n = false
       if own_counts then n = (v[2] and v[2] ~= '0') and active(c, dim .. tier, cutoff) or 0 end
       rows[i] = {c, kinds[i], redis.call('HGET', '${reg_unit}' .. c, '${unit_name}'), v[1], v[2], v[3], v[4], n}
@@ -118,7 +118,7 @@ if mode == 'figures' then
   for i = 5, #ARGV do
     local c = ARGV[i]
     local kind = c == NATIONAL and 'national' or redis.call('HGET', '${reg_kind}', c)
-    local v = redis.call('HMGET', '${region}' .. c, unpack(fields))
+    local v = redis.call('HMGET', region_key(c), unpack(fields))
     local n = false
     if kind and #c >= 6 and c ~= NATIONAL then n = (v[2] and v[2] ~= '0') and active(c, dim .. tier, cutoff) or 0 end
     rows[#rows + 1] = {c, kind or false, redis.call('HGET', '${reg_unit}' .. c, '${unit_name}'), v[1], v[2], v[3],
@@ -137,13 +137,13 @@ if mode == 'village' then
   for i, n in ipairs({9, 6, 4, 2}) do
     out.ancestors[i] = redis.call('HGET', '${reg_unit}' .. string.sub(code, 1, n), '${unit_name}')
   end
-  out.loc = redis.call('HGETALL', '${loc}' .. code)
-  out.stations = redis.call('SMEMBERS', '${stations}' .. code)
+  out.loc = redis.call('HGETALL', loc_key(code))
+  out.stations = redis.call('SMEMBERS', stations_key(code))
   return cjson.encode(times(out))
 end
 
 if mode == 'meta' then
-  return cjson.encode(times({dims = dims_of(redis.call('HGETALL', '${region}' .. NATIONAL))}))
+  return cjson.encode(times({dims = dims_of(redis.call('HGETALL', region_key(NATIONAL)))}))
 end
 
 if mode == 'tree' then
@@ -169,7 +169,7 @@ if mode == 'reached' then
   for j = 1, n_dims do fields[j] = '${villages_reached}' .. ARGV[3 + j] .. tier end
   local out = {}
   for i = 4 + n_dims, #ARGV do
-    local reached = redis.call('HMGET', '${region}' .. ARGV[i], unpack(fields))
+    local reached = redis.call('HMGET', region_key(ARGV[i]), unpack(fields))
     local columns = {}
     for j = 1, n_dims do
       local r = reached[j]
@@ -199,12 +199,11 @@ if mode == 'actives' then
   local out, n, first, done = {}, 0, 6 + n_dims, 0
   for i = first, #ARGV do
     local county = ARGV[i]
-    local reached = redis.call('HMGET', '${region}' .. county, unpack(fields))
-    local key = '${reach_index}' .. county
+    local reached = redis.call('HMGET', region_key(county), unpack(fields))
     for j = 1, n_dims do
       local r = reached[j]
       if r and r ~= '0' then
-        local a = redis.call('ZCOUNT', key .. dims[j], cutoff, '+inf')
+        local a = redis.call('ZCOUNT', index_key(county .. dims[j]), cutoff, '+inf')
         if a > 0 then
           n = n + 1
           out[n] = (i - first) .. ':' .. (j - 1) .. ':' .. a

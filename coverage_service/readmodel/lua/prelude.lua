@@ -11,10 +11,6 @@ local KIND_VILLAGE = '${kind_village}'
 local REACHED = '${reached}'
 local LAST_REACH = '${last_reach_ms}'
 
-local function region_key(code) return '${region}' .. code end
-local function loc_key(code) return '${loc}' .. code end
-local function index_key(code) return '${reach_index}' .. code end
-local function stations_key(code) return '${stations}' .. code end
 local function int(n) return string.format('%d', n) end
 
 -- The regions a location rolls up into, innermost first; a 9-digit township is its own first region.

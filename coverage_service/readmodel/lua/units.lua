@@ -2,11 +2,13 @@
 -- (Runs after prelude.lua, whose segments() is the one statement of which figures a unit counts in.) Read-only.
 --
 -- ARGV[1] (MessagePack): [code, ...]
--- Returns: {generation, loaded (0/1), kind or '' (not in the registry), segments joined by ',', ...}
+-- Returns: {generation, loaded (0/1), layout, kind or '' (not in the registry), segments joined by ',', ...}
 -- The generation changes with every registry write: the apply script refuses a batch decided on another one.
 
 local codes = cmsgpack.unpack(ARGV[1])
-local out = {redis.call('GET', '${reg_generation}') or '', redis.call('EXISTS', '${reg_meta}')}
+local out = {
+  redis.call('GET', '${reg_generation}') or '', redis.call('EXISTS', '${reg_meta}'), redis.call('GET', '${layout}') or ''
+}
 local tiers = current_tiers()
 local kinds = call_sliced('HMGET', '${reg_kind}', codes, 1)
 for i, code in ipairs(codes) do

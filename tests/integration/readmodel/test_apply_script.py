@@ -15,9 +15,10 @@ import redis.asyncio as aioredis
 
 from coverage_service import dedup, fold
 from coverage_service.readmodel.writer import ReadModelBehind, ReadModelWriter, RegistryMissing
-from lastmile import scan
+from lastmile import names, scan
 from lastmile.settings import Settings
 from lastmile.topics import partition_for
+from tests.support import seeded
 
 pytestmark = pytest.mark.integration
 
@@ -29,8 +30,7 @@ KINDS = {**{v: "village" for v in VILLAGES}, COMMUNITY: "community", TOWNSHIP: "
 
 
 async def seed_registry(redis: aioredis.Redis, prefix: str) -> None:
-    await redis.hset(f"{prefix}:reg:kind", mapping=KINDS)
-    await redis.hset(f"{prefix}:reg:meta", "loaded_at", "2026-11-22T00:00:00+00:00")  # a whole registry is in
+    await seeded.seed_registry(redis, prefix, KINDS)
 
 
 def make_event(i: int, carrier: str, event_type: str, code: str, hours: int) -> scan.ScanEvent:
@@ -56,7 +56,7 @@ def record(partition: int, offset: int, events: list[scan.ScanEvent]) -> fold.Re
 
 
 async def region(redis: aioredis.Redis, prefix: str, code: str) -> dict[str, str]:
-    return dict(await redis.hgetall(f"{prefix}:region:{code}"))
+    return dict(await redis.hgetall(names.key(prefix, names.REGION, code)))
 
 
 async def test_a_batch_counts_once_and_a_replay_changes_nothing(redis: aioredis.Redis, settings: Settings) -> None:
@@ -81,7 +81,10 @@ async def test_a_batch_counts_once_and_a_replay_changes_nothing(redis: aioredis.
         out: dict[str, object] = {}
         for k in keys:
             kind = await redis.type(k)
-            out[k] = dict(await redis.hgetall(k)) if kind == "hash" else await redis.zrange(k, 0, -1, withscores=True)
+            if kind == "hash":
+                out[k] = dict(await redis.hgetall(k))
+            else:
+                out[k] = await redis.zrange(k, 0, -1, withscores=True) if kind == "zset" else await redis.get(k)
         return out
 
     before = await snapshot()
@@ -98,10 +101,10 @@ async def test_a_batch_counts_once_and_a_replay_changes_nothing(redis: aioredis.
     assert county["as_of_ms"] == str(int((NOW - timedelta(hours=1)).timestamp() * 1000))
     assert (await region(redis, p, "CN"))["villages_reached"] == "2"
     assert "villages_reached" not in await region(redis, p, "140322100")  # reached nothing there
-    village = await redis.hgetall(f"{p}:loc:{VILLAGES[0]}")
+    village = await redis.hgetall(names.key(p, names.LOCATION, VILLAGES[0]))
     assert village["first_reach_ms"] == str(int((NOW - timedelta(hours=9)).timestamp() * 1000))
     assert village["last_reach_ms"] == str(int((NOW - timedelta(hours=5)).timestamp() * 1000))
-    assert (await redis.hgetall(f"{p}:loc:{COMMUNITY}"))["reached"] == "1"
+    assert (await redis.hgetall(names.key(p, names.LOCATION, COMMUNITY)))["reached"] == "1"
     assert await redis.hgetall(f"{p}:offsets") == {"scans:0": "10", "scans:1": "4"}
 
 
@@ -116,7 +119,7 @@ async def test_resent_events_are_dropped_but_other_carriers_ids_are_not(
     await writer.apply([record(0, 0, [e])])
     second = await writer.apply([record(0, 1, [e, e]), record(2, 0, [same_id_other_carrier])])
     assert (second.events_applied, second.events_duplicate) == (1, 2)
-    assert (await redis.hgetall(f"{p}:loc:{VILLAGES[0]}"))["type:delivered"] == "2"
+    assert (await redis.hgetall(names.key(p, names.LOCATION, VILLAGES[0])))["type:delivered"] == "2"
     base, chunk = sorted(await redis.keys(f"{p}:dedup:scans:0:*"))
     assert chunk == base + ":0"
     assert await redis.get(base) == str(dedup.DIGEST_BYTES)  # one digest: e, once
@@ -284,7 +287,7 @@ async def test_a_writer_overtaken_on_a_partition_reads_its_villages_again(
     assert a.villages.get(v) is not None  # remembered
     await b.apply([record(0, 1, [make_event(2, "yto", "delivered", v, 3), make_event(3, "sf", "picked_up", v, 2)])])
     await a.apply([record(0, 2, [make_event(4, "zto", "delivered", v, 1)])])
-    loc = await redis.hgetall(f"{p}:loc:{v}")
+    loc = await redis.hgetall(names.key(p, names.LOCATION, v))
     assert (loc["type:delivered"], loc["type:picked_up"]) == ("3", "1")
     assert (loc["carrier:sf"], loc["carrier:yto"], loc["carrier:zto"]) == ("2", "1", "1")
     assert loc["last_reach_ms"] == str(int((NOW - timedelta(hours=1)).timestamp() * 1000))
@@ -306,7 +309,7 @@ async def test_without_a_whole_registry_the_script_writes_nothing_and_says_so(
     await redis.delete(f"{p}:reg:meta")  # the wipe, or a load under way: reg:meta is written last
     with pytest.raises(RegistryMissing, match="REGISTRY_MISSING"):
         await writer.apply([record(0, 0, [make_event(1, "sf", "delivered", VILLAGES[0], 1)])])
-    assert sorted(await redis.keys(f"{p}:*")) == [f"{p}:reg:kind"]
+    assert sorted(await redis.keys(f"{p}:*")) == sorted(names.key(p, n) for n in (names.REG_KIND, names.LAYOUT))
     with pytest.raises(RegistryMissing):
         await ReadModelWriter(redis, p, 3600).unknown_locations({VILLAGES[0]})
 

@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 from coverage_service import fold
 from coverage_service.readmodel.registry_store import load_registry
 from coverage_service.readmodel.writer import ReadModelWriter
-from lastmile import scan
+from lastmile import names, scan
 from lastmile.registry import read_registry
 from lastmile.settings import Settings
 
@@ -97,7 +97,7 @@ async def test_tiers_stations_and_lapse_index_follow_events_and_registry_changes
     )
 
     async def county() -> dict[str, str]:
-        return dict(await redis.hgetall(f"{p}:region:140322"))
+        return dict(await redis.hgetall(names.key(p, names.REGION, "140322")))
 
     fig = await county()
     assert (fig["villages_total"], fig["villages_total@p2500"]) == ("3", "1")
@@ -105,16 +105,16 @@ async def test_tiers_stations_and_lapse_index_follow_events_and_registry_changes
     assert (fig["villages_reached|carrier:sf"], fig["villages_reached|carrier:yto"]) == ("1", "2")
     assert fig["villages_reached|carrier:yto@p2500"] == "1"
     assert (fig["villages_with_station"], fig["villages_with_station@p2500"]) == ("2", "1")
-    assert await redis.smembers(f"{p}:stations:{B}") == {"S2", "S3"}
+    assert await redis.smembers(names.key(p, names.STATIONS, B)) == {"S2", "S3"}
 
     cutoff = (NOW - timedelta(days=30)).timestamp() * 1000
-    index = f"{p}:reach:140322"
+    index = names.key(p, names.REACH_INDEX, "140322")
     assert set(await redis.zrange(index, 0, -1)) == {A, B}  # the community is not indexed
     assert await redis.zscore(index, A) == pytest.approx((NOW - timedelta(days=2)).timestamp() * 1000, abs=1)
     assert await redis.zcount(index, cutoff, "+inf") == 2
     assert await redis.zcount(f"{index}|carrier:sf", cutoff, "+inf") == 0  # sf's only reach is 40 days old
     assert await redis.zcard(f"{index}|carrier:sf") == 1
-    assert await redis.zcount(f"{p}:reach:140322205@p2500", cutoff, "+inf") == 1
+    assert await redis.zcount(names.key(p, names.REACH_INDEX, "140322205@p2500"), cutoff, "+inf") == 1
 
     # A new edition: C becomes a village, B grows past the tier, A shrinks below it.
     v2 = write_registry(
@@ -142,7 +142,7 @@ async def test_tiers_stations_and_lapse_index_follow_events_and_registry_changes
     assert (fig["villages_total@p1000"], fig["villages_reached@p1000"]) == ("3", "3")  # A B C
     assert fig["villages_total@p2500"] == "2"
     assert await redis.hget(f"{p}:reg:meta", "population_tiers") == "1000,2500"
-    national = await redis.hgetall(f"{p}:region:CN")
+    national = await redis.hgetall(names.key(p, names.REGION, names.NATIONAL))
     assert national["villages_reached@p1000"] == "3" and national["villages_total"] == "4"
 
     # Loading the same edition again changes nothing.

@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from coverage_service.readmodel import registry_store
 from coverage_service.readmodel.registry_store import load_registry, registry_loaded
+from coverage_service.readmodel.writer import ReadModelWriter, RegistryMissing
 from lastmile import names
 from lastmile.registry import BUNDLED, RegistryError, read_registry
 from lastmile.settings import Settings
@@ -76,8 +77,11 @@ async def snapshot(redis: aioredis.Redis, prefix: str) -> dict[str, object]:
     async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
         if key == names.key(prefix, names.REG_GENERATION):
             continue
-        if await redis.type(key) == "set":
+        kind = await redis.type(key)
+        if kind == "set":
             out[key] = await redis.smembers(key)
+        elif kind == "string":
+            out[key] = await redis.get(key)
         else:
             out[key] = {k: v for k, v in (await redis.hgetall(key)).items() if k != names.meta.LOADED_AT}
     return out
@@ -177,7 +181,7 @@ async def reach(redis: aioredis.Redis, prefix: str, code: str, *, counted: bool)
 
 async def region_state(redis: aioredis.Redis, prefix: str) -> dict[str, dict[str | bytes, str | bytes]]:
     """Every region hash; a counter at 0 is the same as none (a count that went up and down again)."""
-    keys = [k async for k in redis.scan_iter(match=names.key(prefix, names.REGION) + "*", count=1000)]
+    keys = [k async for k in redis.scan_iter(match=names.pattern(prefix, names.REGION), count=1000)]
     state = {k: await redis.hgetall(k) for k in keys}
     return {k: {f: v for f, v in h.items() if v != "0" or f == names.field.VILLAGES_TOTAL} for k, h in state.items()}
 
@@ -225,6 +229,22 @@ async def test_a_bad_folder_writes_nothing(redis: aioredis.Redis, settings: Sett
         await load_registry(redis, settings.redis_key_prefix, read_registry(folder))
     assert [k async for k in redis.scan_iter(match=f"{settings.redis_key_prefix}:*")] == []
     assert not await registry_loaded(redis, settings.redis_key_prefix)
+
+
+async def test_a_read_model_of_the_earlier_key_layout_is_refused_with_the_way_out(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    prefix = settings.redis_key_prefix
+    await load_registry(redis, prefix, read_registry(SAMPLE))
+    await redis.delete(names.key(prefix, names.LAYOUT))  # as a read model written before layout 2 is
+    before = await snapshot(redis, prefix)
+
+    with pytest.raises(registry_store.LayoutMismatch, match=r"layout 1.*lastmile rebuild --wipe"):
+        await load_registry(redis, prefix, read_registry(SAMPLE))
+    writer = ReadModelWriter(redis, prefix, dedup_window_seconds=3600)
+    with pytest.raises(RegistryMissing, match=r"layout 1.*lastmile rebuild --wipe"):
+        await writer.units(["140322205206"])
+    assert await snapshot(redis, prefix) == before
 
 
 async def test_the_national_registry(redis: aioredis.Redis, settings: Settings) -> None:

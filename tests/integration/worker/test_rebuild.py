@@ -64,8 +64,10 @@ def make_events(n: int) -> list[scan.ScanEvent]:
 async def read_model(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
     """Everything the figures are made of (not the stats, offsets and dedup markers, which record the run)."""
     out: dict[str, Any] = {}
-    for pattern, kind in (("region:*", "hash"), ("loc:*", "hash"), ("reach:*", "zset"), ("stations:*", "set")):
-        async for key in redis.scan_iter(match=f"{prefix}:{pattern}", count=1000):
+    kinds = {names.REGION: "hash", names.LOCATION: "hash", names.REACH_INDEX: "zset", names.STATIONS: "set"}
+    async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
+        kind = next((k for suffix, k in kinds.items() if f":{suffix}" in key), None)
+        if kind is not None:
             if kind == "hash":
                 out[key] = await redis.hgetall(key)
             elif kind == "zset":

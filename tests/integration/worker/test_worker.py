@@ -19,6 +19,7 @@ from lastmile import names, scan
 from lastmile.settings import Settings
 from lastmile.topics import ensure_topics, partition_for
 from lastmile_dev.devstack import Proc
+from tests.support import seeded
 from tests.support.services import service_env, start
 
 pytestmark = pytest.mark.integration
@@ -50,8 +51,7 @@ def events(n: int, start: int = 0) -> list[scan.ScanEvent]:
 
 @pytest.fixture
 async def registry(settings: Settings, redis: aioredis.Redis) -> None:
-    await redis.hset(names.key(settings.redis_key_prefix, names.REG_KIND), mapping=dict.fromkeys(VILLAGES, "village"))
-    await redis.hset(names.key(settings.redis_key_prefix, names.REG_META), names.meta.LOADED_AT, "2026-11-22")
+    await seeded.seed_registry(redis, settings.redis_key_prefix, dict.fromkeys(VILLAGES, "village"))
     await ensure_topics(settings)
 
 
@@ -166,10 +166,8 @@ async def test_after_redis_loses_its_data_the_worker_resumes_from_the_read_model
     # Redis loses everything but the registry (a restore from an old backup, a lost AOF tail ...).
     prefix = settings.redis_key_prefix
     kinds = await redis.hgetall(names.key(prefix, names.REG_KIND))
-    meta = await redis.hgetall(names.key(prefix, names.REG_META))
     await redis.delete(*await redis.keys(f"{prefix}:*"))
-    await redis.hset(names.key(prefix, names.REG_KIND), mapping=kinds)
-    await redis.hset(names.key(prefix, names.REG_META), mapping=meta)
+    await seeded.seed_registry(redis, prefix, kinds)
 
     worker = start_worker(settings, tmp_path)
     try:

@@ -205,7 +205,7 @@ def test_dedup_bytes_per_event_meet_the_target_at_16_and_hours_per_gib_follow(to
 
 
 def test_naive_counts_per_county_under_its_own_prefix() -> None:
-    assert naive.counter_key("bench-x-naive-1", "140322205206") == "bench-x-naive-1:region:140322"
+    assert naive.counter_key("bench-x-naive-1", "140322205206") == "bench-x-naive-1:{14}:region:140322"
 
 
 def _context(results: dict[str, Result]) -> Context:
