@@ -54,7 +54,8 @@ async def load_registry(
     started = time.perf_counter()
     script = redis.register_script(scripts.source("registry.lua", prefix, prelude=True))
     meta_key = names.key(prefix, names.REG_META)
-    layout = await redis.get(names.key(prefix, names.LAYOUT))
+    stored = await redis.get(names.key(prefix, names.LAYOUT))
+    layout = None if stored is None else str(stored)
     if await redis.exists(meta_key) and layout != names.LAYOUT_VERSION:
         raise LayoutMismatch(layout_mismatch(prefix, layout))
     old_tiers = await redis.hget(meta_key, names.meta.POPULATION_TIERS) or ""
