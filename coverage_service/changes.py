@@ -200,17 +200,18 @@ def _suffixes(suffix: str, segments: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _roll_up(townships: dict[str, tuple[dict[str, int], int]], ch: Changes) -> None:
-    """Each township's increments and newest event to its region, each region's to its parent, up to the nation:
-    a location's counters are added once per level, not once per region above it."""
+    """Each township's increments and newest event to its region, each region's to its parent, up to the province
+    (the nation has no hash: its figures are its provinces' summed when read). A location's counters are added
+    once per level, not once per region above it."""
     level = townships
-    for digits in (*PARENT_DIGITS, 0):
+    for digits in PARENT_DIGITS:
         parents: dict[str, tuple[dict[str, int], int]] = {}
         for code, (counts, newest) in level.items():
             ch.regions[code] = counts
             ch.as_of[code] = newest
-            _merge(parents, code[:digits] if digits else names.NATIONAL, counts, newest)
+            _merge(parents, code[:digits], counts, newest)
         level = parents
-    for code, (counts, newest) in level.items():  # the nation
+    for code, (counts, newest) in level.items():  # the provinces
         ch.regions[code] = counts
         ch.as_of[code] = newest
 
@@ -228,13 +229,14 @@ def _merge(level: dict[str, tuple[dict[str, int], int]], code: str, counts: Mapp
 
 
 def payload(
-    g: Gathered, ch: Changes, expect: Mapping[str, int], registry: str, hour: int, expire_at_s: int
+    shard: str, g: Gathered, ch: Changes, expect: Mapping[str, int], registry: str, hour: int, expire_at_s: int
 ) -> list[bytes]:
-    """The apply script's arguments after ``now_ms``: the payload (MessagePack), then one string of packed digests per
-    partition named in its ``digests`` list (binary, so outside the JSON). The format is on ``apply.lua``."""
+    """The apply script's arguments after ``now_ms`` for one shard's part of a batch: the payload (MessagePack), then
+    one string of packed digests per partition named in its ``digests`` list. The format is on ``apply.lua``."""
     digests = [(ofield, b"".join(d)) for ofield, d in g.digests.items()]
     body = msgpack.encode(
         {
+            "shard": shard,
             "expect": dict(expect),
             "registry": registry,
             "hour": hour,

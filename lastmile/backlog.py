@@ -39,10 +39,26 @@ async def memory(redis: aioredis.Redis) -> Memory:
     return Memory(int(info["used_memory"]), int(info.get("maxmemory", 0)))
 
 
+async def shards(redis: aioredis.Redis, prefix: str) -> list[str]:
+    """The read model's shards: the provinces of its registry (none before one is loaded)."""
+    members = await redis.smembers(names.key(prefix, names.REG_CHILDREN, names.NATIONAL))
+    return sorted(_text(m) for m in members)
+
+
 async def applied_offsets(redis: aioredis.Redis, prefix: str) -> dict[str, int]:
-    """Offset field -> the last offset the read model applied."""
-    raw = await redis.hgetall(names.key(prefix, names.OFFSETS))
-    return {(k.decode() if isinstance(k, bytes) else k): int(v) for k, v in raw.items()}
+    """Offset field -> the last offset the read model applied in every shard (the lowest of the shards'; -1 for a
+    shard without one): the partition's records up to it count in every figure."""
+    provinces = await shards(redis, prefix)
+    async with redis.pipeline(transaction=False) as pipe:
+        for province in provinces:
+            pipe.hgetall(names.shard_key(prefix, province, names.OFFSETS))
+        replies = [{_text(k): int(v) for k, v in r.items()} for r in await pipe.execute()]
+    fields = {f for reply in replies for f in reply}
+    return {f: min(reply.get(f, -1) for reply in replies) for f in sorted(fields)}
+
+
+def _text(value: str | bytes) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 def lag(topic: str, ends: Mapping[int, int], applied: Mapping[str, int]) -> dict[int, int]:

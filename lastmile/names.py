@@ -31,15 +31,17 @@ REG_KIND: Final = "reg:kind"
 REG_UNIT: Final = "reg:unit:"
 REG_CHILDREN: Final = "reg:children:"
 REG_META: Final = "reg:meta"
-# A token every registry write replaces: the worker decides a batch on the registry of one generation.
+# A token every registry write replaces: the worker decides a batch on the registry of one generation. Each shard
+# holds a copy ("{37}:reg:generation"), which its apply calls check.
 REG_GENERATION: Final = "reg:generation"
 # The read model's key layout, written with the registry: 2 since keys carry their province's hash tag.
 LAYOUT: Final = "layout"
 LAYOUT_VERSION: Final = "2"
 REGION: Final = "region:"
 LOCATION: Final = "loc:"
-# Dedup digests per partition (offset field) and hour: "dedup:<topic>:<partition>:<hour>" holds how many bytes
-# of digests there are, in fixed-size strings "dedup:<topic>:<partition>:<hour>:0", ":1" ...
+# Per shard, the write path's own keys (shard_key): dedup digests per partition (offset field) and hour,
+# "{37}:dedup:<topic>:<partition>:<hour>" holding how many bytes of digests there are, in fixed-size strings
+# "...:<hour>:0", ":1" ...; the offsets applied ("{37}:offsets") and the worker's counters ("{37}:stats").
 DEDUP: Final = "dedup:"
 REACH_INDEX: Final = "reach:"
 STATIONS: Final = "stations:"
@@ -63,7 +65,7 @@ def key(prefix: str, suffix: str, code: str = "") -> str:
 
 def pattern(prefix: str, suffix: str) -> str:
     """The SCAN pattern of every key of one kind (``REGION`` ...), in any hash slot."""
-    return f"{prefix}:*{suffix}*" if suffix in SHARDED else f"{prefix}:{suffix}*"
+    return f"{prefix}:*{suffix}*" if suffix in SHARDED or suffix in PER_SHARD else f"{prefix}:{suffix}*"
 
 
 def shard_tag(code: str) -> str:
@@ -75,8 +77,16 @@ def offset_field(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
-def dedup_key(prefix: str, offset_field: str, hour: int, chunk: int | None = None) -> str:
-    base = key(prefix, DEDUP, f"{offset_field}:{hour}")
+PER_SHARD: Final = frozenset({DEDUP, OFFSETS, STATS, REG_GENERATION})
+
+
+def shard_key(prefix: str, shard: str, suffix: str) -> str:
+    """A key of one shard's write path (``OFFSETS``, ``STATS``, ``REG_GENERATION``); a shard is a province."""
+    return f"{prefix}:{shard_tag(shard)}:{suffix}"
+
+
+def dedup_key(prefix: str, shard: str, offset_field: str, hour: int, chunk: int | None = None) -> str:
+    base = shard_key(prefix, shard, f"{DEDUP}{offset_field}:{hour}")
     return base if chunk is None else f"{base}:{chunk}"
 
 
@@ -145,18 +155,19 @@ def lua_names(prefix: str) -> dict[str, str]:
         "prefix": prefix,
         "region": REGION,
         "loc": LOCATION,
-        "dedup": key(prefix, DEDUP),
+        "dedup": DEDUP,
         "reach_index": REACH_INDEX,
         "stations": STATIONS,
         "reg_meta": key(prefix, REG_META),
         "reg_generation": key(prefix, REG_GENERATION),
+        "shard_generation": REG_GENERATION,
         "layout": key(prefix, LAYOUT),
         "meta_population_tiers": meta.POPULATION_TIERS,
         "meta_loaded_at": meta.LOADED_AT,
         "villages_with_station": field.VILLAGES_WITH_STATION,
         "tier_sep": field.TIER_SEP,
-        "offsets": key(prefix, OFFSETS),
-        "stats": key(prefix, STATS),
+        "offsets": OFFSETS,
+        "stats": STATS,
         "national": NATIONAL,
         "kind_village": KIND_VILLAGE,
         "villages_total": field.VILLAGES_TOTAL,

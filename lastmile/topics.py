@@ -14,7 +14,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
-from lastmile import names
+from lastmile import backlog, names
 from lastmile.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -94,10 +94,14 @@ async def ensure_topics(settings: Settings) -> list[str]:
 async def _forget_offsets(settings: Settings) -> None:
     client = aioredis.from_url(settings.redis_url, decode_responses=True)
     try:
-        key = names.key(settings.redis_key_prefix, names.OFFSETS)
-        stale = [f for f in map(str, await client.hkeys(key)) if f.rsplit(":", 1)[0] == settings.scan_topic]
-        if stale:
-            await client.hdel(key, *stale)
+        cleared = False
+        for shard in await backlog.shards(client, settings.redis_key_prefix):
+            key = names.shard_key(settings.redis_key_prefix, shard, names.OFFSETS)
+            stale = [f for f in map(str, await client.hkeys(key)) if f.rsplit(":", 1)[0] == settings.scan_topic]
+            if stale:
+                await client.hdel(key, *stale)
+                cleared = True
+        if cleared:
             log.warning("cleared offsets of an earlier scan topic", extra={"topic": settings.scan_topic})
     finally:
         await client.aclose()

@@ -18,7 +18,7 @@ from typing_extensions import TypedDict  # pydantic needs this one on Python < 3
 
 from coverage_service.readmodel import resp, scripts
 from coverage_service.readmodel.filters import ALL, Filter
-from lastmile import divisions, names, scan
+from lastmile import backlog, divisions, names, scan
 from lastmile.names import field, stat
 
 SCRIPT: Final = "documents.lua"
@@ -292,17 +292,34 @@ def village_document(
 
 
 async def progress(redis: aioredis.Redis, prefix: str) -> Progress:
-    """How far the worker has got: applied offsets, its stats counters and the newest event time."""
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hgetall(names.key(prefix, names.OFFSETS))
-        pipe.hgetall(names.key(prefix, names.STATS))
-        pipe.hget(names.key(prefix, names.REGION, names.NATIONAL), field.AS_OF_MS)
-        offsets, stats, as_of_ms = await pipe.execute()
+    """How far the worker has got: the offsets every shard applied, its counters (the shards' summed) and the
+    newest event time (the provinces' latest)."""
+    shards = await backlog.shards(redis, prefix)
+    offsets = await backlog.applied_offsets(redis, prefix)
+    async with redis.pipeline(transaction=False) as pipe:
+        for shard in shards:
+            pipe.hgetall(names.shard_key(prefix, shard, names.STATS))
+        for shard in shards:
+            pipe.hget(names.key(prefix, names.REGION, shard), field.AS_OF_MS)
+        replies = await pipe.execute()
+    as_of = [int(v) for v in replies[len(shards) :] if v is not None]
     return {
-        "offsets": {k: int(v) for k, v in offsets.items()},
-        "stats": {k: int(v) for k, v in stats.items() if k in _STAT_FIELDS},
-        "national_as_of_ms": None if as_of_ms is None else int(as_of_ms),
+        "offsets": offsets,
+        "stats": _summed_stats(replies[: len(shards)]),
+        "national_as_of_ms": max(as_of, default=None),
     }
+
+
+def _summed_stats(shards: Iterable[Mapping[str, str]]) -> dict[str, int]:
+    """The worker's counters over its shards: summed, and the latest apply time."""
+    out: dict[str, int] = {}
+    for stats in shards:
+        for k, v in stats.items():
+            if k == stat.APPLIED_AT_MS:
+                out[k] = max(out.get(k, 0), int(v))
+            elif k in _STAT_FIELDS:
+                out[k] = out.get(k, 0) + int(v)
+    return out
 
 
 _STAT_FIELDS: Final = frozenset(v for k, v in vars(stat).items() if k.isupper())
@@ -400,11 +417,13 @@ def data_time_of(raw: Mapping[str, Any]) -> int | None:
 
 async def data_time_ms(redis: aioredis.Redis, prefix: str) -> int | None:
     """:func:`data_time`, read from the read model."""
+    shards = await backlog.shards(redis, prefix)
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.hget(names.key(prefix, names.STATS), stat.APPLIED_AT_MS)
         pipe.hget(names.key(prefix, names.REG_META), names.meta.LOADED_AT)
-        applied, loaded = await pipe.execute()
-    return data_time(applied, loaded)
+        for shard in shards:
+            pipe.hget(names.shard_key(prefix, shard, names.STATS), stat.APPLIED_AT_MS)
+        loaded, *applied = await pipe.execute()
+    return data_time(max((int(a) for a in applied if a is not None), default=None), loaded)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -90,6 +90,12 @@ async def registry_loaded(redis: aioredis.Redis, prefix: str) -> bool:
     return bool(await redis.exists(names.key(prefix, names.REG_META)))
 
 
+async def _lowest_offsets(redis: aioredis.Redis, prefix: str, shards: Sequence[str]) -> dict[FieldT, EncodableT]:
+    replies = [await redis.hgetall(names.shard_key(prefix, s, names.OFFSETS)) for s in shards]
+    fields = {f for reply in replies for f in reply}
+    return {f: min(int(reply.get(f, -1)) for reply in replies) for f in fields}
+
+
 def layout_mismatch(prefix: str, layout: str | None) -> str:
     return (
         f"the read model under {prefix!r} is in key layout {layout or '1'}, this version writes layout "
@@ -102,7 +108,8 @@ def format_tiers(tiers: Sequence[int]) -> str:
 
 
 async def _write_meta(redis: aioredis.Redis, prefix: str, registry: Registry, tiers: str, generation: str) -> None:
-    """The nation's unit and denominator, the load record and the registry generation, in one transaction."""
+    """The nation's unit, the load record and the registry generation with every shard's copy, in one transaction
+    (the nation has no region hash: its figures are its provinces' summed)."""
     meta_key = names.key(prefix, names.REG_META)
     meta: dict[FieldT, EncodableT] = {
         names.meta.LOADED_AT: datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
@@ -111,11 +118,20 @@ async def _write_meta(redis: aioredis.Redis, prefix: str, registry: Registry, ti
     }
     meta.update(registry.level_counts)
     meta.update(registry.kind_counts)
+    # A shard per province, those of earlier editions included (units are never removed). A province new to the
+    # read model starts where every shard has applied to: what came before counted as unknown (docs/read-model.md).
+    earlier = {str(p) for p in await redis.smembers(names.key(prefix, names.REG_CHILDREN, names.NATIONAL))}
+    had = [p for p in earlier if await redis.exists(names.shard_key(prefix, p, names.REG_GENERATION))]
+    shards = sorted(earlier | {p.code for p in registry.provinces})
+    floor = await _lowest_offsets(redis, prefix, had)
     async with redis.pipeline(transaction=True) as pipe:
         pipe.hset(names.key(prefix, names.REG_UNIT, names.NATIONAL), names.unit.NAME, NATION_NAME)
-        pipe.hsetnx(names.key(prefix, names.REGION, names.NATIONAL), names.field.VILLAGES_TOTAL, 0)
         pipe.delete(meta_key)
         pipe.hset(meta_key, mapping=meta)
         pipe.set(names.key(prefix, names.REG_GENERATION), generation)
+        for province in shards:
+            pipe.set(names.shard_key(prefix, province, names.REG_GENERATION), generation)
+            if province not in had and floor:
+                pipe.hset(names.shard_key(prefix, province, names.OFFSETS), mapping=floor)
         pipe.set(names.key(prefix, names.LAYOUT), names.LAYOUT_VERSION)
         await pipe.execute()

@@ -1,6 +1,6 @@
-"""The read model's writer: drops repeats, decides a batch's changes from what Redis holds, then runs the apply script,
-which writes them with the offsets and the dedup digests in one step. It knows, per partition, the offset Redis holds
-and the digests applied up to it, and the registry's word on the codes it has seen."""
+"""The read model's writer: drops repeats, decides a batch's changes from what Redis holds, then runs the apply script
+once per shard (province) of the batch, writing its part with the shard's offsets and dedup digests in one step. It
+knows, per partition and shard, the offset Redis holds, the digests applied, and the registry's word on codes seen."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import OutOfMemoryError, ResponseError
 
 from coverage_service import changes, dedup
-from coverage_service.fold import Record
+from coverage_service.fold import Entry, Record
 from coverage_service.readmodel import registry_store, scripts, villages
 from lastmile import backlog, names
 from lastmile.divisions import KIND_VILLAGE
@@ -74,43 +74,51 @@ class ReadModelWriter:
         self._units: dict[str, changes.Unit | None] = {}
         self._unit_values: dict[tuple[str, str], changes.Unit] = {}
         self._generation: str | None = None
-        # Per partition (offset field): the offset Redis holds (-1: none) and the digests applied up to it,
-        # read by sync() or kept by apply(). The apply script checks the offset before it writes.
-        self.positions: dict[str, int] = {}
+        # Per partition (offset field): per shard, the offset Redis holds (-1: none), and the digests applied up to
+        # them, read by sync() or kept by apply(). The apply script checks a shard's offsets before it writes.
+        self.positions: dict[str, dict[str, int]] = {}
         self.seen: dict[str, dedup.Seen] = {}
+        self.shards: tuple[str, ...] = ()  # the registry's provinces
         self.villages = villages.Villages(village_cache)
         self._raw: aioredis.Redis | None = None
 
     async def sync(self, offset_fields: Iterable[str]) -> dict[str, int]:
-        """Read what Redis holds for these partitions (offset and dedup digests); return the offsets (-1: none).
+        """Read what Redis holds for these partitions in every shard (offsets and dedup digests); return, per
+        partition, the offset up to which every shard applied it (-1: none).
 
         The offsets are read first: digests read after them are a superset of those up to them, and a writer that
-        applied in between moved the offset, which the apply script's check catches.
+        applied in between moved an offset, which the apply script's check catches.
         """
         fields = sorted(set(offset_fields))
         if not fields:
             return {}
+        self.shards = shards = tuple(await backlog.shards(self.redis, self.prefix))
         now = _now_ms()
         hours = list(dedup.window_hours(now, self.window_ms))
-        stored = await self.redis.hmget(names.key(self.prefix, names.OFFSETS), fields)
-        wanted = [(ofield, hour) for ofield in fields for hour in hours]
-        filled = await self.redis.mget([names.dedup_key(self.prefix, f, h) for f, h in wanted]) if wanted else []
+        wanted = [(shard, ofield, hour) for shard in shards for ofield in fields for hour in hours]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in shards:
+                pipe.hmget(names.shard_key(self.prefix, shard, names.OFFSETS), fields)
+            for shard in shards:
+                pipe.mget([names.dedup_key(self.prefix, shard, f, h) for f in fields for h in hours])
+            replies = await pipe.execute()
+        stored, filled = replies[: len(shards)], [n for reply in replies[len(shards) :] for n in reply]
         raw = self._raw_client()
         async with raw.pipeline(transaction=False) as pipe:
-            for (ofield, hour), used in zip(wanted, filled, strict=True):
+            for (shard, ofield, hour), used in zip(wanted, filled, strict=True):
                 for chunk in range(-(-int(used or 0) // dedup.CHUNK_BYTES)):
-                    pipe.get(names.dedup_key(self.prefix, ofield, hour, chunk))
+                    pipe.get(names.dedup_key(self.prefix, shard, ofield, hour, chunk))
             chunks = iter(await pipe.execute())
         for ofield in fields:
             self.seen[ofield] = dedup.Seen(self.window_ms)
-        for (ofield, hour), used in zip(wanted, filled, strict=True):
+        for (_, ofield, hour), used in zip(wanted, filled, strict=True):
             n = int(used or 0)
             packed = b"".join(next(chunks) or b"" for _ in range(-(-n // dedup.CHUNK_BYTES)))
             self.seen[ofield].add(hour, packed[:n])
         self.villages.forget(fields)
-        for ofield, offset in zip(fields, stored, strict=True):
-            self.positions[ofield] = -1 if offset is None else int(offset)
-        return {f: self.positions[f] for f in fields}
+        for i, ofield in enumerate(fields):
+            self.positions[ofield] = {s: -1 if o[i] is None else int(o[i]) for s, o in zip(shards, stored, strict=True)}
+        return {f: min(self.positions[f].values(), default=-1) for f in fields}
 
     def forget(self, keep: Iterable[str]) -> None:
         """Let go of the partitions not in ``keep`` (after a rebalance): their memory is another worker's now."""
@@ -126,19 +134,21 @@ class ReadModelWriter:
         self.villages.forget(gone)
 
     async def apply(self, records: list[Record]) -> Applied:
-        """Fold ``records`` and store their offsets, atomically; records already applied are skipped, and events
-        whose (carrier, event_id) the partition applied within the dedup window are dropped.
+        """Fold ``records`` and store their offsets, atomically per shard; records a shard applied already are
+        skipped there, and events whose (carrier, event_id) the partition applied within the dedup window are
+        dropped.
 
         The changes are decided here (:mod:`coverage_service.changes`) from the registry and the villages' state,
-        read first; the apply script refuses them, writing nothing, if either changed since, and they are decided
-        again. :class:`ReadModelBehind` when Redis lost batches this writer applied (its position is read again
-        first); :class:`RegistryMissing` while no whole registry is loaded; :class:`ReadModelFull` at maxmemory.
-        None of them writes anything.
+        read first; a shard's apply call refuses its part, writing nothing, if either changed since, and it is
+        decided again. :class:`ReadModelBehind` when Redis lost batches this writer applied (its position is read
+        again first); :class:`RegistryMissing` while no whole registry is loaded; :class:`ReadModelFull` at
+        maxmemory. Shards whose call succeeded before one of these keep their part, and skip it when the records
+        come again.
         """
         if not records:
             return NOTHING
         fields = {r.offset_field for r in records}
-        ahead = 0
+        done, ahead = NOTHING, 0
         while True:
             missing = [f for f in fields if f not in self.positions]
             if missing:
@@ -147,77 +157,110 @@ class ReadModelWriter:
             hour = dedup.hour_of(now)
             kept = self._drop_repeats(records, now)
             units = await self.units({e.location_code for r in kept for e in r.entries})
-            expect = {f: self.positions[f] for f in fields}
-            gathered = changes.gather(kept, units, expect)
-            decided = changes.resolve(gathered, units, await self._held(gathered.villages()))
-            args = changes.payload(
-                gathered,
-                decided,
-                expect,
-                self._generation or "",
-                hour,
-                dedup.expires_at_ms(hour, self.window_ms) // 1000,
-            )
-            try:
-                await self._apply(args=[now, *args])
-            except OutOfMemoryError as exc:
-                # Redis refuses a script at its first write when over maxmemory, so nothing was written.
-                raise ReadModelFull(str(exc)) from exc
-            except ResponseError as exc:
-                word, _, detail = str(exc).partition(" ")
-                if word == REGISTRY_CHANGED:
-                    self._forget_units()
+            if any(tuple(self.positions[f]) != self.shards for f in fields):
+                await self.sync(fields)  # a registry load brought a province: a new shard
+                continue
+            first = self.shards[0]
+            parts: dict[str, changes.Gathered] = {}
+            for shard, part in self._parts(kept).items():
+                g = parts[shard] = changes.gather(part, units, {f: self.positions[f][shard] for f in fields})
+                if shard != first:  # records count in the first shard's part
+                    g.records_applied = g.records_replayed = 0
+            held = await self._held({code: loc for g in parts.values() for code, loc in g.villages().items()})
+            expire_at_s = dedup.expires_at_ms(hour, self.window_ms) // 1000
+            calls: list[tuple[str, changes.Gathered, changes.Changes]] = []
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for shard, g in parts.items():
+                    decided = changes.resolve(g, units, held)
+                    expect = {f: self.positions[f][shard] for f in fields}
+                    args = changes.payload(shard, g, decided, expect, self._generation or "", hour, expire_at_s)
+                    await self._apply(args=[now, *args], client=pipe)
+                    calls.append((shard, g, decided))
+                results = await pipe.execute(raise_on_error=False)
+            failure: Exception | None = None
+            for (shard, g, decided), result in zip(calls, results, strict=True):
+                if isinstance(result, Exception):
+                    failure = failure or result
                     continue
-                if word == READ_MODEL_AHEAD:
-                    ahead += 1
-                    if ahead >= AHEAD_RETRIES:
-                        raise RuntimeError(f"partitions {sorted(fields)} kept moving on under another writer") from exc
-                    await self.sync([detail.split(" ", 1)[0]])
-                    continue
-                if word == READ_MODEL_BEHIND:
-                    ofield, _, rest = detail.partition(" stored ")
-                    # Only this partition: another one behind is found by the next call, and must be, for its
-                    # lost records to be folded again.
-                    await self.sync([ofield])
-                    raise ReadModelBehind(str(exc), ofield, int(rest.split(" ", 1)[0])) from exc
-                if word == REGISTRY_MISSING:
-                    raise RegistryMissing(str(exc)) from exc
-                raise
-            self._remember(gathered, hour)
-            self.villages.written(decided.locs, decided.stations)
-            return Applied(
-                gathered.applied,
-                gathered.duplicate,
-                gathered.unknown,
-                gathered.records_applied,
-                gathered.records_replayed,
-                decided.newly_reached,
-            )
+                self._remember(shard, g, hour)
+                self.villages.written(decided.locs, decided.stations)
+                done += Applied(
+                    g.applied, g.duplicate, g.unknown, g.records_applied, g.records_replayed, decided.newly_reached
+                )
+            if failure is None:
+                return done
+            if isinstance(failure, OutOfMemoryError):
+                # Redis refuses a script at its first write when over maxmemory, so nothing of that part was written.
+                raise ReadModelFull(str(failure)) from failure
+            if not isinstance(failure, ResponseError):
+                raise failure
+            word, _, detail = str(failure).partition(" ")
+            if word == REGISTRY_CHANGED:
+                self._forget_units()
+                continue
+            if word == READ_MODEL_AHEAD:
+                ahead += 1
+                if ahead >= AHEAD_RETRIES:
+                    raise RuntimeError(f"partitions {sorted(fields)} kept moving on under another writer") from failure
+                await self.sync([detail.split(" ", 1)[0]])
+                continue
+            if word == READ_MODEL_BEHIND:
+                ofield = detail.partition(" stored ")[0]
+                # Only this partition: another one behind is found by the next call, and must be, for its lost
+                # records to be folded again.
+                stored = (await self.sync([ofield]))[ofield]
+                raise ReadModelBehind(str(failure), ofield, stored) from failure
+            if word == REGISTRY_MISSING:
+                raise RegistryMissing(str(failure)) from failure
+            raise failure
+
+    def _parts(self, records: list[Record]) -> dict[str, list[Record]]:
+        """Each shard's part of a batch: every record, with its events at the shard's codes (codes of no shard go
+        to the first shard, where they count as unknown); duplicates and dead letters count in the first's part."""
+        first = self.shards[0]
+        parts: dict[str, list[Record]] = {shard: [] for shard in self.shards}
+        for r in records:
+            by_shard: dict[str, list[Entry]] = {}
+            for e in r.entries:
+                shard = e.location_code[:2]
+                by_shard.setdefault(shard if shard in parts else first, []).append(e)
+            for shard, part in parts.items():
+                entries = by_shard.get(shard, [])
+                if shard == first:
+                    part.append(replace(r, entries=entries))
+                else:
+                    part.append(replace(r, entries=entries, duplicates=0, dead_letters=0))
+        return parts
 
     def _drop_repeats(self, records: list[Record], now: int) -> list[Record]:
         """The records with the entries their partition applied before, or that came earlier in this batch, taken
-        out (counted in ``duplicates``)."""
+        out (counted in ``duplicates``). Entries of a shard that applied their record already are left for it to
+        skip (a batch that only some shards applied, coming again)."""
         out: list[Record] = []
         batch: dict[str, set[bytes]] = {}
         for ofield in {r.offset_field for r in records}:
             self.seen[ofield].forget_before(now)
         for r in sorted(records, key=lambda r: (r.topic, r.partition, r.offset)):
-            if not r.entries or r.offset <= self.positions[r.offset_field]:
-                out.append(r)  # a replay: skipped whole
+            positions = self.positions[r.offset_field]
+            if not r.entries or r.offset <= min(positions.values(), default=-1):
+                out.append(r)  # a replay in every shard: skipped whole
                 continue
+            applied_in = {s for s, offset in positions.items() if r.offset <= offset}
             seen_now = batch.setdefault(r.offset_field, set())
             held = self.seen[r.offset_field].holds(b"".join(e.digest for e in r.entries))
             entries = []
             for e, was in zip(r.entries, held, strict=True):
-                if not was and e.digest not in seen_now:
+                if applied_in and e.location_code[:2] in applied_in:
+                    entries.append(e)
+                elif not was and e.digest not in seen_now:
                     seen_now.add(e.digest)
                     entries.append(e)
             out.append(replace(r, entries=entries, duplicates=r.duplicates + len(r.entries) - len(entries)))
         return out
 
-    def _remember(self, gathered: changes.Gathered, hour: int) -> None:
+    def _remember(self, shard: str, gathered: changes.Gathered, hour: int) -> None:
         for ofield, offset in gathered.offsets.items():
-            self.positions[ofield] = offset
+            self.positions[ofield][shard] = offset
             self.seen[ofield].add(hour, b"".join(gathered.digests.get(ofield, ())))
 
     async def _held(self, batch: dict[str, changes.Location]) -> dict[str, villages.Village]:
@@ -237,15 +280,23 @@ class ReadModelWriter:
                 known[code] = v
                 if loc.stations and v.stations is None:
                     uncounted.append(code)
-        if unread or uncounted:
-            replies = await self._villages_script(
-                args=[msgpack.encode([code for code, _ in unread]), msgpack.encode(uncounted)]
-            )
-            for (code, ofield), flat in zip(unread, replies[: len(unread)], strict=True):
-                loc_hash = dict(zip(flat[::2], flat[1::2], strict=True))
-                known[code] = villages.village(ofield, loc_hash, None)
+        if not unread and not uncounted:
+            return known
+        by_shard: dict[str, tuple[list[tuple[str, str]], list[str]]] = {}  # one call per shard: one slot each
+        for code, ofield in unread:
+            by_shard.setdefault(code[:2], ([], []))[0].append((code, ofield))
+        for code in uncounted:
+            by_shard.setdefault(code[:2], ([], []))[1].append(code)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for reads, counts in by_shard.values():
+                args = [msgpack.encode([code for code, _ in reads]), msgpack.encode(counts)]
+                await self._villages_script(args=args, client=pipe)
+            replies = await pipe.execute()
+        for (reads, counts), reply in zip(by_shard.values(), replies, strict=True):
+            for (code, ofield), flat in zip(reads, reply[: len(reads)], strict=True):
+                known[code] = villages.village(ofield, dict(zip(flat[::2], flat[1::2], strict=True)), None)
                 self.villages.keep(code, known[code])
-            for code, n in zip(uncounted, replies[len(unread) :], strict=True):
+            for code, n in zip(counts, reply[len(reads) :], strict=True):
                 known[code].stations = int(n) > 0
         return known
 
@@ -268,6 +319,7 @@ class ReadModelWriter:
                 # A registry load ran (or this is the first read): what is known belongs to another generation.
                 self._forget_units()
                 self._generation = generation
+                self.shards = tuple(await backlog.shards(self.redis, self.prefix))
                 if any(c not in unread_set for c in codes):
                     continue  # read the others too, in this generation
             for i, code in enumerate(unread):
@@ -293,10 +345,14 @@ class ReadModelWriter:
         return {code for code in codes if units[code] is None}
 
     async def forget_offset(self, topic: str, partition: int) -> None:
+        """Clear the partition's offset in every shard: its log starts over."""
         ofield = names.offset_field(topic, partition)
-        await self.redis.hdel(names.key(self.prefix, names.OFFSETS), ofield)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in await backlog.shards(self.redis, self.prefix):
+                pipe.hdel(names.shard_key(self.prefix, shard, names.OFFSETS), ofield)
+            await pipe.execute()
         if ofield in self.positions:
-            self.positions[ofield] = -1
+            self.positions[ofield] = dict.fromkeys(self.positions[ofield], -1)
 
     async def applied_offsets(self) -> dict[str, int]:
         return await backlog.applied_offsets(self.redis, self.prefix)

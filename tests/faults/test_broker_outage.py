@@ -32,6 +32,7 @@ from lastmile.registry import read_registry
 from lastmile.settings import Settings
 from lastmile_dev import devstack
 from lastmile_dev.devstack import Proc
+from tests.support import stored
 from tests.support.services import SAMPLE, sample_villages, service_env, start, wait_ready
 
 pytestmark = pytest.mark.e2e
@@ -200,14 +201,13 @@ async def test_a_frozen_broker_means_503_then_every_event_counted_once(outage: O
     unique = {e["event_id"]: e for e in posted}
     assert len(unique) == next_id  # every event the carrier ever made was accepted in the end
     prefix = outage.settings.redis_key_prefix
-    stats_key = names.key(prefix, names.STATS)
     deadline = time.monotonic() + 60
-    while int(await redis.hget(stats_key, names.stat.EVENTS_APPLIED) or 0) < len(unique):
-        assert time.monotonic() < deadline, f"{await redis.hgetall(stats_key)} of {len(unique)}\n{outage.logs()}"
+    while (await stored.stats(redis, prefix)).get(names.stat.EVENTS_APPLIED, 0) < len(unique):
+        assert time.monotonic() < deadline, f"{await stored.stats(redis, prefix)} of {len(unique)}\n{outage.logs()}"
         await asyncio.sleep(0.2)
     await asyncio.sleep(1.5)  # anything still on its way (a resend, a late in-flight write) lands now
-    stats = await redis.hgetall(stats_key)
-    assert int(stats[names.stat.EVENTS_APPLIED]) == len(unique), stats
+    stats = await stored.stats(redis, prefix)
+    assert stats[names.stat.EVENTS_APPLIED] == len(unique), stats
     per_village = Counter(e["location_code"] for e in unique.values())
     field_ = names.field.TYPE + "delivered"
     async with redis.pipeline(transaction=False) as pipe:
@@ -215,9 +215,9 @@ async def test_a_frozen_broker_means_503_then_every_event_counted_once(outage: O
             pipe.hget(names.key(prefix, names.LOCATION, code), field_)
         counted = await pipe.execute()
     assert {code: int(n or 0) for code, n in zip(per_village, counted, strict=True)} == dict(per_village)
-    # The dedup memory holds each applied event's digest exactly once: per partition and hour, a key holding how
-    # many bytes are filled, over strings "<key>:0", "<key>:1" ...
-    keys = {str(k) async for k in redis.scan_iter(match=names.key(prefix, names.DEDUP, "*"), count=1000)}
+    # The dedup memory holds each applied event's digest exactly once: per shard, partition and hour, a key holding
+    # how many bytes are filled, over strings "<key>:0", "<key>:1" ...
+    keys = {str(k) async for k in redis.scan_iter(match=names.pattern(prefix, names.DEDUP), count=1000)}
     digests = b""
     for base in (k for k in keys if f"{k}:0" in keys):
         filled = int(await redis.get(base))

@@ -32,6 +32,7 @@ from lastmile.settings import Settings
 from lastmile.topics import partition_for
 from lastmile_dev import devstack
 from lastmile_dev.devstack import Proc
+from tests.support import stored
 from tests.support.faultkit import VILLAGES, EventMaker, Expected, assert_exact, seeded, wait_caught_up
 from tests.support.services import load_sample_registry, service_env, start, wait_ready
 
@@ -158,8 +159,8 @@ async def test_late_out_of_order_and_thrice_sent_events_count_once_with_exact_ti
 
     assert expected.duplicates == 100 - len(direct)  # 50 events three times each, but the misplaced copies
     await assert_exact(redis, settings.redis_key_prefix, expected, seed, services.logs())
-    stats = await redis.hgetall(names.key(settings.redis_key_prefix, names.STATS))
-    assert int(stats[names.stat.DEAD_LETTERS]) == len(direct), stats
+    stats = await stored.stats(redis, settings.redis_key_prefix)
+    assert stats[names.stat.DEAD_LETTERS] == len(direct), stats
 
     # The coverage API shows the same: reach times, active or lapsed, as_of.
     want = expected.figures()

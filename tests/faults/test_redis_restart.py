@@ -193,8 +193,8 @@ async def test_redis_wiped_under_a_running_worker_waits_for_the_registry_then_re
             context=logs,
         )
         # Nothing is folded while there is no registry: no stats, no offsets, no dead letters.
-        assert not await redis.exists(names.key(prefix, names.STATS), names.key(prefix, names.OFFSETS))
-        assert not await redis.exists(names.key(prefix, names.REGION, names.NATIONAL))
+        for written in (names.STATS, names.OFFSETS, names.REGION):
+            assert [k async for k in redis.scan_iter(match=names.pattern(prefix, written))] == [], written
         await load_registry(redis, prefix, registry)
         await until(lambda: _more(redis, prefix, 0), within=60, what="worker folds after the load", context=logs)
     finally:

@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from ingest_service.publisher import Publisher
 from lastmile import names, scan
 from lastmile.settings import Settings
+from tests.support import stored
 from tests.support.services import sample_units, sample_villages
 
 log = logging.getLogger("tests.faults")
@@ -234,7 +235,10 @@ async def read_model(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
         members: list[Any] = await redis.zrange(key, 0, -1, withscores=True)
         if members:
             out["lapse_indexes"][code(key, names.REACH_INDEX)] = {m: int(s) for m, s in members}
-    raw = await redis.hgetall(names.key(prefix, names.STATS))
+    nation = keep(await stored.nation(redis, prefix), REGION_FIELDS)  # the provinces' summed, as the API reads it
+    if nation:
+        out["regions"][names.NATIONAL] = nation
+    raw = await stored.stats(redis, prefix)
     out["stats"] = {k: int(raw.get(k, 0)) for k in ("events_applied", "events_duplicate")}
     return out
 
@@ -257,8 +261,7 @@ def differences(expected: dict[str, Any], actual: dict[str, Any], limit: int = 2
 
 
 async def stats(redis: aioredis.Redis, prefix: str) -> dict[str, int]:
-    raw = await redis.hgetall(names.key(prefix, names.STATS))
-    return {str(k): int(v) for k, v in raw.items()}
+    return await stored.stats(redis, prefix)
 
 
 async def folded(redis: aioredis.Redis, prefix: str) -> int:
@@ -325,7 +328,7 @@ async def end_offsets(settings: Settings) -> dict[str, int]:
 
 
 async def stored_offsets(redis: aioredis.Redis, prefix: str) -> dict[str, int]:
-    return {str(k): int(v) for k, v in (await redis.hgetall(names.key(prefix, names.OFFSETS))).items()}
+    return await stored.lowest_offsets(redis, prefix)
 
 
 async def wait_caught_up(

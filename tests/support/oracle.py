@@ -35,6 +35,7 @@ from coverage_service.readmodel.queries import (
 )
 from lastmile import divisions, names
 from lastmile.names import field, unit
+from tests.support import stored
 
 
 async def region_figures(
@@ -181,6 +182,9 @@ async def figures_many(
             pipe.hget(names.key(prefix, names.REG_UNIT, c), unit.NAME)
             pipe.hmget(names.key(prefix, names.REGION, c), fields)
         kinds, *rest = await pipe.execute()
+    if names.NATIONAL in codes:  # no hash of its own: its provinces' summed
+        nation = await stored.nation(redis, prefix)
+        rest[2 * codes.index(names.NATIONAL) + 1] = [nation.get(f) for f in fields]
     known = [c for c, kind in zip(codes, kinds, strict=True) if kind is not None or c == names.NATIONAL]
     counties = await regions_under(redis, prefix, known, 6)
     actives = await count_active(redis, prefix, [(counties[c], flt) for c in known], now_ms - lapse_ms)
@@ -201,9 +205,10 @@ async def region_breakdown(
     redis: aioredis.Redis, prefix: str, code: str, flt: Filter, *, now_ms: int, lapse_ms: int
 ) -> Breakdown:
     """The breakdown of region ``code`` (``CN`` or 2/4/6/9 digits) in scope ``flt``; empty for an unknown code."""
-    raw, counties = await asyncio.gather(
-        redis.hgetall(names.key(prefix, names.REGION, code)), counties_under(redis, prefix, code)
+    hash_ = (
+        stored.nation(redis, prefix) if code == names.NATIONAL else redis.hgetall(names.key(prefix, names.REGION, code))
     )
+    raw, counties = await asyncio.gather(hash_, counties_under(redis, prefix, code))
     region = {str(k): str(v) for k, v in raw.items()}
     tier = flt.min_population
     carriers: list[tuple[str, Filter]] = []

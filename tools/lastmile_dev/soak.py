@@ -25,12 +25,12 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from lastmile import names
+from lastmile import backlog, names
 from lastmile.registry import BUNDLED, Registry, read_registry
 from lastmile.settings import Settings
 from lastmile_dev import devstack
 from lastmile_dev.bench import posting
-from lastmile_dev.bench.exact import check_exact, wait_applied
+from lastmile_dev.bench.exact import check_exact, counters, wait_applied
 from lastmile_dev.bench.generator import Generator
 from lastmile_dev.bench.stack import BenchStack, settings_env, wait_for_members
 from lastmile_dev.devstack import Proc, StackError
@@ -304,21 +304,18 @@ class Soak:
     # -- measuring ----------------------------------------------------------------------------------
 
     async def stats(self, redis: aioredis.Redis) -> tuple[int, int]:
-        values = await redis.hmget(
-            names.key(self.settings.redis_key_prefix, names.STATS),
-            [names.stat.EVENTS_APPLIED, names.stat.EVENTS_DUPLICATE],
-        )
-        return int(values[0] or 0), int(values[1] or 0)
+        wanted = [names.stat.EVENTS_APPLIED, names.stat.EVENTS_DUPLICATE]
+        values = await counters(redis, self.settings.redis_key_prefix, wanted)
+        return values[wanted[0]], values[wanted[1]]
 
     async def lag_records(self, consumer: AIOKafkaConsumer, redis: aioredis.Redis) -> int:
         topic = self.settings.scan_topic
         partitions = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())]
         ends = await consumer.end_offsets(partitions)
-        stored = await redis.hgetall(names.key(self.settings.redis_key_prefix, names.OFFSETS))
+        stored = await backlog.applied_offsets(redis, self.settings.redis_key_prefix)
         lag = 0
         for tp in partitions:
-            done = stored.get(names.offset_field(topic, tp.partition))
-            lag += ends[tp] - (int(done) + 1 if done is not None else 0)
+            lag += ends[tp] - (stored.get(names.offset_field(topic, tp.partition), -1) + 1)
         return max(0, lag)
 
     async def sample(self, consumer: AIOKafkaConsumer, redis: aioredis.Redis) -> Sample:

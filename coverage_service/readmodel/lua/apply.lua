@@ -2,23 +2,27 @@
 -- (Runs after the shared prelude, prelude.lua.)
 --
 -- The worker decided every change (coverage_service.changes) from the state it read of the villages it touches;
--- this script checks that state still holds, then only writes. Redis runs a script to completion before any
--- other command, so either every change of the batch, its offsets and its digests are stored, or none are.
--- Nothing here is per event: Redis's one thread is the pipeline's ceiling, and the worker scales out.
+-- this script checks that state still holds, then only writes. A call holds one shard's part of a batch (the
+-- events of one province, docs/sharding.md), and every key it touches carries that province's hash tag: one slot.
+-- Redis runs a script to completion before any other command, so either every change of the part, the shard's
+-- offsets and its digests are stored, or none are. Nothing here is per event: Redis's one thread is the
+-- pipeline's ceiling, and the worker scales out.
 --
 -- The checks, before anything is written. Each refusal writes nothing, and the worker reads again and retries:
--- REGISTRY_MISSING  no whole registry is loaded (reg:meta is written last; after a wipe the worker waits);
+-- REGISTRY_MISSING  the shard has no copy of the registry generation: no whole registry is loaded (the copies
+--                   are written with reg:meta, last; after a wipe the worker waits);
 -- REGISTRY_CHANGED  a registry load ran since the worker read the kinds and segments of its codes;
--- READ_MODEL_AHEAD  "expect" holds, per partition of the batch, the offset the worker knows Redis holds (-1:
+-- READ_MODEL_AHEAD  "expect" holds, per partition of the batch, the offset the worker knows the shard holds (-1:
 --                   none); one above it means another writer applied the partition since (two workers
 --                   overlapping in a rebalance), so the villages may have changed under the worker's reads;
 -- READ_MODEL_BEHIND one below it means the read model lost applied batches (a Redis restart that lost the tail
 --                   of its AOF, a restore): the worker folds the lost records again from the topic first.
 -- A partition's villages and dedup memory are written only by the writer holding its offset, so while the
 -- offsets match, the worker's reads of them are current; region hashes are shared, so they get increments.
+-- The nation has no hash: its figures are the provinces' summed when read.
 --
 -- ARGV: now_ms, payload (MessagePack: decoded faster than JSON), then one string of digests (DIGEST bytes each) per offset field of "digests":
--- {"expect": {offset_field: offset}, "registry": generation, "hour": h, "expire_at": unix s,
+-- {"shard": province code, "expect": {offset_field: offset}, "registry": generation, "hour": h, "expire_at": unix s,
 --  "locs": [village, [field, value, ...], ...],          values to set in loc:<village>
 --  "regions": [code, {field: n, ...}, as_of_ms, ...],     increments to region:<code>, and its as_of floor
 --  "indexes": [name, [ms, village, ...], ...],            last reaches to raise in reach:<name> (ZADD GT)
@@ -30,14 +34,15 @@
 local now_ms = ARGV[1]
 local input = cmsgpack.unpack(ARGV[2])
 local DIGEST = ${digest_bytes}
-local offsets_key = '${offsets}'
+local here = shard(input.shard)
+local offsets_key = here .. '${offsets}'
 local AS_OF = '${as_of_ms}'
-local stats_key = '${stats}'
+local stats_key = here .. '${stats}'
 
-if redis.call('EXISTS', '${reg_meta}') == 0 then
+local generation = redis.call('GET', here .. '${shard_generation}')
+if not generation then
   return redis.error_reply('REGISTRY_MISSING the division registry is not loaded (lastmile registry load)')
 end
-local generation = redis.call('GET', '${reg_generation}') or ''
 if generation ~= input.registry then
   return redis.error_reply('REGISTRY_CHANGED ' .. generation)
 end
@@ -83,7 +88,7 @@ local zeros = nil
 for d, ofield in ipairs(input.digests) do
   local packed = ARGV[2 + d]
   if #packed > 0 then
-    local base = '${dedup}' .. ofield .. ':' .. int(input.hour)
+    local base = here .. '${dedup}' .. ofield .. ':' .. int(input.hour)
     local used = tonumber(redis.call('GET', base) or '0')
     local pos = 1
     while pos <= #packed do
@@ -101,8 +106,10 @@ for d, ofield in ipairs(input.digests) do
   end
 end
 
+-- Counted once over the shards: events in the shard of their location, records and dead letters in the first
+-- shard's part, which every batch has.
 local st = input.stats
-if st[4] > 0 or st[5] > 0 then
+if st[1] > 0 or st[2] > 0 or st[3] > 0 or st[4] > 0 or st[5] > 0 then
   redis.call('HINCRBY', stats_key, '${stat_events_applied}', st[1])
   redis.call('HINCRBY', stats_key, '${stat_events_duplicate}', st[2])
   redis.call('HINCRBY', stats_key, '${stat_events_unknown_location}', st[3])

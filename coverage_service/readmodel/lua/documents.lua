@@ -32,9 +32,53 @@ local NATIONAL = '${national}'
 local REACHED_HEAD = '${villages_reached}' .. '${dim_sep}'
 local TIER_SEP = '${tier_sep}'
 
+local function provinces()
+  return redis.call('SMEMBERS', '${reg_children}' .. NATIONAL)
+end
+
+-- applied_at is the latest of the shards' (one per province).
 local function times(out)
-  out.applied_at = redis.call('HGET', '${stats}', '${stat_applied_at_ms}')
+  local latest = false
+  for _, p in ipairs(provinces()) do
+    local t = redis.call('HGET', shard(p) .. '${stats}', '${stat_applied_at_ms}')
+    if t and (not latest or tonumber(t) > tonumber(latest)) then latest = t end
+  end
+  out.applied_at = latest
   out.loaded_at = redis.call('HGET', '${reg_meta}', '${meta_loaded_at}')
+  return out
+end
+
+-- The nation has no hash: its fields are its provinces' summed, as_of_ms their latest.
+local function national_fields()
+  local sum = {}
+  for _, p in ipairs(provinces()) do
+    local flat = redis.call('HGETALL', region_key(p))
+    for i = 1, #flat, 2 do
+      local f, v = flat[i], tonumber(flat[i + 1])
+      if f == '${as_of_ms}' then sum[f] = math.max(sum[f] or v, v) else sum[f] = (sum[f] or 0) + v end
+    end
+  end
+  return sum
+end
+
+-- A region's hash as HGETALL answers it (the nation's fields sorted).
+local function region_all(code)
+  if code ~= NATIONAL then return redis.call('HGETALL', region_key(code)) end
+  local sum, names, flat = national_fields(), {}, {}
+  for f, _ in pairs(sum) do names[#names + 1] = f end
+  table.sort(names)
+  for _, f in ipairs(names) do
+    flat[#flat + 1] = f
+    flat[#flat + 1] = string.format('%d', sum[f])
+  end
+  return flat
+end
+
+-- Fields of a region's hash as HMGET answers them.
+local function region_get(code, fields)
+  if code ~= NATIONAL then return redis.call('HMGET', region_key(code), unpack(fields)) end
+  local sum, out = national_fields(), {}
+  for i, f in ipairs(fields) do out[i] = sum[f] and string.format('%d', sum[f]) or false end
   return out
 end
 
@@ -67,7 +111,7 @@ if mode == 'region' then
   out.kind = redis.call('HGET', '${reg_kind}', code)
   if not out.kind and code ~= NATIONAL then return cjson.encode(times(out)) end
   out.name = redis.call('HGET', '${reg_unit}' .. code, '${unit_name}')
-  out.region = redis.call('HGETALL', region_key(code))
+  out.region = region_all(code)
   if own_counts then
     -- An index holds the villages its villages_reached field counts: where that is 0 there is nothing to count.
     local fields = {}
@@ -118,7 +162,7 @@ if mode == 'figures' then
   for i = 5, #ARGV do
     local c = ARGV[i]
     local kind = c == NATIONAL and 'national' or redis.call('HGET', '${reg_kind}', c)
-    local v = redis.call('HMGET', region_key(c), unpack(fields))
+    local v = region_get(c, fields)
     local n = false
     if kind and #c >= 6 and c ~= NATIONAL then n = (v[2] and v[2] ~= '0') and active(c, dim .. tier, cutoff) or 0 end
     rows[#rows + 1] = {c, kind or false, redis.call('HGET', '${reg_unit}' .. c, '${unit_name}'), v[1], v[2], v[3],
@@ -143,7 +187,7 @@ if mode == 'village' then
 end
 
 if mode == 'meta' then
-  return cjson.encode(times({dims = dims_of(redis.call('HGETALL', region_key(NATIONAL)))}))
+  return cjson.encode(times({dims = dims_of(region_all(NATIONAL))}))
 end
 
 if mode == 'tree' then
@@ -169,7 +213,7 @@ if mode == 'reached' then
   for j = 1, n_dims do fields[j] = '${villages_reached}' .. ARGV[3 + j] .. tier end
   local out = {}
   for i = 4 + n_dims, #ARGV do
-    local reached = redis.call('HMGET', region_key(ARGV[i]), unpack(fields))
+    local reached = region_get(ARGV[i], fields)
     local columns = {}
     for j = 1, n_dims do
       local r = reached[j]

@@ -13,9 +13,10 @@ local LAST_REACH = '${last_reach_ms}'
 
 local function int(n) return string.format('%d', n) end
 
--- The regions a location rolls up into, innermost first; a 9-digit township is its own first region.
+-- The regions a location rolls up into, innermost first; a 9-digit township is its own first region. The nation
+-- has no hash of its own: its figures are its provinces' summed when read.
 local function regions_of(code)
-  return {string.sub(code, 1, 9), string.sub(code, 1, 6), string.sub(code, 1, 4), string.sub(code, 1, 2), '${national}'}
+  return {string.sub(code, 1, 9), string.sub(code, 1, 6), string.sub(code, 1, 4), string.sub(code, 1, 2)}
 end
 
 -- The regions that keep a lapse index (sorted set) of their villages: township and county.

@@ -10,12 +10,17 @@
 --
 -- ARGV[1] (JSON): [[code, name, kind, population or ''], ...], parents before their children.
 -- ARGV[2], ARGV[3]: the population tiers before and after this load, comma-separated.
--- ARGV[4]: this chunk's registry generation (reg:generation), so that no batch the worker decided before it applies.
+-- ARGV[4]: this chunk's registry generation (reg:generation, and the copy of every shard that has one), so that no
+-- batch the worker decided before it applies. (A shard's first copy is written with reg:meta, at the end.)
 -- Returns: {units added, units whose kind changed}
 
 local units = cjson.decode(ARGV[1])
 local old_tiers, new_tiers = parse_tiers(ARGV[2]), parse_tiers(ARGV[3])
 redis.call('SET', '${reg_generation}', ARGV[4])
+for _, province in ipairs(redis.call('SMEMBERS', '${reg_children}' .. '${national}')) do
+  local copy = shard(province) .. '${shard_generation}'
+  if redis.call('EXISTS', copy) == 1 then redis.call('SET', copy, ARGV[4]) end
+end
 local parent_length = {[2] = 0, [4] = 2, [6] = 4, [9] = 6, [12] = 9}
 
 local function as_set(list)

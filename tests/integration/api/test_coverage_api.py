@@ -459,12 +459,14 @@ async def test_metrics(settings: Settings, redis: aioredis.Redis, client: httpx.
         await producer.stop()
     now_ms = int(time.time() * 1000)
     # Partition 0: offsets 0..1 of 0..4 applied -> lag 3. Partition 1: nothing applied -> lag 4.
-    await redis.hset(names.key(p, names.OFFSETS), names.offset_field(topic, 0), "1")
-    await redis.hset(
-        names.key(p, names.STATS),
-        mapping={"events_applied": "12", "events_duplicate": "3", "applied_at_ms": str(now_ms - 5_000)},
-    )
-    await redis.hset(names.key(p, names.REGION, names.NATIONAL), "as_of_ms", str(now_ms - 60_000))
+    # Two shards (provinces 14 and 15): the counters are summed, the times are the latest of theirs.
+    for shard, applied, duplicate, applied_ago, as_of_ago in (("14", 7, 1, 5_000, 60_000), ("15", 5, 2, 9_000, 90_000)):
+        await redis.hset(names.shard_key(p, shard, names.OFFSETS), names.offset_field(topic, 0), "1")
+        await redis.hset(
+            names.shard_key(p, shard, names.STATS),
+            mapping={"events_applied": applied, "events_duplicate": duplicate, "applied_at_ms": now_ms - applied_ago},
+        )
+        await redis.hset(names.key(p, names.REGION, shard), "as_of_ms", str(now_ms - as_of_ago))
     await client.get("/v1/coverage/14")
     await client.get("/v1/coverage/99")
 

@@ -20,6 +20,7 @@ from lastmile.registry import BUNDLED, read_registry
 from lastmile_dev.bench import cpu
 from lastmile_dev.bench.core import Config
 from lastmile_dev.bench.runner import SCENARIOS, run_bench, scenario_module
+from tests.support import stored
 
 pytestmark = pytest.mark.integration
 
@@ -55,8 +56,8 @@ async def test_a_quick_bench_runs_every_scenario_and_reports_exact_figures(
     prefix = run.settings.redis_key_prefix
     client = aioredis.from_url(redis_url, decode_responses=True)
     try:
-        applied = await client.hget(names.key(prefix, names.STATS), names.stat.EVENTS_APPLIED)
-        duplicates = await client.hget(names.key(prefix, names.STATS), names.stat.EVENTS_DUPLICATE)
+        counters = await stored.stats(client, prefix)
+        applied, duplicates = counters.get(names.stat.EVENTS_APPLIED), counters.get(names.stat.EVENTS_DUPLICATE)
         # The memory scenario ran last: the dedup memory it measured holds one digest per event applied.
         assert by_name["memory"].samples["dedup"]["digests"] == int(applied or 0) > 0
         counties = {
@@ -95,7 +96,7 @@ async def test_repeated_runs_are_reported_as_medians_and_stay_exact(
     # All three runs posted into one read model, and it holds exactly the generator's distinct events.
     client = aioredis.from_url(redis_url, decode_responses=True)
     try:
-        applied = await client.hget(names.key(run.settings.redis_key_prefix, names.STATS), names.stat.EVENTS_APPLIED)
+        applied = (await stored.stats(client, run.settings.redis_key_prefix)).get(names.stat.EVENTS_APPLIED)
     finally:
         await client.aclose()
     assert int(applied or 0) == run.generator.expected()["events_distinct"]

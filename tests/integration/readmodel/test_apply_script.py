@@ -18,7 +18,7 @@ from coverage_service.readmodel.writer import ReadModelBehind, ReadModelWriter, 
 from lastmile import names, scan
 from lastmile.settings import Settings
 from lastmile.topics import partition_for
-from tests.support import seeded
+from tests.support import seeded, stored
 
 pytestmark = pytest.mark.integration
 
@@ -84,7 +84,7 @@ async def test_a_batch_counts_once_and_a_replay_changes_nothing(redis: aioredis.
             if kind == "hash":
                 out[k] = dict(await redis.hgetall(k))
             else:
-                out[k] = await redis.zrange(k, 0, -1, withscores=True) if kind == "zset" else await redis.get(k)
+                out[k] = await redis.zrange(k, 0, -1, withscores=True) if kind == "zset" else await redis.dump(k)
         return out
 
     before = await snapshot()
@@ -99,13 +99,13 @@ async def test_a_batch_counts_once_and_a_replay_changes_nothing(redis: aioredis.
     assert county["type:delivered"] == "2"  # the village and the community
     assert "dir:inbound" not in county  # inbound and outbound are derived from the type counters when read
     assert county["as_of_ms"] == str(int((NOW - timedelta(hours=1)).timestamp() * 1000))
-    assert (await region(redis, p, "CN"))["villages_reached"] == "2"
+    assert (await stored.nation(redis, p))["villages_reached"] == "2"
     assert "villages_reached" not in await region(redis, p, "140322100")  # reached nothing there
     village = await redis.hgetall(names.key(p, names.LOCATION, VILLAGES[0]))
     assert village["first_reach_ms"] == str(int((NOW - timedelta(hours=9)).timestamp() * 1000))
     assert village["last_reach_ms"] == str(int((NOW - timedelta(hours=5)).timestamp() * 1000))
     assert (await redis.hgetall(names.key(p, names.LOCATION, COMMUNITY)))["reached"] == "1"
-    assert await redis.hgetall(f"{p}:offsets") == {"scans:0": "10", "scans:1": "4"}
+    assert await stored.offsets(redis, p) == {"scans:0": 10, "scans:1": 4}
 
 
 async def test_resent_events_are_dropped_but_other_carriers_ids_are_not(
@@ -120,7 +120,7 @@ async def test_resent_events_are_dropped_but_other_carriers_ids_are_not(
     second = await writer.apply([record(0, 1, [e, e]), record(2, 0, [same_id_other_carrier])])
     assert (second.events_applied, second.events_duplicate) == (1, 2)
     assert (await redis.hgetall(names.key(p, names.LOCATION, VILLAGES[0])))["type:delivered"] == "2"
-    base, chunk = sorted(await redis.keys(f"{p}:dedup:scans:0:*"))
+    base, chunk = sorted(await redis.keys(names.dedup_key(p, VILLAGES[0][:2], "scans:0", "*")))
     assert chunk == base + ":0"
     assert await redis.get(base) == str(dedup.DIGEST_BYTES)  # one digest: e, once
     assert await redis.strlen(chunk) == dedup.CHUNK_BYTES  # allocated whole
@@ -129,7 +129,7 @@ async def test_resent_events_are_dropped_but_other_carriers_ids_are_not(
     # A new writer (a restarted worker) reads the partition's memory from Redis and still drops the repeat.
     restarted = await ReadModelWriter(redis, p, 3600).apply([record(0, 2, [e])])
     assert (restarted.events_applied, restarted.events_duplicate) == (0, 1)
-    assert int((await redis.hgetall(f"{p}:stats"))["events_duplicate"]) == 3
+    assert (await stored.stats(redis, p))["events_duplicate"] == 3
 
 
 async def test_digests_spanning_several_strings_are_all_remembered(redis: aioredis.Redis, settings: Settings) -> None:
@@ -140,7 +140,7 @@ async def test_digests_spanning_several_strings_are_all_remembered(redis: aiored
     events = [make_event(i, "sf", "delivered", VILLAGES[i % 3], 1) for i in range(per_string * 2 + 7)]
     await writer.apply([record(0, 0, events[:5])])
     await writer.apply([record(0, 1, events[5:])])  # fills the first string and crosses into a third
-    assert len(await redis.keys(f"{p}:dedup:scans:0:*")) == 4
+    assert len(await redis.keys(names.dedup_key(p, "14", "scans:0", "*"))) == 4  # VILLAGES[:3] are in 14
     again = await ReadModelWriter(redis, p, 3600).apply([record(0, 2, events[::-1])])
     assert (again.events_applied, again.events_duplicate) == (0, len(events))
 
@@ -152,8 +152,8 @@ async def test_unknown_locations_are_not_counted_nor_remembered(redis: aioredis.
     stray = make_event(1, "sf", "delivered", "999999999999", 1)
     result = await writer.apply([record(0, 0, [stray])])
     assert (result.events_applied, result.events_unknown_location) == (0, 1)
-    assert await redis.keys(f"{p}:dedup:*") == []  # so a corrected resend of it is not taken for a repeat
-    assert await redis.hgetall(f"{p}:offsets") == {"scans:0": "0"}
+    assert await redis.keys(names.pattern(p, names.DEDUP)) == []  # so a corrected resend is not taken for a repeat
+    assert await stored.offsets(redis, p) == {"scans:0": 0}
     assert await writer.unknown_locations({"999999999999", VILLAGES[0]}) == {"999999999999"}
 
 
@@ -209,14 +209,13 @@ async def test_random_streams_with_duplicates_and_replays_match_the_reference(
                 await writer.apply(list(unique.values()))
 
         county = await region(redis, p, "140322")
-        nation = await region(redis, p, "CN")
+        nation = await stored.nation(redis, p)
         expected_county = sum(1 for v in reached if v.startswith("140322"))
         assert int(county.get("villages_reached", 0)) == expected_county, trial
         assert int(nation.get("villages_reached", 0)) == len(reached), trial
         for t in types:
             assert int(nation.get(f"type:{t}", 0)) == types_in_county[t], (trial, t)
-        stats = await redis.hgetall(f"{p}:stats")
-        assert int(stats["events_applied"]) == len(distinct)
+        assert (await stored.stats(redis, p))["events_applied"] == len(distinct)
 
 
 async def test_a_read_model_that_lost_applied_batches_stops_the_call(redis: aioredis.Redis, settings: Settings) -> None:
@@ -227,14 +226,14 @@ async def test_a_read_model_that_lost_applied_batches_stops_the_call(redis: aior
     writer = ReadModelWriter(redis, p, 3600)
     await writer.apply([record(0, 4, [make_event(1, "sf", "delivered", VILLAGES[0], 1)])])
     await writer.apply([record(0, 7, [make_event(2, "sf", "delivered", VILLAGES[2], 1)])])
-    await redis.hset(f"{p}:offsets", "scans:0", "4")  # as after a restart that lost the last write
-    before = await region(redis, p, "CN")
+    await stored.set_offsets(redis, p, {"scans:0": 4})  # as after a restart that lost the last write
+    before = await stored.nation(redis, p)
     with pytest.raises(ReadModelBehind, match="READ_MODEL_BEHIND scans:0 stored 4 applied 7") as lost:
         await writer.apply([record(0, 8, [make_event(3, "sf", "delivered", VILLAGES[1], 1)])])
     assert (lost.value.offset_field, lost.value.stored) == ("scans:0", 4)
-    assert await region(redis, p, "CN") == before
-    assert await redis.hget(f"{p}:offsets", "scans:0") == "4"
-    assert writer.positions["scans:0"] == 4
+    assert await stored.nation(redis, p) == before
+    assert await stored.offsets(redis, p) == {"scans:0": 4}
+    assert set(writer.positions["scans:0"].values()) == {4}
     applied = await writer.apply([record(0, 5, [make_event(3, "sf", "delivered", VILLAGES[1], 1)])])
     assert applied.events_applied == 1
 
@@ -245,7 +244,7 @@ async def test_each_partition_that_lost_batches_is_reported_in_turn(redis: aiore
     writer = ReadModelWriter(redis, p, 3600)
     await writer.apply([record(0, 3, [make_event(1, "sf", "delivered", VILLAGES[0], 1)])])
     await writer.apply([record(1, 5, [make_event(2, "sf", "delivered", VILLAGES[1], 1)])])
-    await redis.hset(f"{p}:offsets", mapping={"scans:0": "1", "scans:1": "2"})  # both lost their last batch
+    await stored.set_offsets(redis, p, {"scans:0": 1, "scans:1": 2})  # both lost their last batch
     batch = [record(0, 4, [make_event(3, "sf", "delivered", VILLAGES[2], 1)]), record(1, 6, [])]
     lost = []
     for _ in range(2):
@@ -270,8 +269,8 @@ async def test_two_writers_overlapping_on_a_partition_count_each_event_once(
     await old.apply([record(0, 1, [repeated])])
     result = await new.apply([record(0, 1, [repeated]), record(0, 2, [repeated, first])])
     assert (result.events_applied, result.records_replayed, result.events_duplicate) == (0, 1, 2)
-    assert (await region(redis, p, "CN"))["type:delivered"] == "2"
-    assert new.positions["scans:0"] == 2
+    assert (await stored.nation(redis, p))["type:delivered"] == "2"
+    assert set(new.positions["scans:0"].values()) == {2}
 
 
 async def test_a_writer_overtaken_on_a_partition_reads_its_villages_again(
@@ -291,7 +290,7 @@ async def test_a_writer_overtaken_on_a_partition_reads_its_villages_again(
     assert (loc["type:delivered"], loc["type:picked_up"]) == ("3", "1")
     assert (loc["carrier:sf"], loc["carrier:yto"], loc["carrier:zto"]) == ("2", "1", "1")
     assert loc["last_reach_ms"] == str(int((NOW - timedelta(hours=1)).timestamp() * 1000))
-    nation = await region(redis, p, "CN")
+    nation = await stored.nation(redis, p)
     assert nation["villages_reached"] == nation["villages_reached|carrier:yto"] == "1"
     assert nation["villages_reached|carrier:zto"] == nation["villages_reached|carrier:sf"] == "1"
     assert nation["type:delivered"] == "3"
@@ -306,10 +305,13 @@ async def test_without_a_whole_registry_the_script_writes_nothing_and_says_so(
     await seed_registry(redis, p)
     writer = ReadModelWriter(redis, p, 3600)
     assert await writer.unknown_locations({VILLAGES[0]}) == set()  # looked up, and known
-    await redis.delete(f"{p}:reg:meta")  # the wipe, or a load under way: reg:meta is written last
+    # The wipe (a first load under way writes neither: reg:meta and the shards' generations are written last).
+    wiped = [names.key(p, names.REG_META), *await redis.keys(names.pattern(p, names.REG_GENERATION))]
+    await redis.delete(*wiped)
+    left = sorted(await redis.keys(f"{p}:*"))
     with pytest.raises(RegistryMissing, match="REGISTRY_MISSING"):
         await writer.apply([record(0, 0, [make_event(1, "sf", "delivered", VILLAGES[0], 1)])])
-    assert sorted(await redis.keys(f"{p}:*")) == sorted(names.key(p, n) for n in (names.REG_KIND, names.LAYOUT))
+    assert sorted(await redis.keys(f"{p}:*")) == left  # nothing written
     with pytest.raises(RegistryMissing):
         await ReadModelWriter(redis, p, 3600).unknown_locations({VILLAGES[0]})
 
@@ -324,6 +326,33 @@ async def test_a_registry_load_between_lookup_and_apply_is_seen_and_the_batch_de
     writer = ReadModelWriter(redis, p, 3600)
     assert await writer.unknown_locations({COMMUNITY}) == set()  # known, as a community
     await redis.hset(f"{p}:reg:kind", COMMUNITY, "village")  # what a load reclassifying it writes...
-    await redis.set(f"{p}:reg:generation", "a later load")  # ...with its generation
+    for key in await redis.keys(names.pattern(p, names.REG_GENERATION)):
+        await redis.set(key, "a later load")  # ...with its generation, and every shard's copy
     await writer.apply([record(0, 0, [make_event(1, "sf", "delivered", COMMUNITY, 1)])])
     assert (await region(redis, p, TOWNSHIP)).get("villages_reached") == "1"  # counted as the village it now is
+
+
+async def test_a_batch_only_some_shards_applied_is_finished_by_the_others_and_counted_once(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """A batch spans two shards (provinces 14 and 41); one shard's call is refused (another writer moved its offset
+    on), the other's goes through. The writer reads the partition again and applies the refused part only: the
+    applied shard skips the record, and no event is counted twice or taken for a repeat."""
+    p = settings.redis_key_prefix
+    await seed_registry(redis, p)
+    writer = ReadModelWriter(redis, p, 3600)
+    await writer.apply([record(0, 0, [make_event(1, "sf", "delivered", VILLAGES[0], 1)])])
+    # Another writer applied offset 1 in shard 41 only (as its call succeeded and the 14 one had not run yet).
+    other = ReadModelWriter(redis, p, 3600)
+    in_41 = make_event(2, "sf", "delivered", VILLAGES[3], 1)
+    await other.sync(["scans:0"])
+    await other.apply([record(0, 1, [in_41])])
+    await stored.set_offsets(redis, p, {"scans:0": 0})
+    await redis.hset(names.shard_key(p, "41", names.OFFSETS), "scans:0", 1)
+    batch = [record(0, 1, [in_41, make_event(3, "sf", "delivered", VILLAGES[1], 1)])]
+    result = await writer.apply(batch)
+    assert (result.events_applied, result.events_duplicate) == (1, 0)
+    assert await stored.offsets(redis, p) == {"scans:0": 1}
+    nation = await stored.nation(redis, p)
+    assert (nation["villages_reached"], nation["type:delivered"]) == ("3", "3")
+    assert (await stored.stats(redis, p))["events_applied"] == 3

@@ -18,6 +18,7 @@ from coverage_service.readmodel.writer import ReadModelWriter
 from lastmile import names, scan
 from lastmile.registry import read_registry
 from lastmile.settings import Settings
+from tests.support import stored
 
 pytestmark = pytest.mark.integration
 
@@ -142,7 +143,7 @@ async def test_tiers_stations_and_lapse_index_follow_events_and_registry_changes
     assert (fig["villages_total@p1000"], fig["villages_reached@p1000"]) == ("3", "3")  # A B C
     assert fig["villages_total@p2500"] == "2"
     assert await redis.hget(f"{p}:reg:meta", "population_tiers") == "1000,2500"
-    national = await redis.hgetall(names.key(p, names.REGION, names.NATIONAL))
+    national = await stored.nation(redis, p)
     assert national["villages_reached@p1000"] == "3" and national["villages_total"] == "4"
 
     # Loading the same edition again changes nothing.

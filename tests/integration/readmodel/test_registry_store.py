@@ -22,6 +22,7 @@ from coverage_service.readmodel.writer import ReadModelWriter, RegistryMissing
 from lastmile import names
 from lastmile.registry import BUNDLED, RegistryError, read_registry
 from lastmile.settings import Settings
+from tests.support import stored
 
 pytestmark = pytest.mark.integration
 
@@ -62,12 +63,16 @@ def expected_totals(folder: Path) -> dict[str, int]:
 
 
 async def region_fields(redis: aioredis.Redis, prefix: str, codes: Iterable[str], field: str) -> dict[str, int]:
+    """A field of each region (the nation's summed from its provinces, as the read model keeps it)."""
     codes = list(codes)
     async with redis.pipeline(transaction=False) as pipe:
         for code in codes:
             pipe.hget(names.key(prefix, names.REGION, code), field)
         values = await pipe.execute()
-    return {code: int(v) if v is not None else 0 for code, v in zip(codes, values, strict=True)}
+    out = {code: int(v) if v is not None else 0 for code, v in zip(codes, values, strict=True)}
+    if names.NATIONAL in out:
+        out[names.NATIONAL] = int((await stored.nation(redis, prefix)).get(field, 0))
+    return out
 
 
 async def snapshot(redis: aioredis.Redis, prefix: str) -> dict[str, object]:
@@ -75,7 +80,7 @@ async def snapshot(redis: aioredis.Redis, prefix: str) -> dict[str, object]:
     its own, by design: a batch decided before it must be decided again)."""
     out: dict[str, object] = {}
     async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
-        if key == names.key(prefix, names.REG_GENERATION):
+        if key.endswith(names.REG_GENERATION):  # and every shard's copy
             continue
         kind = await redis.type(key)
         if kind == "set":
@@ -174,7 +179,7 @@ async def reach(redis: aioredis.Redis, prefix: str, code: str, *, counted: bool)
         names.key(prefix, names.LOCATION, code), mapping={names.field.FIRST_REACH_MS: 1, "type:delivered": 3}
     )
     if counted:
-        for region in (code[:9], code[:6], code[:4], code[:2], names.NATIONAL):
+        for region in (code[:9], code[:6], code[:4], code[:2]):
             for field in REACHED_FIELDS:
                 await redis.hincrby(names.key(prefix, names.REGION, region), field, 1)
 
@@ -202,18 +207,22 @@ async def test_reclassifying_a_reached_unit_moves_every_count_by_one(
     await reach(redis, prefix, code, counted=delta < 0)
     await reach(redis, prefix, "140322205201", counted=True)  # a reached neighbour that stays a village
     before = await region_state(redis, prefix)
+    nation_before = await stored.nation(redis, prefix)
 
     report = await load_registry(redis, prefix, read_registry(edition_with_kind(tmp_path, code, kind)))
 
     assert (report.added, report.reclassified) == (0, 1)
     assert await redis.hget(names.key(prefix, names.REG_KIND), code) == kind
     after = await region_state(redis, prefix)
-    five = {names.key(prefix, names.REGION, r) for r in (code[:9], code[:6], code[:4], code[:2], names.NATIONAL)}
-    for key in five:
-        moved = {f: int(after[key].get(f, 0)) - int(before[key].get(f, 0)) for f in after[key].keys() | before[key]}
+    four = {names.key(prefix, names.REGION, r) for r in (code[:9], code[:6], code[:4], code[:2])}
+    nation_after = await stored.nation(redis, prefix)
+    pairs = [(after[k], before[k], k) for k in four] + [(nation_after, nation_before, names.NATIONAL)]
+    for now, was, key in pairs:
+        moved = {f: int(now.get(f, 0)) - int(was.get(f, 0)) for f in now.keys() | was}
         assert moved == {names.field.VILLAGES_TOTAL: delta, **dict.fromkeys(REACHED_FIELDS, delta)} | {
             f: 0 for f in moved if f not in (names.field.VILLAGES_TOTAL, *REACHED_FIELDS)
         }, key
+    five = four
     assert {k: v for k, v in after.items() if k not in five} == {k: v for k, v in before.items() if k not in five}
     # The invariant the worker relies on: villages_reached counts the reached units the registry calls villages.
     assert await region_fields(redis, prefix, FIVE[1:], REACHED_FIELDS[0]) == dict.fromkeys(FIVE[1:], 1 + (delta > 0))
@@ -247,6 +256,36 @@ async def test_a_read_model_of_the_earlier_key_layout_is_refused_with_the_way_ou
     assert await snapshot(redis, prefix) == before
 
 
+async def test_a_province_new_to_the_read_model_gets_a_shard_starting_where_every_shard_has_applied_to(
+    redis: aioredis.Redis, settings: Settings, tmp_path: Path
+) -> None:
+    prefix = settings.redis_key_prefix
+    await load_registry(redis, prefix, read_registry(SAMPLE))
+    assert await stored.shards(redis, prefix) == ["14", "15", "41"]
+    for shard, offset in (("14", 9), ("15", 7), ("41", 9)):  # 15 behind: its last call has not run yet
+        await redis.hset(names.shard_key(prefix, shard, names.OFFSETS), mapping={"scans:0": offset, "scans:1": 2})
+    edition = tmp_path / "with-xinjiang"
+    shutil.copytree(SAMPLE, edition)
+    for stem, row in (
+        ("provinces", '65,"新疆维吾尔自治区"'),
+        ("cities", '6501,"乌鲁木齐市",65'),
+        ("areas", '650102,"天山区",6501,65'),
+        ("streets", '650102001,"燕儿窝街道",650102,65,6501'),
+        ("villages", '650102001201,"燕儿窝村委会",650102001,65,6501,650102'),
+    ):
+        with (edition / f"{stem}.csv").open("a", encoding="utf-8") as f:
+            f.write(row + "\n")
+
+    await load_registry(redis, prefix, read_registry(edition))
+
+    assert await stored.shards(redis, prefix) == ["14", "15", "41", "65"]
+    offsets = await stored.offsets_by_shard(redis, prefix)
+    assert offsets["65"] == {"scans:0": 7, "scans:1": 2}
+    assert offsets["15"] == {"scans:0": 7, "scans:1": 2}  # the others as they were
+    generations = {await redis.get(names.shard_key(prefix, s, names.REG_GENERATION)) for s in offsets}
+    assert generations == {await redis.get(names.key(prefix, names.REG_GENERATION))}
+
+
 async def test_the_national_registry(redis: aioredis.Redis, settings: Settings) -> None:
     """The whole 2023 edition: counts as in its README (lastmile/registry_data/cn-2023/README.md). (Its load time
     is a figure of `make bench`.)"""
@@ -263,8 +302,8 @@ async def test_the_national_registry(redis: aioredis.Redis, settings: Settings) 
         report = await load_registry(redis, prefix, read_registry(NATIONAL))
         assert report.kinds == {"village": 486_492, "community": 126_714, "other": 7_367}
         assert report.regions == {"province": 31, "city": 342, "county": 2_978, "township": 41_352}
-        total = await redis.hget(names.key(prefix, names.REGION, names.NATIONAL), names.field.VILLAGES_TOTAL)
-        assert int(total or 0) == by_suffix["committee"] + by_suffix["bare"] == 486_492
+        total = (await stored.nation(redis, prefix))[names.field.VILLAGES_TOTAL]
+        assert int(total) == by_suffix["committee"] + by_suffix["bare"] == 486_492
         assert await redis.hlen(names.key(prefix, names.REG_KIND)) == 620_573 + 31 + 342 + 2_978 + 41_352
     finally:
         await delete_all(redis, prefix)  # 750k keys; the other tests share this redis-server

@@ -24,6 +24,7 @@ from lastmile import names, scan
 from lastmile.registry import read_registry
 from lastmile.settings import Settings
 from lastmile.topics import ensure_topics
+from tests.support import stored
 from tests.support.services import SAMPLE, sample_villages, service_env, start
 
 pytestmark = pytest.mark.integration
@@ -78,7 +79,7 @@ async def read_model(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
 
 
 async def applied(redis: aioredis.Redis, prefix: str) -> int:
-    return int(await redis.hget(names.key(prefix, names.STATS), names.stat.EVENTS_APPLIED) or 0)
+    return (await stored.stats(redis, prefix)).get(names.stat.EVENTS_APPLIED, 0)
 
 
 async def test_rebuild_after_a_wipe_reproduces_the_worker_figures_exactly(

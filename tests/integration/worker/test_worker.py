@@ -19,7 +19,7 @@ from lastmile import names, scan
 from lastmile.settings import Settings
 from lastmile.topics import ensure_topics, partition_for
 from lastmile_dev.devstack import Proc
-from tests.support import seeded
+from tests.support import seeded, stored
 from tests.support.services import service_env, start
 
 pytestmark = pytest.mark.integration
@@ -69,8 +69,7 @@ async def publisher(settings: Settings, registry: None) -> AsyncIterator[Publish
 
 
 async def stats(redis: aioredis.Redis, settings: Settings) -> dict[str, int]:
-    raw = await redis.hgetall(names.key(settings.redis_key_prefix, names.STATS))
-    return {k: int(v) for k, v in raw.items()}
+    return await stored.stats(redis, settings.redis_key_prefix)
 
 
 async def wait_applied(redis: aioredis.Redis, settings: Settings, n: int, worker: Proc, within: float = 60) -> None:
@@ -146,7 +145,7 @@ async def test_records_the_worker_cannot_use_are_dead_lettered_and_the_stream_go
     st = await stats(redis, settings)
     assert st[names.stat.EVENTS_APPLIED] == 3
     assert st[names.stat.DEAD_LETTERS] == 6  # counted once each, with the records they came in
-    assert await redis.hget(names.key(settings.redis_key_prefix, names.OFFSETS), f"{settings.scan_topic}:0") == "7"
+    assert (await stored.offsets(redis, settings.redis_key_prefix))[f"{settings.scan_topic}:0"] == 7
     assert not (Path.cwd() / f"{settings.consumer_group}-data").exists()  # Faust's folder goes to the temp dir
 
 
@@ -177,7 +176,7 @@ async def test_after_redis_loses_its_data_the_worker_resumes_from_the_read_model
         await wait_applied(redis, settings, 500, worker)
     finally:
         worker.stop()
-    nation = await redis.hgetall(names.key(prefix, names.REGION, names.NATIONAL))
+    nation = await stored.nation(redis, prefix)
     assert nation["type:delivered"] == "500"
     assert nation["villages_reached"] == str(len(VILLAGES))
     assert (await stats(redis, settings))[names.stat.EVENTS_DUPLICATE] == 0

@@ -33,7 +33,7 @@ UNITS: dict[str, changes.Unit | None] = {
 
 
 def above(code: str) -> list[str]:
-    return [code[:9], code[:6], code[:4], code[:2], "CN"]
+    return [code[:9], code[:6], code[:4], code[:2]]  # no nation: its figures are the provinces' summed
 
 
 def event(
@@ -189,16 +189,19 @@ def test_counters_of_every_region_equal_a_count_of_the_events(rows: list[tuple[s
     assert ch.as_of == newest
     reached = {e.location_code for e in entries if e.reaches and UNITS[e.location_code] in (VILLAGE, BIG_VILLAGE)}
     assert ch.newly_reached == len(reached)
-    assert ch.regions.get("CN", {}).get("villages_reached", 0) == len(reached)
+    provinces = [f for code, f in ch.regions.items() if len(code) == 2]
+    assert sum(f.get("villages_reached", 0) for f in provinces) == len(reached)
+    assert "CN" not in ch.regions
 
 
 def test_the_payload_carries_the_writes_and_one_digest_string_per_partition() -> None:
     a, b = event(1), event(2, V2)
     g = changes.gather([fold.Record("t", 1, 3, [b]), fold.Record("t", 0, 5, [a])], UNITS, {"t:0": 4, "t:1": -1})
     ch = changes.resolve(g, UNITS, empty(g))
-    body, *digests = changes.payload(g, ch, {"t:0": 4, "t:1": -1}, "gen-7", 11, 12345)
+    body, *digests = changes.payload("14", g, ch, {"t:0": 4, "t:1": -1}, "gen-7", 11, 12345)
     wire = msgpack.decode(body)
-    assert (wire["expect"], wire["registry"], wire["hour"], wire["expire_at"]) == (
+    assert (wire["shard"], wire["expect"], wire["registry"], wire["hour"], wire["expire_at"]) == (
+        "14",
         {"t:0": 4, "t:1": -1},
         "gen-7",
         11,
@@ -208,5 +211,5 @@ def test_the_payload_carries_the_writes_and_one_digest_string_per_partition() ->
     assert wire["digests"] == ["t:0", "t:1"] and digests == [a.digest, b.digest]
     assert wire["stats"] == [2, 0, 0, 2, 0, 2, 0]
     regions = dict(zip(wire["regions"][::3], wire["regions"][1::3], strict=True))
-    assert regions["CN"]["villages_reached"] == 2
+    assert regions[V1[:2]]["villages_reached"] == 2 and V1[:2] == V2[:2]
     assert wire["locs"][::2] == [V1, V2] or wire["locs"][::2] == [V2, V1]

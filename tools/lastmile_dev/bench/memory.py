@@ -26,7 +26,7 @@ from lastmile import names, scan
 from lastmile.settings import Settings
 from lastmile.topics import Partitioner
 from lastmile_dev.bench.core import Context, Figure, Result
-from lastmile_dev.bench.exact import check_exact
+from lastmile_dev.bench.exact import check_exact, counters
 from lastmile_dev.bench.generator import Generator
 from lastmile_dev.bench.registry_load import fresh_load, registry_folder, registry_of, used_memory
 
@@ -69,13 +69,12 @@ async def patiently(action: Callable[[], Awaitable[T]]) -> T:
 
 async def folded(redis: aioredis.Redis, prefix: str) -> dict[str, int]:
     """The worker's own counters: events applied, duplicate and of unknown location."""
-    values = await patiently(lambda: redis.hmget(names.key(prefix, names.STATS), list(COUNTED)))
-    return {name: int(v or 0) for name, v in zip(COUNTED, values, strict=True)}
+    return await counters(redis, prefix, list(COUNTED))
 
 
 async def dedup_memory(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
     """Every dedup key's MEMORY USAGE and TTL, and how many digests they hold."""
-    pattern = names.key(prefix, names.DEDUP) + "*"
+    pattern = names.pattern(prefix, names.DEDUP)
     keys = [k.decode() if isinstance(k, bytes) else str(k) async for k in redis.scan_iter(match=pattern, count=20_000)]
     async with redis.pipeline(transaction=False) as pipe:
         for k in keys:
@@ -83,7 +82,7 @@ async def dedup_memory(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
             pipe.ttl(k)
         answers = await pipe.execute()
     # The base key of an hour (no chunk number) holds how many bytes of digests its strings hold.
-    bases = [k for k in keys if k.count(":") == pattern.count(":") + 2]
+    bases = [k for k in keys if k.split(names.DEDUP, 1)[1].count(":") == 2]  # <topic>:<partition>:<hour>
     filled = [int(v or 0) for v in await redis.mget(bases)] if bases else []
     digests = sum(filled) // DIGEST_BYTES
     total = sum(int(m) for m in answers[0::2] if m is not None)
