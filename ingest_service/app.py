@@ -24,7 +24,7 @@ from ingest_service import server
 from ingest_service.auth import CarrierTokens
 from ingest_service.backpressure import Backpressure
 from ingest_service.publisher import BrokerUnavailable, Publisher
-from lastmile import apidocs, backlog, logs, names, problem, scan
+from lastmile import apidocs, backlog, logs, problem, registry_index, scan
 from lastmile.broker import Broker
 from lastmile.problem import Problem
 from lastmile.settings import Settings
@@ -103,7 +103,6 @@ class Metrics:
 def create_app(settings: Settings) -> FastAPI:
     tokens = CarrierTokens(settings.carrier_token_map())
     metrics = Metrics()
-    reg_kind = names.key(settings.redis_key_prefix, names.REG_KIND)
     retry_after = {"Retry-After": str(settings.ingest_retry_after_seconds)}
 
     @asynccontextmanager
@@ -263,7 +262,7 @@ def create_app(settings: Settings) -> FastAPI:
             return set()
         ordered = sorted(codes)
         try:
-            kinds = await request.app.state.redis.hmget(reg_kind, ordered)
+            kinds = await registry_index.kinds(request.app.state.redis, settings.redis_key_prefix, ordered)
         except aioredis.RedisError as exc:
             log.warning("registry lookup failed; answering 503", extra={"error": logs.describe(exc)})
             raise Problem(

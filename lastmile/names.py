@@ -53,8 +53,8 @@ HISTORY_DAYS: Final = "history-days"
 
 
 # The keys of a province's units carry its code as a Redis Cluster hash tag, "lastmile:{37}:loc:370102001001", so
-# that one province's keys share a hash slot (docs/sharding.md).
-SHARDED: Final = frozenset({REGION, LOCATION, REACH_INDEX, STATIONS})
+# that one province's keys share a hash slot (docs/sharding.md); the registry's too (the nation's stay untagged).
+SHARDED: Final = frozenset({REGION, LOCATION, REACH_INDEX, STATIONS, REG_UNIT, REG_CHILDREN})
 
 
 def key(prefix: str, suffix: str, code: str = "") -> str:
@@ -77,11 +77,12 @@ def offset_field(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
-PER_SHARD: Final = frozenset({DEDUP, OFFSETS, STATS, REG_GENERATION})
+PER_SHARD: Final = frozenset({DEDUP, OFFSETS, STATS, REG_GENERATION, REG_KIND})
 
 
 def shard_key(prefix: str, shard: str, suffix: str) -> str:
-    """A key of one shard's write path (``OFFSETS``, ``STATS``, ``REG_GENERATION``); a shard is a province."""
+    """A key of one shard's write path (``OFFSETS``, ``STATS``, ``REG_GENERATION``), or its part of the registry
+    index (``REG_KIND``: code -> kind of its units); a shard is a province."""
     return f"{prefix}:{shard_tag(shard)}:{suffix}"
 
 
@@ -149,9 +150,9 @@ class meta:
 def lua_names(prefix: str) -> dict[str, str]:
     """The values of the ``${...}`` placeholders in the Lua scripts."""
     return {
-        "reg_kind": key(prefix, REG_KIND),
-        "reg_unit": key(prefix, REG_UNIT),
-        "reg_children": key(prefix, REG_CHILDREN),
+        "reg_kind": REG_KIND,
+        "reg_unit": REG_UNIT,
+        "reg_children": REG_CHILDREN,
         "prefix": prefix,
         "region": REGION,
         "loc": LOCATION,

@@ -19,7 +19,7 @@ from redis.typing import EncodableT, FieldT
 
 from coverage_service.readmodel import scripts
 from lastmile import names
-from lastmile.registry import NATION_NAME, Registry
+from lastmile.registry import NATION_NAME, Registry, Unit
 
 # Redis runs nothing else while a chunk's script runs: 2,000 units take about 20 ms here (5,000 took 60-90 ms),
 # a pause the worker's apply script hardly notices, while the round trips stay a small part of the load.
@@ -60,19 +60,27 @@ async def load_registry(
         raise LayoutMismatch(layout_mismatch(prefix, layout))
     old_tiers = await redis.hget(meta_key, names.meta.POPULATION_TIERS) or ""
     new_tiers = format_tiers(population_tiers)
-    units = list(registry.units())
+    # Chunks of one province each: a chunk's keys are all in the province's shard (one hash slot).
+    by_province: dict[str, list[Unit]] = {}
+    for u in registry.units():  # parents before their children
+        by_province.setdefault(u.code[:2], []).append(u)
+    total = sum(len(units) for units in by_province.values())
+    await redis.sadd(names.key(prefix, names.REG_CHILDREN, names.NATIONAL), *(p.code for p in registry.provinces))
     load = uuid.uuid4().hex  # generations of this load: unlike a counter, never equal to an earlier load's
-    added = reclassified = 0
-    for start in range(0, len(units), CHUNK_UNITS):
-        chunk = units[start : start + CHUNK_UNITS]
-        rows = [(u.code, u.name, u.kind, "" if u.population is None else str(u.population)) for u in chunk]
-        chunk_added, chunk_reclassified = await script(
-            args=[orjson.dumps(rows), old_tiers, new_tiers, f"{load}:{start}"]
-        )
-        added += int(chunk_added)
-        reclassified += int(chunk_reclassified)
-        if progress is not None:
-            progress(start + len(chunk), len(units))
+    added = reclassified = done = 0
+    for province, units in by_province.items():
+        for start in range(0, len(units), CHUNK_UNITS):
+            chunk = units[start : start + CHUNK_UNITS]
+            rows = [(u.code, u.name, u.kind, "" if u.population is None else str(u.population)) for u in chunk]
+            chunk_added, chunk_reclassified = await script(
+                keys=[names.shard_key(prefix, province, names.REG_GENERATION)],  # routes it to the shard's master
+                args=[orjson.dumps(rows), old_tiers, new_tiers, f"{load}:{done}", province],
+            )
+            added += int(chunk_added)
+            reclassified += int(chunk_reclassified)
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
     # Last, so that registry_loaded turns true only once a whole edition is in. Units absent from this edition
     # are left as they are: removing one would mean unwinding its reach flags and parcel counters.
     await _write_meta(redis, prefix, registry, new_tiers, f"{load}:meta")
@@ -108,8 +116,10 @@ def format_tiers(tiers: Sequence[int]) -> str:
 
 
 async def _write_meta(redis: aioredis.Redis, prefix: str, registry: Registry, tiers: str, generation: str) -> None:
-    """The nation's unit, the load record and the registry generation with every shard's copy, in one transaction
-    (the nation has no region hash: its figures are its provinces' summed)."""
+    """The nation's unit, the load record, then every shard's copy of the registry generation (the nation has no
+    region hash: its figures are its provinces' summed). Keys of several hash slots, so in this order: the record
+    (with the population tiers) before the copies, which a shard's batches are checked against; on a first load the
+    worker waits for its shard's copy."""
     meta_key = names.key(prefix, names.REG_META)
     meta: dict[FieldT, EncodableT] = {
         names.meta.LOADED_AT: datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
@@ -124,14 +134,16 @@ async def _write_meta(redis: aioredis.Redis, prefix: str, registry: Registry, ti
     had = [p for p in earlier if await redis.exists(names.shard_key(prefix, p, names.REG_GENERATION))]
     shards = sorted(earlier | {p.code for p in registry.provinces})
     floor = await _lowest_offsets(redis, prefix, had)
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(names.key(prefix, names.REG_UNIT, names.NATIONAL), names.unit.NAME, NATION_NAME)
+    await redis.hset(names.key(prefix, names.REG_UNIT, names.NATIONAL), names.unit.NAME, NATION_NAME)
+    await redis.set(names.key(prefix, names.LAYOUT), names.LAYOUT_VERSION)
+    await redis.set(names.key(prefix, names.REG_GENERATION), generation)
+    async with redis.pipeline(transaction=True) as pipe:  # one key: a whole record at every moment
         pipe.delete(meta_key)
         pipe.hset(meta_key, mapping=meta)
-        pipe.set(names.key(prefix, names.REG_GENERATION), generation)
+        await pipe.execute()
+    async with redis.pipeline(transaction=False) as pipe:
         for province in shards:
-            pipe.set(names.shard_key(prefix, province, names.REG_GENERATION), generation)
             if province not in had and floor:
                 pipe.hset(names.shard_key(prefix, province, names.OFFSETS), mapping=floor)
-        pipe.set(names.key(prefix, names.LAYOUT), names.LAYOUT_VERSION)
+            pipe.set(names.shard_key(prefix, province, names.REG_GENERATION), generation)
         await pipe.execute()

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import string
+from collections.abc import Sequence
 from importlib import resources
-from typing import Final
+from typing import Any, Final
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
+from redis.commands.core import AsyncScript
+from redis.typing import EncodableT
 
 from coverage_service import dedup
 from lastmile import names
@@ -22,3 +29,16 @@ def source(filename: str, prefix: str, *, prelude: bool = False) -> str:
     return string.Template(text).substitute(
         names.lua_names(prefix), dedup_chunk_bytes=dedup.CHUNK_BYTES, digest_bytes=dedup.DIGEST_BYTES
     )
+
+
+async def call_each(
+    redis: aioredis.Redis, script: AsyncScript, calls: Sequence[tuple[Sequence[str], Sequence[EncodableT]]]
+) -> list[Any]:
+    """Run ``script`` once per (keys, args), and return each reply or the exception it raised, in order: pipelined on
+    one server; concurrently on a Redis Cluster, whose client routes each call by its key but pipelines no scripts."""
+    if isinstance(redis, RedisCluster):
+        return list(await asyncio.gather(*(script(keys=k, args=a) for k, a in calls), return_exceptions=True))
+    async with redis.pipeline(transaction=False) as pipe:
+        for keys, args in calls:
+            await script(keys=keys, args=args, client=pipe)
+        return list(await pipe.execute(raise_on_error=False))

@@ -114,7 +114,7 @@ async def unreached(
     with ``lapsed`` also those not reached within the lapse window, after village ``after``; None if the
     region is not in the registry."""
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.hget(names.key(prefix, names.REG_KIND), code)
+        pipe.hget(names.shard_key(prefix, code, names.REG_KIND), code)
         pipe.hget(names.key(prefix, names.REG_UNIT, code), unit.NAME)
         kind, name = await pipe.execute()
     if kind is None:
@@ -200,7 +200,7 @@ class _Walk:
             return []
         dim = self.sc.dim
         async with self.redis.pipeline(transaction=False) as pipe:
-            pipe.hmget(names.key(self.prefix, names.REG_KIND), codes)
+            pipe.hmget(names.shard_key(self.prefix, codes[0], names.REG_KIND), codes)  # one region's: one province
             for c in codes:
                 pipe.hmget(names.key(self.prefix, names.REG_UNIT, c), [unit.NAME, unit.POPULATION])
                 pipe.hmget(

@@ -10,7 +10,9 @@ from dataclasses import astuple, dataclass, replace
 
 import msgspec.msgpack as msgpack
 import redis.asyncio as aioredis
+from redis.client import NEVER_DECODE
 from redis.exceptions import OutOfMemoryError, ResponseError
+from redis.typing import EncodableT
 
 from coverage_service import changes, dedup
 from coverage_service.fold import Entry, Record
@@ -23,6 +25,7 @@ REGISTRY_MISSING = "REGISTRY_MISSING"
 READ_MODEL_BEHIND = "READ_MODEL_BEHIND"
 READ_MODEL_AHEAD = "READ_MODEL_AHEAD"
 REGISTRY_CHANGED = "REGISTRY_CHANGED"
+NOT_LOADED = "the division registry is not loaded in Redis (lastmile registry load); waiting"
 # Another writer moving the partition on while this one reads it again is retried this often, then raised.
 AHEAD_RETRIES = 20
 
@@ -73,14 +76,16 @@ class ReadModelWriter:
         # The registry's word on the codes seen, for one registry generation (reg:generation).
         self._units: dict[str, changes.Unit | None] = {}
         self._unit_values: dict[tuple[str, str], changes.Unit] = {}
-        self._generation: str | None = None
+        # Per shard, the registry generation the codes known of it were read in (None: read the registry again).
+        self._generations: dict[str, str] | None = None
+        self._tiers = ""
+        self._shard_set: frozenset[str] = frozenset()
         # Per partition (offset field): per shard, the offset Redis holds (-1: none), and the digests applied up to
         # them, read by sync() or kept by apply(). The apply script checks a shard's offsets before it writes.
         self.positions: dict[str, dict[str, int]] = {}
         self.seen: dict[str, dedup.Seen] = {}
         self.shards: tuple[str, ...] = ()  # the registry's provinces
         self.villages = villages.Villages(village_cache)
-        self._raw: aioredis.Redis | None = None
 
     async def sync(self, offset_fields: Iterable[str]) -> dict[str, int]:
         """Read what Redis holds for these partitions in every shard (offsets and dedup digests); return, per
@@ -100,14 +105,18 @@ class ReadModelWriter:
             for shard in shards:
                 pipe.hmget(names.shard_key(self.prefix, shard, names.OFFSETS), fields)
             for shard in shards:
-                pipe.mget([names.dedup_key(self.prefix, shard, f, h) for f in fields for h in hours])
+                # MGET by name: a cluster pipeline refuses pipe.mget, though one shard's keys share a slot.
+                pipe.execute_command(
+                    "MGET", *(names.dedup_key(self.prefix, shard, f, h) for f in fields for h in hours)
+                )
             replies = await pipe.execute()
         stored, filled = replies[: len(shards)], [n for reply in replies[len(shards) :] for n in reply]
-        raw = self._raw_client()
-        async with raw.pipeline(transaction=False) as pipe:
+        async with self.redis.pipeline(transaction=False) as pipe:
             for (shard, ofield, hour), used in zip(wanted, filled, strict=True):
                 for chunk in range(-(-int(used or 0) // dedup.CHUNK_BYTES)):
-                    pipe.get(names.dedup_key(self.prefix, shard, ofield, hour, chunk))
+                    # The digests are binary: left as bytes whatever the client decodes.
+                    key = names.dedup_key(self.prefix, shard, ofield, hour, chunk)
+                    pipe.execute_command("GET", key, **{NEVER_DECODE: True})
             chunks = iter(await pipe.execute())
         for ofield in fields:
             self.seen[ofield] = dedup.Seen(self.window_ms)
@@ -169,14 +178,15 @@ class ReadModelWriter:
             held = await self._held({code: loc for g in parts.values() for code, loc in g.villages().items()})
             expire_at_s = dedup.expires_at_ms(hour, self.window_ms) // 1000
             calls: list[tuple[str, changes.Gathered, changes.Changes]] = []
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for shard, g in parts.items():
-                    decided = changes.resolve(g, units, held)
-                    expect = {f: self.positions[f][shard] for f in fields}
-                    args = changes.payload(shard, g, decided, expect, self._generation or "", hour, expire_at_s)
-                    await self._apply(args=[now, *args], client=pipe)
-                    calls.append((shard, g, decided))
-                results = await pipe.execute(raise_on_error=False)
+            script_calls: list[tuple[list[str], list[EncodableT]]] = []
+            for shard, g in parts.items():
+                decided = changes.resolve(g, units, held)
+                expect = {f: self.positions[f][shard] for f in fields}
+                generation = (self._generations or {}).get(shard, "")
+                args = changes.payload(shard, g, decided, expect, generation, hour, expire_at_s)
+                script_calls.append(([self._routing_key(shard)], [now, *args]))
+                calls.append((shard, g, decided))
+            results = await scripts.call_each(self.redis, self._apply, script_calls)
             failure: Exception | None = None
             for (shard, g, decided), result in zip(calls, results, strict=True):
                 if isinstance(result, Exception):
@@ -287,11 +297,17 @@ class ReadModelWriter:
             by_shard.setdefault(code[:2], ([], []))[0].append((code, ofield))
         for code in uncounted:
             by_shard.setdefault(code[:2], ([], []))[1].append(code)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for reads, counts in by_shard.values():
-                args = [msgpack.encode([code for code, _ in reads]), msgpack.encode(counts)]
-                await self._villages_script(args=args, client=pipe)
-            replies = await pipe.execute()
+        replies = await scripts.call_each(
+            self.redis,
+            self._villages_script,
+            [
+                ([self._routing_key(shard)], [msgpack.encode([code for code, _ in reads]), msgpack.encode(counts)])
+                for shard, (reads, counts) in by_shard.items()
+            ],
+        )
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         for (reads, counts), reply in zip(by_shard.values(), replies, strict=True):
             for (code, ofield), flat in zip(reads, reply[: len(reads)], strict=True):
                 known[code] = villages.village(ofield, dict(zip(flat[::2], flat[1::2], strict=True)), None)
@@ -301,30 +317,66 @@ class ReadModelWriter:
         return known
 
     async def units(self, codes: Collection[str]) -> Mapping[str, changes.Unit | None]:
-        """The registry's kind and segments of each code (None: not in the registry), kept per registry generation;
-        the mapping returned holds every code asked for, and may hold others. :class:`RegistryMissing` while no
-        whole registry is loaded (after a wipe, or during the first load)."""
+        """The registry's kind and segments of each code (None: not in the registry), kept per shard and registry
+        generation; the mapping returned holds every code asked for, and may hold others. :class:`RegistryMissing`
+        while no whole registry is loaded (after a wipe, or during the first load)."""
         while True:
-            unread_set = {c for c in codes if c not in self._units}
-            unread = sorted(unread_set)
-            if not unread and self._generation is not None:
+            if self._generations is None:
+                await self._read_registry()
+            generations = self._generations
+            assert generations is not None
+            unread: dict[str, list[str]] = {}  # shard -> codes
+            for code in codes:
+                if code in self._units:
+                    continue
+                if code[:2] in self._shard_set:
+                    unread.setdefault(code[:2], []).append(code)
+                else:
+                    self._units[code] = None  # of no province of the registry
+            if not unread:
                 return self._units
-            reply = await self._units_script(args=[msgpack.encode(unread)])
-            generation, loaded, layout = str(reply[0]), int(reply[1]), str(reply[2])
-            if not loaded:
-                raise RegistryMissing("the division registry is not loaded in Redis (lastmile registry load); waiting")
-            if layout != names.LAYOUT_VERSION:
-                raise RegistryMissing(registry_store.layout_mismatch(self.prefix, layout))
-            if generation != self._generation:
-                # A registry load ran (or this is the first read): what is known belongs to another generation.
-                self._forget_units()
-                self._generation = generation
-                self.shards = tuple(await backlog.shards(self.redis, self.prefix))
-                if any(c not in unread_set for c in codes):
-                    continue  # read the others too, in this generation
-            for i, code in enumerate(unread):
-                kind, segments = str(reply[3 + 2 * i]), str(reply[4 + 2 * i])
-                self._units[code] = self._unit(kind, segments) if kind else None
+            replies = await scripts.call_each(
+                self.redis,
+                self._units_script,
+                [([self._routing_key(s)], [msgpack.encode(wanted), s, self._tiers]) for s, wanted in unread.items()],
+            )
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+            for (shard, wanted), reply in zip(unread.items(), replies, strict=True):
+                generation = str(reply[0])
+                if not generation:
+                    raise RegistryMissing(NOT_LOADED)
+                if generations.setdefault(shard, generation) != generation:
+                    break  # a registry load ran: what is known may belong to another edition
+                for i, code in enumerate(wanted):
+                    kind, segments = str(reply[1 + 2 * i]), str(reply[2 + 2 * i])
+                    self._units[code] = self._unit(kind, segments) if kind else None
+            else:
+                continue
+            self._forget_units()
+
+    async def _read_registry(self) -> None:
+        """What the worker needs of the registry as a whole: that a whole one is loaded in this key layout, its
+        population tiers and its provinces (the shards)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.exists(names.key(self.prefix, names.REG_META))
+            pipe.get(names.key(self.prefix, names.LAYOUT))
+            pipe.hget(names.key(self.prefix, names.REG_META), names.meta.POPULATION_TIERS)
+            loaded, layout, tiers = await pipe.execute()
+        if not loaded:
+            raise RegistryMissing(NOT_LOADED)
+        if layout != names.LAYOUT_VERSION:
+            raise RegistryMissing(registry_store.layout_mismatch(self.prefix, None if layout is None else str(layout)))
+        self._tiers = str(tiers or "")
+        self.shards = tuple(await backlog.shards(self.redis, self.prefix))
+        self._shard_set = frozenset(self.shards)
+        # Every shard's generation: a batch's part for a shard none of whose codes were looked up is checked too.
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in self.shards:
+                pipe.get(self._routing_key(shard))
+            copies = await pipe.execute()
+        self._generations = {s: str(g) for s, g in zip(self.shards, copies, strict=True) if g}
 
     def _unit(self, kind: str, segments: str) -> changes.Unit:
         """One shared Unit per (kind, segments): there are a handful, for some hundred thousand codes."""
@@ -336,7 +388,7 @@ class ReadModelWriter:
 
     def _forget_units(self) -> None:
         self._units = {}
-        self._generation = None
+        self._generations = None
 
     async def unknown_locations(self, codes: set[str]) -> set[str]:
         """The codes the registry does not hold; :class:`RegistryMissing` while no whole registry is loaded
@@ -354,23 +406,12 @@ class ReadModelWriter:
         if ofield in self.positions:
             self.positions[ofield] = dict.fromkeys(self.positions[ofield], -1)
 
+    def _routing_key(self, shard: str) -> str:
+        """The key a shard's script calls name (and do not use): a cluster client sends them to its master."""
+        return names.shard_key(self.prefix, shard, names.REG_GENERATION)
+
     async def applied_offsets(self) -> dict[str, int]:
         return await backlog.applied_offsets(self.redis, self.prefix)
-
-    def _raw_client(self) -> aioredis.Redis:
-        """A client on the same server that leaves replies as bytes: the digests are binary."""
-        if self._raw is None:
-            pool = self.redis.connection_pool
-            kwargs = {**pool.connection_kwargs, "decode_responses": False}
-            self._raw = aioredis.Redis(
-                connection_pool=aioredis.ConnectionPool(connection_class=pool.connection_class, **kwargs)
-            )
-        return self._raw
-
-    async def aclose(self) -> None:
-        if self._raw is not None:
-            await self._raw.aclose()
-            self._raw = None
 
 
 def _now_ms() -> int:

@@ -250,5 +250,4 @@ class Folder:
             log.info("folded", extra=dict(self.totals))
 
     async def close(self) -> None:
-        await self.writer.aclose()
         await self.redis.aclose()

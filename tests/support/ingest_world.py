@@ -17,8 +17,8 @@ from aiokafka import AIOKafkaConsumer
 from fastapi import FastAPI
 
 from ingest_service.app import create_app
-from lastmile import names
 from lastmile.settings import Settings
+from tests.support import stored
 
 VILLAGES = [f"1403222052{i:02d}" for i in range(6)]
 TOWNSHIP = "140322205"
@@ -43,9 +43,8 @@ def auth(token: str) -> dict[str, str]:
 
 async def seed_villages(redis: aioredis.Redis, settings: Settings) -> None:
     """The villages and their township in the registry lookup ingest validates against."""
-    await redis.hset(
-        names.key(settings.redis_key_prefix, names.REG_KIND),
-        mapping={v: "village" for v in VILLAGES} | {TOWNSHIP: "township"},
+    await stored.set_kinds(
+        redis, settings.redis_key_prefix, dict.fromkeys(VILLAGES, "village") | {TOWNSHIP: "township"}
     )
 
 

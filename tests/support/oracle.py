@@ -73,7 +73,7 @@ async def village_figures(
         return []
     reached_flag, last_field = field.REACHED + flt.dim, field.LAST_REACH_MS + flt.dim
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hmget(names.key(prefix, names.REG_KIND), codes)
+        pipe.hmget(names.shard_key(prefix, codes[0], names.REG_KIND), codes)  # villages of one region: one province
         for c in codes:
             pipe.hmget(names.key(prefix, names.REG_UNIT, c), [unit.NAME, unit.POPULATION])
             pipe.hmget(names.key(prefix, names.LOCATION, c), [reached_flag, last_field, field.LAST_REACH_MS])
@@ -98,7 +98,7 @@ async def village_detail(
     """
     ancestors = {level: code[:n] for level, n in _ANCESTORS}
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hget(names.key(prefix, names.REG_KIND), code)
+        pipe.hget(names.shard_key(prefix, code, names.REG_KIND), code)
         pipe.hmget(names.key(prefix, names.REG_UNIT, code), [unit.NAME, unit.POPULATION])
         for a in ancestors.values():
             pipe.hget(names.key(prefix, names.REG_UNIT, a), unit.NAME)
@@ -177,11 +177,13 @@ async def figures_many(
         return {}
     fields = [flt.total_field, flt.reached_field, field.AS_OF_MS, flt.station_field]
     async with redis.pipeline(transaction=True) as pipe:
-        pipe.hmget(names.key(prefix, names.REG_KIND), codes)
+        for c in codes:
+            pipe.hget(names.shard_key(prefix, c, names.REG_KIND), c)
         for c in codes:
             pipe.hget(names.key(prefix, names.REG_UNIT, c), unit.NAME)
             pipe.hmget(names.key(prefix, names.REGION, c), fields)
-        kinds, *rest = await pipe.execute()
+        replies = await pipe.execute()
+    kinds, rest = replies[: len(codes)], replies[len(codes) :]
     if names.NATIONAL in codes:  # no hash of its own: its provinces' summed
         nation = await stored.nation(redis, prefix)
         rest[2 * codes.index(names.NATIONAL) + 1] = [nation.get(f) for f in fields]

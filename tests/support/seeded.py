@@ -9,13 +9,14 @@ from collections.abc import Mapping
 import redis.asyncio as aioredis
 
 from lastmile import names
+from tests.support import stored
 
 GENERATION = "seeded"
 
 
 async def seed_registry(redis: aioredis.Redis, prefix: str, kinds: Mapping[str, str]) -> None:
     provinces = sorted({code[:2] for code in kinds})
-    await redis.hset(names.key(prefix, names.REG_KIND), mapping=dict(kinds))
+    await stored.set_kinds(redis, prefix, kinds)
     await redis.sadd(names.key(prefix, names.REG_CHILDREN, names.NATIONAL), *provinces)
     await redis.set(names.key(prefix, names.REG_GENERATION), GENERATION)
     for province in provinces:

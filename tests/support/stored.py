@@ -10,6 +10,23 @@ import redis.asyncio as aioredis
 from lastmile import names
 
 
+async def set_kinds(redis: aioredis.Redis, prefix: str, kinds: Mapping[str, str]) -> None:
+    """Write unit kinds into the registry index, each in its province's part."""
+    by_shard: dict[str, dict[str, str]] = {}
+    for code, kind in kinds.items():
+        by_shard.setdefault(code[:2], {})[code] = kind
+    for shard, part in by_shard.items():
+        await redis.hset(names.shard_key(prefix, shard, names.REG_KIND), mapping=part)
+
+
+async def all_kinds(redis: aioredis.Redis, prefix: str) -> dict[str, str]:
+    """Every unit's kind in the registry index, over every province's part."""
+    out: dict[str, str] = {}
+    async for key in redis.scan_iter(match=names.pattern(prefix, names.REG_KIND)):
+        out.update(await redis.hgetall(key))
+    return out
+
+
 async def shards(redis: aioredis.Redis, prefix: str) -> list[str]:
     return sorted(await redis.smembers(names.key(prefix, names.REG_CHILDREN, names.NATIONAL)))
 

@@ -8,6 +8,7 @@ and REDIS_URL at real servers (see docker-compose.yml).
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -171,8 +172,10 @@ def start_redis(
     appendonly: bool = True,
     host: str = "127.0.0.1",
     ready_within: float = 20.0,
+    cluster: bool = False,
 ) -> tuple[Proc, str]:
-    """Start redis-server with its data in ``workdir`` (AOF on by default) and return it with its URL.
+    """Start redis-server with its data in ``workdir`` (AOF on by default) and return it with its URL; with
+    ``cluster``, as a Redis Cluster node that holds no slots yet (:func:`start_redis_cluster`).
 
     ``ready_within``: how long it may take to answer; a restart loads its whole AOF first (about 10 s per GB here).
     """
@@ -197,6 +200,12 @@ def start_redis(
         "--protected-mode",
         "no",
         *READ_MODEL_CONFIG,
+        # The cluster bus on a free port of its own (by default it is the port + 10,000, often out of range).
+        *(
+            ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", str(free_port()))
+            if cluster
+            else ()
+        ),
     ]
     proc = Proc("redis", argv, workdir / "redis.log").start()
     try:
@@ -205,6 +214,44 @@ def start_redis(
         proc.kill()  # never leave a server behind that nobody holds
         raise
     return proc, f"redis://{host}:{port}/0"
+
+
+def start_redis_cluster(workdir: Path, masters: int = 3, host: str = "127.0.0.1") -> tuple[list[Proc], list[str]]:
+    """Start a Redis Cluster of ``masters`` redis-servers, no replicas, the slots shared evenly by
+    ``redis-cli --cluster create``; return the servers and their ``host:port``."""
+    procs: list[Proc] = []
+    ports: list[int] = []
+    try:
+        for n in range(masters):
+            ports.append(free_port())
+            proc, _ = start_redis(workdir / f"node{n}", ports[-1], host=host, cluster=True)
+            procs.append(proc)
+        nodes = [f"{host}:{port}" for port in ports]
+        cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+        created = subprocess.run(
+            [cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if created.returncode != 0:
+            raise StackError(f"redis-cli --cluster create failed: {created.stdout[-2000:]}{created.stderr[-2000:]}")
+        for proc, port in zip(procs, ports, strict=True):
+            proc.wait_until(functools.partial(_cluster_ok, host, port), 30, f"cluster state ok on port {port}")
+    except BaseException:
+        for proc in procs:
+            proc.kill()
+        raise
+    return procs, nodes
+
+
+def _cluster_ok(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5) as s:
+            s.sendall(b"CLUSTER INFO\r\n")
+            return b"cluster_state:ok" in s.recv(4096)
+    except OSError:
+        return False
 
 
 def _redis_pong(host: str, port: int) -> bool:

@@ -393,7 +393,7 @@ async def _region_name(redis: aioredis.Redis, prefix: str, code: str) -> str | N
     if code == names.NATIONAL:
         return queries.NATIONAL_NAME
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.hget(names.key(prefix, names.REG_KIND), code)
+        pipe.hget(names.shard_key(prefix, code, names.REG_KIND), code)
         pipe.hget(names.key(prefix, names.REG_UNIT, code), unit.NAME)
         kind, name = await pipe.execute()
     if kind is None:
@@ -501,7 +501,7 @@ async def _county_units(redis: aioredis.Redis, prefix: str, county: str, year: i
 
     async def regions(codes: list[str]) -> list[Any]:
         async with redis.pipeline(transaction=True) as pipe:
-            pipe.hmget(names.key(prefix, names.REG_KIND), codes)
+            pipe.hmget(names.shard_key(prefix, county, names.REG_KIND), codes)  # all in the county's province
             for c in codes:
                 pipe.hget(names.key(prefix, names.REG_UNIT, c), unit.NAME)
                 pipe.hmget(names.key(prefix, names.REGION, c), region_fields)
@@ -527,7 +527,7 @@ async def _county_units(redis: aioredis.Redis, prefix: str, county: str, year: i
     village_codes.sort()
     if village_codes:
         async with redis.pipeline(transaction=True) as pipe:
-            pipe.hmget(names.key(prefix, names.REG_KIND), village_codes)
+            pipe.hmget(names.shard_key(prefix, county, names.REG_KIND), village_codes)
             for v in village_codes:
                 pipe.hget(names.key(prefix, names.REG_UNIT, v), unit.NAME)
                 pipe.hmget(names.key(prefix, names.LOCATION, v), [field.REACHED, volume])

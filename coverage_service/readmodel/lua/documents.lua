@@ -33,7 +33,7 @@ local REACHED_HEAD = '${villages_reached}' .. '${dim_sep}'
 local TIER_SEP = '${tier_sep}'
 
 local function provinces()
-  return redis.call('SMEMBERS', '${reg_children}' .. NATIONAL)
+  return redis.call('SMEMBERS', children_key(NATIONAL))
 end
 
 -- applied_at is the latest of the shards' (one per province).
@@ -83,7 +83,7 @@ local function region_get(code, fields)
 end
 
 local function sorted_children(code)
-  local kids = redis.call('SMEMBERS', '${reg_children}' .. code)
+  local kids = redis.call('SMEMBERS', children_key(code))
   table.sort(kids)
   return kids
 end
@@ -108,9 +108,9 @@ if mode == 'region' then
   local code, cutoff, dim, tier = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
   local want_dims, own_counts = ARGV[6] == '1', ARGV[7] == '1'
   local out = {}
-  out.kind = redis.call('HGET', '${reg_kind}', code)
+  out.kind = redis.call('HGET', kind_key(code), code)
   if not out.kind and code ~= NATIONAL then return cjson.encode(times(out)) end
-  out.name = redis.call('HGET', '${reg_unit}' .. code, '${unit_name}')
+  out.name = redis.call('HGET', unit_key(code), '${unit_name}')
   out.region = region_all(code)
   if own_counts then
     -- An index holds the villages its villages_reached field counts: where that is 0 there is nothing to count.
@@ -131,12 +131,17 @@ if mode == 'region' then
     for d, n in pairs(counts) do out.counts[#out.counts + 1] = {d, n} end
   end
   local kids = sorted_children(code)
-  local kinds = #kids > 0 and redis.call('HMGET', '${reg_kind}', unpack(kids)) or {}
+  local kinds = {}
+  if code == NATIONAL then
+    for i, c in ipairs(kids) do kinds[i] = redis.call('HGET', kind_key(c), c) end
+  elseif #kids > 0 then
+    kinds = redis.call('HMGET', kind_key(code), unpack(kids))  -- a region's children are in its province
+  end
   local rows = {}
   if #code == 9 then
     local reached_flag, last_field = '${reached}' .. dim, '${last_reach_ms}' .. dim
     for i, c in ipairs(kids) do
-      local unit = redis.call('HMGET', '${reg_unit}' .. c, '${unit_name}', '${unit_population}')
+      local unit = redis.call('HMGET', unit_key(c), '${unit_name}', '${unit_population}')
       local loc = redis.call('HMGET', loc_key(c), reached_flag, last_field, '${last_reach_ms}')
       rows[i] = {c, kinds[i], unit[1], unit[2], loc[1], loc[2], loc[3], redis.call('SCARD', stations_key(c))}
     end
@@ -147,7 +152,7 @@ if mode == 'region' then
       local v = redis.call('HMGET', region_key(c), unpack(fields))
       local n = false
       if own_counts then n = (v[2] and v[2] ~= '0') and active(c, dim .. tier, cutoff) or 0 end
-      rows[i] = {c, kinds[i], redis.call('HGET', '${reg_unit}' .. c, '${unit_name}'), v[1], v[2], v[3], v[4], n}
+      rows[i] = {c, kinds[i], redis.call('HGET', unit_key(c), '${unit_name}'), v[1], v[2], v[3], v[4], n}
     end
   end
   out.children = rows
@@ -161,11 +166,11 @@ if mode == 'figures' then
   local rows = {}
   for i = 5, #ARGV do
     local c = ARGV[i]
-    local kind = c == NATIONAL and 'national' or redis.call('HGET', '${reg_kind}', c)
+    local kind = c == NATIONAL and 'national' or redis.call('HGET', kind_key(c), c)
     local v = region_get(c, fields)
     local n = false
     if kind and #c >= 6 and c ~= NATIONAL then n = (v[2] and v[2] ~= '0') and active(c, dim .. tier, cutoff) or 0 end
-    rows[#rows + 1] = {c, kind or false, redis.call('HGET', '${reg_unit}' .. c, '${unit_name}'), v[1], v[2], v[3],
+    rows[#rows + 1] = {c, kind or false, redis.call('HGET', unit_key(c), '${unit_name}'), v[1], v[2], v[3],
                        v[4], n}
   end
   return cjson.encode(times({rows = rows}))
@@ -174,12 +179,12 @@ end
 if mode == 'village' then
   local code = ARGV[2]
   local out = {}
-  out.kind = redis.call('HGET', '${reg_kind}', code)
+  out.kind = redis.call('HGET', kind_key(code), code)
   if not out.kind then return cjson.encode(times(out)) end
-  out.unit = redis.call('HMGET', '${reg_unit}' .. code, '${unit_name}', '${unit_population}')
+  out.unit = redis.call('HMGET', unit_key(code), '${unit_name}', '${unit_population}')
   out.ancestors = {}
   for i, n in ipairs({9, 6, 4, 2}) do
-    out.ancestors[i] = redis.call('HGET', '${reg_unit}' .. string.sub(code, 1, n), '${unit_name}')
+    out.ancestors[i] = redis.call('HGET', unit_key(string.sub(code, 1, n)), '${unit_name}')
   end
   out.loc = redis.call('HGETALL', loc_key(code))
   out.stations = redis.call('SMEMBERS', stations_key(code))

@@ -30,9 +30,6 @@ local function parse_tiers(text)
   return tiers
 end
 
-local function current_tiers()
-  return parse_tiers(redis.call('HGET', '${reg_meta}', '${meta_population_tiers}'))
-end
 
 local function segments(kind, population, tiers)
   if kind ~= KIND_VILLAGE then return {} end

@@ -10,17 +10,16 @@
 --
 -- ARGV[1] (JSON): [[code, name, kind, population or ''], ...], parents before their children.
 -- ARGV[2], ARGV[3]: the population tiers before and after this load, comma-separated.
--- ARGV[4]: this chunk's registry generation (reg:generation, and the copy of every shard that has one), so that no
--- batch the worker decided before it applies. (A shard's first copy is written with reg:meta, at the end.)
+-- ARGV[4]: this chunk's registry generation, for the shard's copy if it has one, so that no part of a batch the worker
+-- decided before it applies. (A shard's first copy is written with reg:meta, at the end.)
+-- ARGV[5]: the shard (province) every unit of the chunk is in: every key written is in its slot. (The nation's
+-- children, the provinces, are added by the caller.)
 -- Returns: {units added, units whose kind changed}
 
 local units = cjson.decode(ARGV[1])
 local old_tiers, new_tiers = parse_tiers(ARGV[2]), parse_tiers(ARGV[3])
-redis.call('SET', '${reg_generation}', ARGV[4])
-for _, province in ipairs(redis.call('SMEMBERS', '${reg_children}' .. '${national}')) do
-  local copy = shard(province) .. '${shard_generation}'
-  if redis.call('EXISTS', copy) == 1 then redis.call('SET', copy, ARGV[4]) end
-end
+local copy = shard(ARGV[5]) .. '${shard_generation}'
+if redis.call('EXISTS', copy) == 1 then redis.call('SET', copy, ARGV[4]) end
 local parent_length = {[2] = 0, [4] = 2, [6] = 4, [9] = 6, [12] = 9}
 
 local function as_set(list)
@@ -32,11 +31,11 @@ end
 local added, reclassified = 0, 0
 for _, u in ipairs(units) do
   local code, name, kind, population = u[1], u[2], u[3], u[4]
-  local unit_key = '${reg_unit}' .. code
-  local previous = redis.call('HGET', '${reg_kind}', code)
-  local previous_population = redis.call('HGET', unit_key, '${unit_population}')
+  local unit = unit_key(code)
+  local previous = redis.call('HGET', kind_key(code), code)
+  local previous_population = redis.call('HGET', unit, '${unit_population}')
   if previous ~= kind then
-    redis.call('HSET', '${reg_kind}', code, kind)
+    redis.call('HSET', kind_key(code), code, kind)
     if previous then reclassified = reclassified + 1 else added = added + 1 end
   end
   if #code == 12 then
@@ -56,14 +55,14 @@ for _, u in ipairs(units) do
       end
     end
   end
-  redis.call('HSET', unit_key, '${unit_name}', name)
+  redis.call('HSET', unit, '${unit_name}', name)
   if population == '' then
-    redis.call('HDEL', unit_key, '${unit_population}')
+    redis.call('HDEL', unit, '${unit_population}')
   else
-    redis.call('HSET', unit_key, '${unit_population}', population)
+    redis.call('HSET', unit, '${unit_population}', population)
   end
   local plen = parent_length[#code]
-  redis.call('SADD', '${reg_children}' .. (plen == 0 and '${national}' or string.sub(code, 1, plen)), code)
+  if plen > 0 then redis.call('SADD', children_key(string.sub(code, 1, plen)), code) end
   if #code < 12 then redis.call('HSETNX', region_key(code), '${villages_total}', 0) end
 end
 

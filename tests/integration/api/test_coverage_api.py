@@ -112,7 +112,7 @@ async def seed(redis: aioredis.Redis, p: str) -> None:
         for code, (name, kind) in UNITS.items():
             pipe.hset(names.key(p, names.REG_UNIT, code), "name", name)
             if kind:
-                pipe.hset(names.key(p, names.REG_KIND), code, kind)
+                pipe.hset(names.shard_key(p, code, names.REG_KIND), code, kind)
         for code, children in CHILDREN.items():
             pipe.sadd(names.key(p, names.REG_CHILDREN, code), *children)
         for code, fields in REGIONS.items():

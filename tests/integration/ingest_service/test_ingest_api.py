@@ -11,10 +11,10 @@ import pytest
 import redis.asyncio as aioredis
 
 from ingest_service.app import create_app
-from lastmile import names
 from lastmile.settings import Settings
 from lastmile.topics import partition_for
 from lastmile_dev import devstack
+from tests.support import stored
 from tests.support.ingest_world import VILLAGES, running_ingest, scan_event, topic_records
 from tests.support.ingest_world import auth as bearer
 
@@ -149,7 +149,7 @@ async def test_no_broker_means_503_with_retry_after_never_202(settings: Settings
         carrier_tokens=json.dumps({TOKEN: "sf"}),
         ingest_publish_timeout_seconds=1.0,
     )
-    await redis.hset(names.key(dead.redis_key_prefix, names.REG_KIND), mapping={v: "village" for v in VILLAGES})
+    await stored.set_kinds(redis, dead.redis_key_prefix, dict.fromkeys(VILLAGES, "village"))
     app = create_app(dead)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

@@ -325,7 +325,7 @@ async def test_a_registry_load_between_lookup_and_apply_is_seen_and_the_batch_de
     await seed_registry(redis, p)
     writer = ReadModelWriter(redis, p, 3600)
     assert await writer.unknown_locations({COMMUNITY}) == set()  # known, as a community
-    await redis.hset(f"{p}:reg:kind", COMMUNITY, "village")  # what a load reclassifying it writes...
+    await stored.set_kinds(redis, p, {COMMUNITY: "village"})  # what a load reclassifying it writes...
     for key in await redis.keys(names.pattern(p, names.REG_GENERATION)):
         await redis.set(key, "a later load")  # ...with its generation, and every shard's copy
     await writer.apply([record(0, 0, [make_event(1, "sf", "delivered", COMMUNITY, 1)])])

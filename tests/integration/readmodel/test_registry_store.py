@@ -121,10 +121,12 @@ async def test_sample_totals_units_children_and_meta(
     assert sum(report.kinds.values()) == len(villages) == 580
     assert report.regions == {"province": 3, "city": 3, "county": 3, "township": 41}
     assert (report.added, report.reclassified) == (580 + 50, 0)
-    assert calls == [(min(n, 630), 630) for n in range(97, 630 + 97, 97)]
+    # Chunks of at most 97 units, each within one province (14, 15, 41 in the sample).
+    steps = [b - a for (a, _), (b, _) in zip([(0, 630), *calls], calls, strict=False)]
+    assert calls[-1] == (630, 630) and all(0 < s <= 97 for s in steps) and {t for _, t in calls} == {630}
     assert await registry_loaded(redis, prefix)
 
-    kinds = await redis.hgetall(names.key(prefix, names.REG_KIND))
+    kinds = await stored.all_kinds(redis, prefix)
     assert len(kinds) == 630
     assert (kinds["14"], kinds["1403"], kinds["140322"], kinds["140322205"]) == (
         "province",
@@ -212,7 +214,7 @@ async def test_reclassifying_a_reached_unit_moves_every_count_by_one(
     report = await load_registry(redis, prefix, read_registry(edition_with_kind(tmp_path, code, kind)))
 
     assert (report.added, report.reclassified) == (0, 1)
-    assert await redis.hget(names.key(prefix, names.REG_KIND), code) == kind
+    assert await redis.hget(names.shard_key(prefix, code, names.REG_KIND), code) == kind
     after = await region_state(redis, prefix)
     four = {names.key(prefix, names.REGION, r) for r in (code[:9], code[:6], code[:4], code[:2])}
     nation_after = await stored.nation(redis, prefix)
@@ -304,6 +306,6 @@ async def test_the_national_registry(redis: aioredis.Redis, settings: Settings) 
         assert report.regions == {"province": 31, "city": 342, "county": 2_978, "township": 41_352}
         total = (await stored.nation(redis, prefix))[names.field.VILLAGES_TOTAL]
         assert int(total) == by_suffix["committee"] + by_suffix["bare"] == 486_492
-        assert await redis.hlen(names.key(prefix, names.REG_KIND)) == 620_573 + 31 + 342 + 2_978 + 41_352
+        assert len(await stored.all_kinds(redis, prefix)) == 620_573 + 31 + 342 + 2_978 + 41_352
     finally:
         await delete_all(redis, prefix)  # 750k keys; the other tests share this redis-server

@@ -164,7 +164,7 @@ async def test_after_redis_loses_its_data_the_worker_resumes_from_the_read_model
 
     # Redis loses everything but the registry (a restore from an old backup, a lost AOF tail ...).
     prefix = settings.redis_key_prefix
-    kinds = await redis.hgetall(names.key(prefix, names.REG_KIND))
+    kinds = await stored.all_kinds(redis, prefix)
     await redis.delete(*await redis.keys(f"{prefix}:*"))
     await seeded.seed_registry(redis, prefix, kinds)
 
