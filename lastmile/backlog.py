@@ -3,7 +3,7 @@ refuses the worker's writes. Ingest refuses posts past a bound; both services sh
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -45,10 +45,12 @@ async def shards(redis: aioredis.Redis, prefix: str) -> list[str]:
     return sorted(_text(m) for m in members)
 
 
-async def applied_offsets(redis: aioredis.Redis, prefix: str) -> dict[str, int]:
+async def applied_offsets(redis: aioredis.Redis, prefix: str, provinces: Sequence[str] | None = None) -> dict[str, int]:
     """Offset field -> the last offset the read model applied in every shard (the lowest of the shards'; -1 for a
-    shard without one): the partition's records up to it count in every figure."""
-    provinces = await shards(redis, prefix)
+    shard without one): the partition's records up to it count in every figure. ``provinces``: those shards only
+    (default: every shard)."""
+    if provinces is None:
+        provinces = await shards(redis, prefix)
     async with redis.pipeline(transaction=False) as pipe:
         for province in provinces:
             pipe.hgetall(names.shard_key(prefix, province, names.OFFSETS))

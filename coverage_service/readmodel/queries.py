@@ -295,7 +295,7 @@ async def progress(redis: aioredis.Redis, prefix: str) -> Progress:
     """How far the worker has got: the offsets every shard applied, its counters (the shards' summed) and the
     newest event time (the provinces' latest)."""
     shards = await backlog.shards(redis, prefix)
-    offsets = await backlog.applied_offsets(redis, prefix)
+    offsets = await backlog.applied_offsets(redis, prefix, shards)
     async with redis.pipeline(transaction=False) as pipe:
         for shard in shards:
             pipe.hgetall(names.shard_key(prefix, shard, names.STATS))

@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
 from coverage_service.readmodel import scripts
-from lastmile import names
+from lastmile import backlog, names
 from lastmile.registry import NATION_NAME, Registry, Unit
 
 # Redis runs nothing else while a chunk's script runs: 2,000 units take about 20 ms here (5,000 took 60-90 ms),
@@ -98,12 +98,6 @@ async def registry_loaded(redis: aioredis.Redis, prefix: str) -> bool:
     return bool(await redis.exists(names.key(prefix, names.REG_META)))
 
 
-async def _lowest_offsets(redis: aioredis.Redis, prefix: str, shards: Sequence[str]) -> dict[FieldT, EncodableT]:
-    replies = [await redis.hgetall(names.shard_key(prefix, s, names.OFFSETS)) for s in shards]
-    fields = {f for reply in replies for f in reply}
-    return {f: min(int(reply.get(f, -1)) for reply in replies) for f in fields}
-
-
 def layout_mismatch(prefix: str, layout: str | None) -> str:
     return (
         f"the read model under {prefix!r} is in key layout {layout or '1'}, this version writes layout "
@@ -133,7 +127,7 @@ async def _write_meta(redis: aioredis.Redis, prefix: str, registry: Registry, ti
     earlier = {str(p) for p in await redis.smembers(names.key(prefix, names.REG_CHILDREN, names.NATIONAL))}
     had = [p for p in earlier if await redis.exists(names.shard_key(prefix, p, names.REG_GENERATION))]
     shards = sorted(earlier | {p.code for p in registry.provinces})
-    floor = await _lowest_offsets(redis, prefix, had)
+    floor: dict[FieldT, EncodableT] = {f: o for f, o in (await backlog.applied_offsets(redis, prefix, had)).items()}
     await redis.hset(names.key(prefix, names.REG_UNIT, names.NATIONAL), names.unit.NAME, NATION_NAME)
     await redis.set(names.key(prefix, names.LAYOUT), names.LAYOUT_VERSION)
     await redis.set(names.key(prefix, names.REG_GENERATION), generation)

@@ -32,13 +32,24 @@ def source(filename: str, prefix: str, *, prelude: bool = False) -> str:
 
 
 async def call_each(
-    redis: aioredis.Redis, script: AsyncScript, calls: Sequence[tuple[Sequence[str], Sequence[EncodableT]]]
+    redis: aioredis.Redis,
+    script: AsyncScript,
+    calls: Sequence[tuple[Sequence[str], Sequence[EncodableT]]],
+    *,
+    raise_on_error: bool = True,
 ) -> list[Any]:
-    """Run ``script`` once per (keys, args), and return each reply or the exception it raised, in order: pipelined on
-    one server; concurrently on a Redis Cluster, whose client routes each call by its key but pipelines no scripts."""
+    """Run ``script`` once per (keys, args) and return the replies in order: pipelined on one server; concurrently
+    on a Redis Cluster, whose client routes each call by its key but pipelines no scripts. The first error is raised
+    once every call has run, or, without ``raise_on_error``, returned in its call's place."""
     if isinstance(redis, RedisCluster):
-        return list(await asyncio.gather(*(script(keys=k, args=a) for k, a in calls), return_exceptions=True))
-    async with redis.pipeline(transaction=False) as pipe:
-        for keys, args in calls:
-            await script(keys=keys, args=args, client=pipe)
-        return list(await pipe.execute(raise_on_error=False))
+        replies = list(await asyncio.gather(*(script(keys=k, args=a) for k, a in calls), return_exceptions=True))
+    else:
+        async with redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                await script(keys=keys, args=args, client=pipe)
+            replies = list(await pipe.execute(raise_on_error=False))
+    if raise_on_error:
+        for reply in replies:
+            if isinstance(reply, BaseException):
+                raise reply
+    return replies

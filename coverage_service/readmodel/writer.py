@@ -79,7 +79,6 @@ class ReadModelWriter:
         # Per shard, the registry generation the codes known of it were read in (None: read the registry again).
         self._generations: dict[str, str] | None = None
         self._tiers = ""
-        self._shard_set: frozenset[str] = frozenset()
         # Per partition (offset field): per shard, the offset Redis holds (-1: none), and the digests applied up to
         # them, read by sync() or kept by apply(). The apply script checks a shard's offsets before it writes.
         self.positions: dict[str, dict[str, int]] = {}
@@ -186,7 +185,7 @@ class ReadModelWriter:
                 args = changes.payload(shard, g, decided, expect, generation, hour, expire_at_s)
                 script_calls.append(([self._routing_key(shard)], [now, *args]))
                 calls.append((shard, g, decided))
-            results = await scripts.call_each(self.redis, self._apply, script_calls)
+            results = await scripts.call_each(self.redis, self._apply, script_calls, raise_on_error=False)
             failure: Exception | None = None
             for (shard, g, decided), result in zip(calls, results, strict=True):
                 if isinstance(result, Exception):
@@ -305,9 +304,6 @@ class ReadModelWriter:
                 for shard, (reads, counts) in by_shard.items()
             ],
         )
-        for reply in replies:
-            if isinstance(reply, Exception):
-                raise reply
         for (reads, counts), reply in zip(by_shard.values(), replies, strict=True):
             for (code, ofield), flat in zip(reads, reply[: len(reads)], strict=True):
                 known[code] = villages.village(ofield, dict(zip(flat[::2], flat[1::2], strict=True)), None)
@@ -326,10 +322,11 @@ class ReadModelWriter:
             generations = self._generations
             assert generations is not None
             unread: dict[str, list[str]] = {}  # shard -> codes
+            shards = frozenset(self.shards)
             for code in codes:
                 if code in self._units:
                     continue
-                if code[:2] in self._shard_set:
+                if code[:2] in shards:
                     unread.setdefault(code[:2], []).append(code)
                 else:
                     self._units[code] = None  # of no province of the registry
@@ -340,9 +337,6 @@ class ReadModelWriter:
                 self._units_script,
                 [([self._routing_key(s)], [msgpack.encode(wanted), s, self._tiers]) for s, wanted in unread.items()],
             )
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
             for (shard, wanted), reply in zip(unread.items(), replies, strict=True):
                 generation = str(reply[0])
                 if not generation:
@@ -370,7 +364,6 @@ class ReadModelWriter:
             raise RegistryMissing(registry_store.layout_mismatch(self.prefix, None if layout is None else str(layout)))
         self._tiers = str(tiers or "")
         self.shards = tuple(await backlog.shards(self.redis, self.prefix))
-        self._shard_set = frozenset(self.shards)
         # Every shard's generation: a batch's part for a shard none of whose codes were looked up is checked too.
         async with self.redis.pipeline(transaction=False) as pipe:
             for shard in self.shards:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 import redis.asyncio as aioredis
@@ -19,10 +19,10 @@ from lastmile import names, scan
 from lastmile.settings import Settings
 from lastmile.topics import partition_for
 from tests.support import seeded, stored
+from tests.support.events import NOW, make_event
 
 pytestmark = pytest.mark.integration
 
-NOW = datetime(2024, 6, 1, tzinfo=UTC)
 VILLAGES = ["140322205206", "140322205207", "140322100201", "411702001200"]
 COMMUNITY = "140322205208"
 TOWNSHIP = "140322205"
@@ -31,24 +31,6 @@ KINDS = {**{v: "village" for v in VILLAGES}, COMMUNITY: "community", TOWNSHIP: "
 
 async def seed_registry(redis: aioredis.Redis, prefix: str) -> None:
     await seeded.seed_registry(redis, prefix, KINDS)
-
-
-def make_event(i: int, carrier: str, event_type: str, code: str, hours: int) -> scan.ScanEvent:
-    when = (NOW - timedelta(hours=hours)).isoformat()
-    result = scan.validate(
-        {
-            "event_id": f"e{i}",
-            "carrier": carrier,
-            "waybill": f"W{i}",
-            "event_type": event_type,
-            "location_code": code,
-            "occurred_at": when,
-            **({"reason": "away"} if event_type == "delivery_failed" else {}),
-        },
-        now=NOW,
-    )
-    assert isinstance(result, scan.ScanEvent), result
-    return result
 
 
 def record(partition: int, offset: int, events: list[scan.ScanEvent]) -> fold.Record:

@@ -11,7 +11,6 @@ import csv
 import random
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -26,11 +25,11 @@ from lastmile.registry import BUNDLED, read_registry
 from lastmile.topics import partition_for
 from lastmile_dev import devstack
 from tests.support import stored
+from tests.support.events import make_event
 
 pytestmark = pytest.mark.integration
 
 SAMPLE = BUNDLED["sample"]
-NOW = datetime(2024, 6, 1, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
@@ -61,23 +60,6 @@ def sample_villages() -> dict[str, str]:
     return {r["code"]: "village" if r["name"].endswith("村委会") else "other" for r in rows}
 
 
-def event(i: int, carrier: str, event_type: str, code: str, hours: int) -> scan.ScanEvent:
-    result = scan.validate(
-        {
-            "event_id": f"e{i}",
-            "carrier": carrier,
-            "waybill": f"W{i}",
-            "event_type": event_type,
-            "location_code": code,
-            "occurred_at": (NOW - timedelta(hours=hours)).isoformat(),
-            **({"reason": "away"} if event_type == "delivery_failed" else {}),
-        },
-        now=NOW,
-    )
-    assert isinstance(result, scan.ScanEvent), result
-    return result
-
-
 def test_the_sample_provinces_are_on_different_masters() -> None:
     """What makes a cross-shard call fail below: 14 and 41 hash to slots of different masters (even ranges)."""
     third = 16384 // 3
@@ -96,7 +78,7 @@ async def test_a_registry_load_and_random_batches_on_a_cluster_give_exact_figure
     assert {c[:2] for c in chosen} == {"14", "15", "41"}
     types = list(scan.EVENT_TYPES)
     log = [
-        event(i, rng.choice(["sf", "yto"]), rng.choice(types), rng.choice(chosen), rng.randint(0, 500))
+        make_event(i, rng.choice(["sf", "yto"]), rng.choice(types), rng.choice(chosen), rng.randint(0, 500))
         for i in range(600)
     ]
     log = [e for e in log if e.event_type not in scan.VILLAGE_ONLY_TYPES or e.location_code in chosen]
