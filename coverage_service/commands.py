@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from lastmile.cli import SERVICE, TOOL, command
 from lastmile.divisions import KIND_COMMUNITY, KIND_OTHER, KIND_VILLAGE
 from lastmile.registry import BUNDLED
-from lastmile.settings import Settings
+from lastmile.settings import Settings, SettingsError
 
 if TYPE_CHECKING:
     from coverage_service.readmodel.registry_store import LoadReport
@@ -97,11 +97,11 @@ def _coverage(_: argparse.Namespace, settings: Settings) -> int:
 
 def _registry(args: argparse.Namespace, settings: Settings) -> int:
     """Read and check the whole registry first, then write it, with a progress bar."""
-    import redis.asyncio as aioredis
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from coverage_service.readmodel.registry_store import LayoutMismatch, load_registry
+    from lastmile import redis_client
     from lastmile.registry import RegistryError, locate, read_registry
 
     directory = locate(args.directory)
@@ -112,7 +112,7 @@ def _registry(args: argparse.Namespace, settings: Settings) -> int:
         return 1
 
     async def load() -> LoadReport:
-        client = aioredis.from_url(settings.redis_url, decode_responses=True)
+        client = redis_client.connect(settings)
         try:
             with Progress(
                 TextColumn("loading registry"),
@@ -179,6 +179,9 @@ def _snapshot(args: argparse.Namespace, settings: Settings) -> int:
     except RedisError as exc:
         print(f"lastmile: snapshot failed, Redis (REDIS_URL): {exc}", file=sys.stderr)
         return 1
+    except SettingsError as exc:
+        print(f"lastmile snapshot: {exc}", file=sys.stderr)
+        return 2
     if taken.already:
         print(f"snapshot {taken.day} was already taken ({taken.regions} regions); nothing changed")
     else:

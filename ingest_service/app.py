@@ -24,7 +24,7 @@ from ingest_service import server
 from ingest_service.auth import CarrierTokens
 from ingest_service.backpressure import Backpressure
 from ingest_service.publisher import BrokerUnavailable, Publisher
-from lastmile import apidocs, backlog, logs, problem, registry_index, scan
+from lastmile import apidocs, backlog, logs, problem, redis_client, registry_index, scan
 from lastmile.broker import Broker
 from lastmile.problem import Problem
 from lastmile.settings import Settings
@@ -107,7 +107,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.redis = aioredis.from_url(settings.redis_url, decode_responses=True)
+        app.state.redis = redis_client.connect(settings)
         app.state.publisher = Publisher(settings)
         app.state.broker = Broker(settings.kafka_bootstrap_servers)
         app.state.backpressure = Backpressure(settings, app.state.redis, app.state.broker)

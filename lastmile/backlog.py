@@ -5,12 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import redis.asyncio as aioredis
 from prometheus_client.core import GaugeMetricFamily
+from redis.asyncio.cluster import RedisCluster
 
-from lastmile import names
+from lastmile import names, redis_client
 
 # used_memory moves by client buffers from one moment to the next: Redis that refuses writes can show a little under
 # its limit when asked. Within this fraction of it counts as full.
@@ -27,6 +28,9 @@ class Memory:
         """At (or all but at) maxmemory: with the noeviction policy Redis refuses writes, the worker's included."""
         return self.max_bytes > 0 and self.used_bytes >= self.max_bytes * FULL_FRACTION
 
+    def fullness(self) -> float:
+        return self.used_bytes / self.max_bytes if self.max_bytes else 0.0
+
     def describe(self) -> str:
         return (
             f"Redis is at maxmemory ({self.used_bytes:,} of {self.max_bytes:,} bytes): it refuses the worker's "
@@ -35,7 +39,15 @@ class Memory:
 
 
 async def memory(redis: aioredis.Redis) -> Memory:
-    info = await redis.info("memory")
+    """Redis's memory; on a cluster, the master nearest its limit's (one full master stops the writes of its
+    shards, and a worker's batch needs every shard)."""
+    if not redis_client.is_cluster(redis):
+        return _memory(await redis.info("memory"))
+    per_master = await redis.info("memory", target_nodes=RedisCluster.PRIMARIES)
+    return max((_memory(info) for info in per_master.values()), key=Memory.fullness)
+
+
+def _memory(info: Mapping[str, Any]) -> Memory:
     return Memory(int(info["used_memory"]), int(info.get("maxmemory", 0)))
 
 

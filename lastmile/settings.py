@@ -81,6 +81,13 @@ class Settings(BaseSettings):
         "REDIS_URL", "redis://localhost:6379/0", "Redis URL of the read model", pattern=r"^(redis|rediss|unix)://"
     )
     redis_key_prefix: str = _env("REDIS_KEY_PREFIX", "lm", "Prefix of every Redis key", pattern=r"^[A-Za-z0-9_.-]+$")
+    redis_cluster_nodes: str = _env(
+        "REDIS_CLUSTER_NODES",
+        "",
+        "host:port[,...] of a Redis Cluster holding the read model, REDIS_URL giving its credentials and TLS"
+        " (empty: the single Redis of REDIS_URL)",
+        pattern=r"^([^,:\s]+:\d{1,5}(,[^,:\s]+:\d{1,5})*)?$",
+    )
     scan_topic: str = _env("SCAN_TOPIC", names.SCAN_TOPIC, "Topic the scan events go to", min_length=1)
     dead_letter_topic: str = _env(
         "DEAD_LETTER_TOPIC", names.DEAD_LETTER_TOPIC, "Topic for records the worker cannot use", min_length=1
@@ -238,11 +245,18 @@ class Settings(BaseSettings):
     def describe(self) -> dict[str, str]:
         """What a process talks to, for its first log line."""
         return {
-            "redis": self.redis_url_shown,
+            "redis": self.redis_url_shown
+            + (f" (cluster {self.redis_cluster_nodes})" if self.redis_cluster_nodes else ""),
             "broker": self.kafka_bootstrap_servers,
             "key_prefix": self.redis_key_prefix,
             "topic": self.scan_topic,
         }
+
+    @property
+    def redis_cluster(self) -> list[tuple[str, int]]:
+        """REDIS_CLUSTER_NODES as (host, port) pairs; empty for a single Redis."""
+        pairs = (n.strip().rsplit(":", 1) for n in self.redis_cluster_nodes.split(",") if n.strip())
+        return [(host, int(port)) for host, port in pairs]
 
     @property
     def population_tiers(self) -> tuple[int, ...]:

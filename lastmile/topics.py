@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import logging
 
-import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 from aiokafka.partitioner import murmur2
 
-from lastmile import backlog, names
+from lastmile import backlog, names, redis_client
 from lastmile.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -92,7 +91,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
 
 
 async def _forget_offsets(settings: Settings) -> None:
-    client = aioredis.from_url(settings.redis_url, decode_responses=True)
+    client = redis_client.connect(settings)
     try:
         cleared = False
         for shard in await backlog.shards(client, settings.redis_key_prefix):

@@ -26,7 +26,7 @@ from coverage_service.api import access, documents, fastpath, metrics, middlewar
 from coverage_service.api.params import RETRY_AFTER_S
 from coverage_service.api.routes import figures, reports, stream
 from coverage_service.readmodel import queries, resp
-from lastmile import apidocs, backlog, logs, problem
+from lastmile import apidocs, backlog, logs, problem, redis_client
 from lastmile.broker import CHECK_TIMEOUT_S, Broker
 from lastmile.settings import Settings
 
@@ -44,6 +44,7 @@ async def _check(probe: Awaitable[Any]) -> str:
 
 
 def create_app(settings: Settings) -> FastAPI:
+    redis_client.require_single(settings, "the coverage API")
     prefix, topic = settings.redis_key_prefix, settings.scan_topic
     max_age_s = settings.coverage_figures_max_age_seconds
 

@@ -18,7 +18,7 @@ from typing_extensions import TypedDict
 from coverage_service.fold import CHINA_STANDARD_TIME
 from coverage_service.readmodel import queries
 from coverage_service.readmodel.filters import ALL
-from lastmile import names
+from lastmile import names, redis_client
 from lastmile.settings import Settings, SettingsError
 
 log = logging.getLogger("lastmile.history")
@@ -151,6 +151,7 @@ async def take_if_due(redis: aioredis.Redis, settings: Settings, now: datetime) 
 
 async def take_now(settings: Settings, day: date | None = None) -> Taken:
     """``lastmile snapshot``: the current figures, labelled today (CST) or ``day``, with its own client."""
+    redis_client.require_single(settings, "lastmile snapshot")
     client = aioredis.from_url(settings.redis_url, decode_responses=True)
     try:
         now = datetime.now(UTC)

@@ -9,12 +9,11 @@ from importlib import resources
 from typing import Any, Final
 
 import redis.asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.typing import EncodableT
 
 from coverage_service import dedup
-from lastmile import names
+from lastmile import names, redis_client
 
 KEYS: Final = "keys.lua"
 PRELUDE: Final = "prelude.lua"
@@ -41,7 +40,7 @@ async def call_each(
     """Run ``script`` once per (keys, args) and return the replies in order: pipelined on one server; concurrently
     on a Redis Cluster, whose client routes each call by its key but pipelines no scripts. The first error is raised
     once every call has run, or, without ``raise_on_error``, returned in its call's place."""
-    if isinstance(redis, RedisCluster):
+    if redis_client.is_cluster(redis):
         replies = list(await asyncio.gather(*(script(keys=k, args=a) for k, a in calls), return_exceptions=True))
     else:
         async with redis.pipeline(transaction=False) as pipe:

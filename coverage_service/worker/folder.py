@@ -15,13 +15,12 @@ from typing import Any, TypeVar
 
 import faust
 import orjson
-import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP, EventT
 
 from coverage_service.fold import Record, Rejected, decode_record, entry
 from coverage_service.readmodel.writer import NOTHING, Applied, ReadModelBehind, ReadModelFull, ReadModelWriter
-from lastmile import logs, names
+from lastmile import logs, names, redis_client
 from lastmile.scan import ScanEvent
 from lastmile.settings import Settings
 from lastmile.topics import Partitioner
@@ -77,7 +76,7 @@ class Folder:
 
     def __init__(self, settings: Settings, send_dead_letter: Callable[[bytes, bytes], Awaitable[Any]]) -> None:
         self.settings = settings
-        self.redis = aioredis.from_url(settings.redis_url, decode_responses=True)
+        self.redis = redis_client.connect(settings)
         self.writer = ReadModelWriter(
             self.redis, settings.redis_key_prefix, settings.dedup_window_seconds, settings.worker_village_cache
         )

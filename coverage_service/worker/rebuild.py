@@ -20,7 +20,7 @@ from coverage_service.fold import Record, decode_record, entry
 from coverage_service.readmodel.registry_store import load_registry, registry_loaded
 from coverage_service.readmodel.writer import ReadModelWriter
 from coverage_service.worker.folder import HEARTBEAT_TTL_SECONDS, calls
-from lastmile import names
+from lastmile import names, redis_client
 from lastmile.registry import read_registry
 from lastmile.settings import Settings
 
@@ -56,7 +56,7 @@ async def rebuild(
     """Fold the scan topic, from the start, up to its end when the rebuild began; return what it did."""
     started = time.perf_counter()
     report = RebuildReport()
-    redis = aioredis.from_url(settings.redis_url, decode_responses=True)
+    redis = redis_client.connect(settings)
     try:
         if wipe:
             await _refuse_if_workers_run(redis, settings)

@@ -17,7 +17,7 @@ import os
 import random
 import time
 from collections import Counter, defaultdict
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any, TypeVar
@@ -142,6 +142,7 @@ class Expected:
 
     sent: int = 0
     distinct: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    villages: Mapping[str, str] = field(default_factory=lambda: VILLAGES)  # the administrative villages sent to
 
     def add(self, events: Iterable[dict[str, Any]]) -> None:
         for e in events:
@@ -188,7 +189,7 @@ class Expected:
             for suffix, ms in flags.items():
                 loc["reached" + suffix] = 1
                 loc["last_reach_ms" + suffix] = ms
-                if code in VILLAGES:  # only administrative villages count in the village figures
+                if code in self.villages:  # only administrative villages count in the village figures
                     for r in regions_of(code):
                         regions[r]["villages_reached" + suffix] += 1
                     for r in (code[:9], code[:6]):

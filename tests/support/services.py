@@ -52,6 +52,7 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
         REDIS_URL=settings.redis_url,
+        REDIS_CLUSTER_NODES=settings.redis_cluster_nodes,
         REDIS_KEY_PREFIX=settings.redis_key_prefix,
         SCAN_TOPIC=settings.scan_topic,
         DEAD_LETTER_TOPIC=settings.dead_letter_topic,

@@ -245,6 +245,38 @@ def start_redis_cluster(workdir: Path, masters: int = 3, host: str = "127.0.0.1"
     return procs, nodes
 
 
+def restart_cluster_node(proc: Proc, node: str, *, crash: bool = False) -> Proc:
+    """Stop one node of :func:`start_redis_cluster` (SIGKILL with ``crash``) and start it again on its port and
+    data (its AOF and ``nodes.conf``: the same node, with its slots); return the new process once the cluster is ok."""
+    if crash:
+        proc.kill()
+    else:
+        proc.stop()
+    fresh = Proc(proc.name, proc.argv, proc.log_path).start()
+    host, port = node.rsplit(":", 1)
+    fresh.wait_until(functools.partial(_cluster_ok, host, int(port)), 60, f"cluster state ok on port {port}")
+    return fresh
+
+
+def empty_cluster_node(nodes: Sequence[str], node: str) -> str:
+    """Move every slot of master ``node`` (with its keys) to the other masters: ``redis-cli --cluster rebalance``
+    with the node's weight 0. Return redis-cli's output."""
+    cli = shutil.which("redis-cli") or "/usr/bin/redis-cli"
+    host, port = node.rsplit(":", 1)
+    node_id = subprocess.run(
+        [cli, "-h", host, "-p", port, "cluster", "myid"], capture_output=True, text=True, check=True, timeout=10
+    ).stdout.strip()
+    moved = subprocess.run(
+        [cli, "--cluster", "rebalance", nodes[0], "--cluster-weight", f"{node_id}=0", "--cluster-yes"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if moved.returncode != 0:
+        raise StackError(f"redis-cli --cluster rebalance failed: {moved.stdout[-2000:]}{moved.stderr[-2000:]}")
+    return moved.stdout
+
+
 def _cluster_ok(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5) as s:
