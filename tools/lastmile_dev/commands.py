@@ -10,6 +10,7 @@ from pathlib import Path
 from lastmile.cli import STACK, command
 from lastmile.registry import BUNDLED, locate
 from lastmile.settings import Settings
+from lastmile_dev.bench.core import SCENARIOS
 
 
 def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -40,8 +41,7 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--scenarios",
         type=_scenarios,
         default=None,
-        help="comma-separated, run in the harness's order (default all): "
-        "registry_load,throughput,naive,freshness,api_load,components,scaling,memory",
+        help=f"comma-separated, run in the harness's order (default all): {','.join(SCENARIOS)}",
     )
     bench.add_argument("--duration", type=float, default=None, metavar="SECONDS", help="posting time of throughput")
     bench.add_argument(

@@ -25,7 +25,7 @@ from tests.support import stored
 pytestmark = pytest.mark.integration
 
 SAMPLE = BUNDLED["sample"]
-OURS = ("throughput", "freshness", "scaling")
+OURS = ("throughput", "freshness", "scaling", "cluster")
 
 
 async def test_a_quick_bench_runs_every_scenario_and_reports_exact_figures(
@@ -49,6 +49,8 @@ async def test_a_quick_bench_runs_every_scenario_and_reports_exact_figures(
     assert by_name["throughput"].samples["redis_commands_per_event"]["evalsha"][0] > 0  # the apply script ran
     assert by_name["freshness"].samples["probe_latency_ms"]
     assert [p["workers"] for p in by_name["scaling"].samples["phases"]] == [1, 2]
+    shares = by_name["cluster"].samples["share_per_master"]
+    assert len(shares) == 3 and abs(sum(shares.values()) - 1) < 1e-9
 
     # Read back independently: the stack's read model holds exactly the generator's distinct events.
     expected = run.generator.expected()

@@ -26,17 +26,12 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TaskID, TextColumn
 from lastmile.registry import BUNDLED, Registry, read_registry
 from lastmile.settings import Settings
 from lastmile_dev.bench import medians, posting, report
-from lastmile_dev.bench.core import Config, Context, Figure, Result
+from lastmile_dev.bench.core import REPEATED, SCENARIOS, Config, Context, Figure, Result
 from lastmile_dev.bench.exact import wait_applied
 from lastmile_dev.bench.generator import PROBE_CARRIER, Generator
 from lastmile_dev.bench.stack import BenchStack
 from lastmile_dev.devstack import StackError
 
-# In this order: registry_load first, since it loads the registry the others need.
-SCENARIOS: Final = ["registry_load", "throughput", "naive", "freshness", "api_load", "components", "scaling", "memory"]
-# Timed scenarios, run Config.runs times each and reported as medians. The registry load runs once (it loads
-# the stack's registry) and so does memory (bytes, not time; its 10 million events would dominate the run).
-REPEATED: Final = frozenset({"throughput", "naive", "freshness", "api_load", "components", "scaling"})
 SAMPLE_REGISTRY: Final = BUNDLED["sample"]
 WARM_UP_EVENTS: Final = 50
 
