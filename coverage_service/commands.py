@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from lastmile.cli import SERVICE, TOOL, command
 from lastmile.divisions import KIND_COMMUNITY, KIND_OTHER, KIND_VILLAGE
 from lastmile.registry import BUNDLED
-from lastmile.settings import Settings, SettingsError
+from lastmile.settings import Settings
 
 if TYPE_CHECKING:
     from coverage_service.readmodel.registry_store import LoadReport
@@ -179,9 +179,6 @@ def _snapshot(args: argparse.Namespace, settings: Settings) -> int:
     except RedisError as exc:
         print(f"lastmile: snapshot failed, Redis (REDIS_URL): {exc}", file=sys.stderr)
         return 1
-    except SettingsError as exc:
-        print(f"lastmile snapshot: {exc}", file=sys.stderr)
-        return 2
     if taken.already:
         print(f"snapshot {taken.day} was already taken ({taken.regions} regions); nothing changed")
     else:

@@ -9,7 +9,7 @@ from urllib.parse import unquote, urlsplit
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
-from lastmile.settings import Settings, SettingsError
+from lastmile.settings import Settings
 
 
 def connect(settings: Settings, *, decode_responses: bool = True, **options: Any) -> aioredis.Redis:
@@ -32,13 +32,3 @@ def connect(settings: Settings, *, decode_responses: bool = True, **options: Any
 
 def is_cluster(redis: object) -> bool:
     return isinstance(redis, RedisCluster)
-
-
-def require_single(settings: Settings, what: str) -> None:
-    """Refuse a cluster where ``what`` reads figures: the API's documents read a region with its children, and
-    the nation with its provinces, in one script, which a cluster's slots do not allow (docs/sharding.md)."""
-    if settings.redis_cluster:
-        raise SettingsError(
-            f"REDIS_CLUSTER_NODES: {what} reads figures from a single Redis only; on a cluster, only the write "
-            "path runs (ingest, the worker, registry loads and rebuilds; docs/sharding.md)"
-        )

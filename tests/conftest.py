@@ -59,6 +59,21 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.stop()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """REDIS_CLUSTER_NODES of a Redis Cluster of 3 masters (redis-server --cluster-enabled), or of your own."""
+    external = os.environ.get("REDIS_CLUSTER_NODES")
+    if external:
+        yield external
+        return
+    procs, nodes = devstack.start_redis_cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield ",".join(nodes)
+    finally:
+        for proc in procs:
+            proc.stop()
+
+
 @pytest.fixture
 def unique() -> str:
     return uuid.uuid4().hex[:10]

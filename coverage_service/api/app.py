@@ -43,30 +43,37 @@ async def _check(probe: Awaitable[Any]) -> str:
     return "ok"
 
 
+def _redis(settings: Settings) -> aioredis.Redis:
+    retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.2), retries=2)
+    if settings.redis_cluster:
+        return redis_client.connect(
+            settings, socket_connect_timeout=CHECK_TIMEOUT_S, retry=retry, max_connections=REDIS_POOL_SIZE
+        )
+    # A blocking pool: under many concurrent clients, requests wait for a connection instead of failing with
+    # "Too many connections" (which the default pool raises past max_connections).
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.redis_url,
+        decode_responses=True,
+        socket_connect_timeout=CHECK_TIMEOUT_S,
+        retry=retry,
+        max_connections=REDIS_POOL_SIZE,
+        timeout=CHECK_TIMEOUT_S,
+    )
+    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
+
+
 def create_app(settings: Settings) -> FastAPI:
-    redis_client.require_single(settings, "the coverage API")
     prefix, topic = settings.redis_key_prefix, settings.scan_topic
     max_age_s = settings.coverage_figures_max_age_seconds
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.2), retries=2)
-        # A blocking pool: under many concurrent clients, requests wait for a connection instead of
-        # failing with "Too many connections" (which the default pool raises past max_connections).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.redis_url,
-            decode_responses=True,
-            socket_connect_timeout=CHECK_TIMEOUT_S,
-            retry=retry,
-            max_connections=REDIS_POOL_SIZE,
-            timeout=CHECK_TIMEOUT_S,
-        )
-        app.state.redis = aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
-        # The hot documents are read through a pipelining client of their own when the URL allows (resp.py).
-        # The county counts of the larger regions are read on a connection of their own: Redis takes turns
-        # between connections, so those calls do not queue behind the documents' (nor these behind them).
+        app.state.redis = _redis(settings)
+        # The hot documents are read through a pipelining client of their own when the URL allows (resp.py;
+        # one server, not a cluster). The county counts of the larger regions are read on a connection of their
+        # own: Redis takes turns between connections, so those calls do not queue behind the documents'.
         fast = bulk = None
-        if resp.supports(settings.redis_url):
+        if resp.supports(settings.redis_url) and not settings.redis_cluster:
             fast, bulk = resp.RespClient.from_url(settings.redis_url), resp.RespClient.from_url(settings.redis_url)
         reader = queries.Reader.on(app.state.redis, prefix, fast=fast, bulk=bulk)
         app.state.documents = documents.Documents(reader, lapse_ms=settings.lapse_window_ms, max_age_s=max_age_s)

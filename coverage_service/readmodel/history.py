@@ -151,8 +151,7 @@ async def take_if_due(redis: aioredis.Redis, settings: Settings, now: datetime) 
 
 async def take_now(settings: Settings, day: date | None = None) -> Taken:
     """``lastmile snapshot``: the current figures, labelled today (CST) or ``day``, with its own client."""
-    redis_client.require_single(settings, "lastmile snapshot")
-    client = aioredis.from_url(settings.redis_url, decode_responses=True)
+    client = redis_client.connect(settings)
     try:
         now = datetime.now(UTC)
         label = day or china_date(now)

@@ -6,6 +6,7 @@ its counties' active villages (:class:`Actives`), counted in short calls so that
 
 from __future__ import annotations
 
+import asyncio
 import functools
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -643,14 +644,20 @@ def _dims(region: Mapping[str, str]) -> tuple[list[str], list[str]]:
     return sorted(carriers), sorted(models)
 
 
-ScriptCall = Callable[..., Awaitable[Any]]
+ScriptCall = Callable[..., Awaitable[Any]]  # (key, *args): documents.lua on the shard of the key
+Command = Callable[..., Awaitable[Any]]  # (*args): one Redis command
 
 
 class Reader:
-    """``documents.lua`` on a Redis connection: the calls every figure is read with."""
+    """``documents.lua`` on a Redis connection: the calls every figure is read with.
 
-    def __init__(self, call: ScriptCall, bulk: ScriptCall | None = None) -> None:
+    Each call reads one shard (a province), so a Redis Cluster serves it as one server does; the nation is summed
+    here from its provinces' replies (the read model keeps no national hash)."""
+
+    def __init__(self, prefix: str, call: ScriptCall, command: Command, bulk: ScriptCall | None = None) -> None:
+        self._prefix = prefix
         self._call = call  # the documents of requests
+        self._command = command  # the nation's registry keys (no shard's) and the registry load's time
         self._bulk = bulk or call  # the longer county counts: on a connection of their own when there is one
 
     @classmethod
@@ -662,34 +669,72 @@ class Reader:
         fast: resp.RespClient | None = None,
         bulk: resp.RespClient | None = None,
     ) -> Reader:
-        """A reader for key prefix ``prefix``: through redis-py (the client must decode responses), or on the
-        pipelining clients ``fast`` (documents) and ``bulk`` (county counts) when given, the script loaded (SCRIPT
-        LOAD) through redis-py."""
+        """A reader for key prefix ``prefix``: through redis-py (the client must decode responses; a cluster
+        client routes each call by its key), or on the pipelining clients ``fast`` (documents) and ``bulk``
+        (county counts) when given, the script loaded (SCRIPT LOAD) through redis-py."""
         text = scripts.source(SCRIPT, prefix)
         if fast is not None:
 
             async def load() -> str:
                 return str(await redis.script_load(text))
 
-            return cls(resp.Script(fast, text, load=load), resp.Script(bulk or fast, text, load=load))
+            return cls(
+                prefix, resp.Script(fast, text, load=load), fast.execute, resp.Script(bulk or fast, text, load=load)
+            )
         script = redis.register_script(text)
 
-        async def call(*args: str | int) -> Any:
-            return await script(args=list(args))
+        async def call(key: str, *args: str | int) -> Any:
+            return await script(keys=[key], args=list(args))
 
-        return cls(call)
+        return cls(prefix, call, redis.execute_command)
 
-    async def _json(self, *args: str | int) -> Any:
-        return orjson.loads(await self._call(*args))
+    def _key(self, shard: str) -> str:
+        """The key a call on ``shard`` (a province, or any code in it) is routed by: the shard's stats hash."""
+        return names.shard_key(self._prefix, shard[:2], names.STATS)
+
+    async def _json(self, shard: str, *args: str | int) -> Any:
+        return orjson.loads(await self._call(self._key(shard), *args))
+
+    async def _text(self, *command: str) -> str | None:
+        value = await self._command(*command)
+        return value.decode() if isinstance(value, bytes) else None if value is None else str(value)
+
+    async def _loaded_at(self) -> str | None:
+        return await self._text("HGET", names.key(self._prefix, names.REG_META), names.meta.LOADED_AT)
+
+    async def _provinces(self) -> list[str]:
+        members = await self._command("SMEMBERS", names.key(self._prefix, names.REG_CHILDREN, names.NATIONAL))
+        return sorted(m.decode() if isinstance(m, bytes) else str(m) for m in members)
+
+    async def _timed(self, reply: Awaitable[Any]) -> Any:
+        """A shard's reply with the registry load's time beside its shard's last apply (read in the same round
+        trip: the load record is no shard's)."""
+        raw, loaded_at = await asyncio.gather(reply, self._loaded_at())
+        raw["loaded_at"] = loaded_at
+        return raw
+
+    async def nation(self) -> Nation:
+        """The nation's hash summed from its provinces', with their rows and the read model's times."""
+        provinces, loaded_at, name = await asyncio.gather(
+            self._provinces(),
+            self._loaded_at(),
+            self._text("HGET", names.key(self._prefix, names.REG_UNIT, names.NATIONAL), names.unit.NAME),
+        )
+        replies = await asyncio.gather(*(self._json(p, "provinces", p) for p in provinces))
+        return Nation.of(name, loaded_at, replies)
 
     async def region(self, code: str, cutoff_ms: int, flt: Filter, *, own_counts: bool) -> Any:
         """A region's hash, name, kind and children rows (and, with ``own_counts``, their index counts)."""
+        if code == names.NATIONAL:
+            return (await self.nation()).document(flt)
         counts = "1" if own_counts else "0"
-        return await self._json("region", code, cutoff_ms, flt.dim, flt.tier, _want_dims(flt), counts)
+        return await self._timed(
+            self._json(code, "region", code, cutoff_ms, flt.dim, flt.tier, _want_dims(flt), counts)
+        )
 
     async def village(self, code: str, *, now_ms: int, lapse_ms: int) -> tuple[Village | None, int | None]:
         """One 12-digit unit's detail (None if the registry does not hold it) and the read model's last change."""
-        raw = await self._json("village", code)
+        raw = await self._timed(self._json(code, "village", code))
         if not _none(raw.get("kind")):
             return None, data_time_of(raw)
         name, population = (_none(v) for v in raw["unit"])
@@ -732,11 +777,15 @@ class Reader:
 
     async def dimensions(self) -> tuple[str | None, list[str]]:
         """The last registry load's time, and the dimensions the nation has a reach count in."""
-        meta = await self._json("meta")
-        return _none(meta.get("loaded_at")), sorted(str(d) for d in _list(meta["dims"]))
+        nation = await self.nation()
+        return nation.loaded_at, nation.dimensions()
 
     async def tree(self, loaded_at: str | None) -> Tree:
-        return Tree.of(loaded_at, (await self._json("tree"))["tree"])
+        provinces = await self._provinces()
+        raw: dict[str, Any] = {names.NATIONAL: provinces}
+        for reply in await asyncio.gather(*(self._json(p, "tree", p) for p in provinces)):
+            raw.update(reply["tree"])
+        return Tree.of(loaded_at, raw)
 
     def dims_for(self, flt: Filter, found: list[str]) -> list[str]:
         """The dimensions a filter's reports count actives in: all ``found`` for the breakdown, else its own."""
@@ -745,31 +794,37 @@ class Reader:
     async def actives(self, tree: Tree, flt: Filter, dims: list[str], cutoff_ms: int, born: float) -> Actives:
         """Every county's active villages in the filter's tier, per dimension in ``dims``, summed up the tree."""
         # Only the counties below a city (or a province) that has reached a village in some dimension.
-        parents = sorted(tree.children)
-        text = await self._bulk("reached", flt.tier, len(dims), *dims, *parents)
-        text = text.decode() if isinstance(text, bytes) else str(text)
-        reaching = {parent for parent, columns in zip(parents, text.split(","), strict=True) if columns}
-        counties = [c for c in tree.counties_sorted if tree.parent[c] in reaching]
+        parents = sorted(p for p in tree.children if p != names.NATIONAL)
+        reaching: set[str] = set()
+        for shard, regions in _by_shard(parents).items():
+            text = _decoded(await self._bulk(self._key(shard), "reached", flt.tier, len(dims), *dims, *regions))
+            reaching.update(r for r, columns in zip(regions, text.split(","), strict=True) if columns)
         counts: dict[str, dict[int, int]] = {}
-        start = 0
-        while start < len(counties):  # one call at a time, each a few ms of Redis: others' reads go in between
-            chunk = counties[start : start + COUNTIES_PER_CALL]
-            done, text = await self._bulk("actives", cutoff_ms, flt.tier, CALL_BUDGET_US, len(dims), *dims, *chunk)
-            if isinstance(text, str):
-                text = text.encode()
-            for item in text.split(b",") if text else ():
-                i, j, n = item.split(b":")
-                counts.setdefault(chunk[int(i)], {})[int(j)] = int(n)
-            start += max(1, int(done))
+        for shard, counties in _by_shard([c for c in tree.counties_sorted if tree.parent[c] in reaching]).items():
+            start = 0
+            while start < len(counties):  # one call at a time, each a few ms of Redis: others' reads go in between
+                chunk = counties[start : start + COUNTIES_PER_CALL]
+                done, text = await self._bulk(
+                    self._key(shard), "actives", cutoff_ms, flt.tier, CALL_BUDGET_US, len(dims), *dims, *chunk
+                )
+                for item in _decoded(text).split(",") if text else ():
+                    i, j, n = item.split(":")
+                    counts.setdefault(chunk[int(i)], {})[int(j)] = int(n)
+                start += max(1, int(done))
         return Actives(born, cutoff_ms, tree, dims, counts)
 
     async def figures(self, codes: Sequence[str], flt: Filter, *, now_ms: int, lapse_ms: int) -> dict[str, Figures]:
         """Figures of regions (``CN`` or 2/4/6/9 digits) in filter ``flt``; codes not in the registry are left out."""
         cutoff = now_ms - lapse_ms
-        rows: list[Sequence[Any]] = []
-        for start in range(0, len(codes), FIGURES_PER_CALL):
-            chunk = codes[start : start + FIGURES_PER_CALL]
-            rows += _list((await self._json("figures", cutoff, flt.dim, flt.tier, *chunk))["rows"])
+        found: dict[str, Sequence[Any]] = {}
+        if names.NATIONAL in codes:
+            found[names.NATIONAL] = (await self.nation()).row(flt)
+        for shard, regions in _by_shard([c for c in codes if c != names.NATIONAL]).items():
+            for start in range(0, len(regions), FIGURES_PER_CALL):
+                chunk = regions[start : start + FIGURES_PER_CALL]
+                for row in _list((await self._json(shard, "figures", cutoff, flt.dim, flt.tier, *chunk))["rows"]):
+                    found[str(row[0])] = row
+        rows = [found[c] for c in codes if c in found]
         actives: Actives | None = None
         if any(row[7] is False and row[1] is not False for row in rows):  # a region above the counties
             loaded_at, _ = await self.dimensions()
@@ -782,3 +837,73 @@ class Reader:
             return actives.count(str(row[0]), flt.dim)
 
         return {f["code"]: f for f in region_rows(rows, active_of)}
+
+
+def _by_shard(codes: Iterable[str]) -> dict[str, list[str]]:
+    """Codes grouped by their shard (province), in their order."""
+    out: dict[str, list[str]] = {}
+    for code in codes:
+        out.setdefault(code[:2], []).append(code)
+    return out
+
+
+def _decoded(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+@dataclass(frozen=True)
+class Nation:
+    """The nation, which no shard holds: its provinces' hashes summed (``as_of_ms`` their latest), their rows,
+    and the read model's times (the latest of the shards' last applies)."""
+
+    name: str | None
+    loaded_at: str | None
+    applied_at: int | None
+    summed: dict[str, int]
+    provinces: list[tuple[str, Any, Any, dict[str, str]]]  # (code, kind, name, hash)
+
+    @classmethod
+    def of(cls, name: str | None, loaded_at: str | None, replies: Sequence[Mapping[str, Any]]) -> Nation:
+        summed: dict[str, int] = {}
+        provinces = []
+        for reply in replies:
+            for code, kind, pname, flat in _list(reply.get("rows")):
+                region = _pairs(flat)
+                provinces.append((str(code), kind, pname, region))
+                for f, v in region.items():
+                    n = int(v)
+                    summed[f] = max(summed.get(f, n), n) if f == fld.AS_OF_MS else summed.get(f, 0) + n
+        applied = [int(a) for r in replies if (a := _none(r.get("applied_at"))) is not None]
+        return cls(name, loaded_at, max(applied, default=None), summed, provinces)
+
+    def _fields(self, flt: Filter) -> tuple[str, str, str, str]:
+        return (flt.total_field, flt.reached_field, fld.AS_OF_MS, flt.station_field)
+
+    def document(self, flt: Filter) -> dict[str, Any]:
+        """As documents.lua's ``region`` reply for a region above the counties (no own counts)."""
+        fields = self._fields(flt)
+        children = [
+            [code, kind, pname, *(region.get(f, False) for f in fields), False]
+            for code, kind, pname, region in self.provinces
+        ]
+        flat = [x for f in sorted(self.summed) for x in (f, str(self.summed[f]))]
+        return {
+            "kind": "national",
+            "name": self.name,
+            "region": flat,
+            "children": children,
+            "applied_at": self.applied_at,
+            "loaded_at": self.loaded_at,
+        }
+
+    def row(self, flt: Filter) -> list[Any]:
+        """As a row of documents.lua's ``figures``."""
+        got = [self.summed.get(f) for f in self._fields(flt)]
+        return [names.NATIONAL, "national", self.name or False, *(False if v is None else str(v) for v in got), False]
+
+    def dimensions(self) -> list[str]:
+        """The dimensions ('|carrier:sf', '|model:other' ...) the nation has a reach count in."""
+        head = fld.VILLAGES_REACHED + fld.DIM_SEP
+        return sorted(
+            f[len(fld.VILLAGES_REACHED) :] for f in self.summed if f.startswith(head) and fld.TIER_SEP not in f
+        )

@@ -292,8 +292,8 @@ class RespClient:
 
 
 class Script:
-    """A Lua script run with EVALSHA on the client; ``load`` puts it into Redis (SCRIPT LOAD) before its first
-    call and again when Redis has lost it (a restart, SCRIPT FLUSH)."""
+    """A Lua script run with EVALSHA on the client, one key and the arguments; ``load`` puts it into Redis
+    (SCRIPT LOAD) before its first call and again when Redis has lost it (a restart, SCRIPT FLUSH)."""
 
     def __init__(self, client: RespClient, text: str, *, load: Callable[[], Awaitable[Any]] | None = None) -> None:
         self.client = client
@@ -303,14 +303,14 @@ class Script:
         self._loading: asyncio.Task[Any] | None = None
         self._loaded = False
 
-    async def __call__(self, *args: Arg) -> Any:
+    async def __call__(self, key: Arg, *args: Arg) -> Any:
         if not self._loaded:
             await self.load()
         try:
-            return await self.client.execute("EVALSHA", self.sha, 0, *args)
+            return await self.client.execute("EVALSHA", self.sha, 1, key, *args)
         except exceptions.NoScriptError:
             await self.load()
-            return await self.client.execute("EVALSHA", self.sha, 0, *args)
+            return await self.client.execute("EVALSHA", self.sha, 1, key, *args)
 
     async def load(self) -> None:
         """Load the script, once for all the calls waiting for it."""

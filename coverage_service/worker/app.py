@@ -90,8 +90,6 @@ def create_app(settings: Settings) -> faust.App:
     async def daily_snapshot() -> None:
         # Every worker looks at the clock each minute; taking a day's snapshot is idempotent, so which
         # worker takes it, or whether two do at once, does not matter. A timer that raised would stop.
-        if settings.redis_cluster:
-            return  # snapshots read figures, which only a single Redis serves yet (said once at start)
         try:
             await history.take_if_due(folder.redis, settings, datetime.now(UTC))
         except Exception as exc:
@@ -118,8 +116,6 @@ def run(settings: Settings) -> None:
     """Run a worker in this process until SIGTERM / Ctrl-C."""
     logs.configure("worker", settings.log_level, settings.log_format)
     log.info("starting", extra=settings.describe())
-    if settings.redis_cluster:
-        log.warning("no daily history snapshots on a Redis Cluster: they read figures, which a single Redis serves")
     # Faust runs on the thread's current loop; create the topics on that same loop first.
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)

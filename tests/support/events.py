@@ -9,8 +9,8 @@ from lastmile import scan
 NOW = datetime(2024, 6, 1, tzinfo=UTC)
 
 
-def make_event(i: int, carrier: str, event_type: str, code: str, hours: int) -> scan.ScanEvent:
-    """Event ``e<i>`` of ``carrier`` at ``code``, ``hours`` before :data:`NOW`."""
+def make_event(i: int, carrier: str, event_type: str, code: str, hours: int, now: datetime = NOW) -> scan.ScanEvent:
+    """Event ``e<i>`` of ``carrier`` at ``code``, ``hours`` before ``now`` (:data:`NOW`)."""
     result = scan.validate(
         {
             "event_id": f"e{i}",
@@ -18,10 +18,10 @@ def make_event(i: int, carrier: str, event_type: str, code: str, hours: int) -> 
             "waybill": f"W{i}",
             "event_type": event_type,
             "location_code": code,
-            "occurred_at": (NOW - timedelta(hours=hours)).isoformat(),
+            "occurred_at": (now - timedelta(hours=hours)).isoformat(),
             **({"reason": "away"} if event_type == "delivery_failed" else {}),
         },
-        now=NOW,
+        now=now,
     )
     assert isinstance(result, scan.ScanEvent), result
     return result

@@ -2,22 +2,29 @@
 -- round trip and one bulk reply, where a client pipeline would cost the API a parsed reply per field.
 -- Read only. Key and field names are placeholders, filled from lastmile.names.lua_names when the script loads.
 --
--- ARGV[1] is the mode:
+-- One call reads one shard (a province: every key it reads carries the province's hash tag), so that it runs
+-- on a Redis Cluster as on one server. KEYS[1] is the shard's stats hash: it routes the call, and every reply
+-- carries the shard's last apply (applied_at). The nation, which is no shard's, is summed by the caller
+-- (coverage_service.readmodel.queries) from its provinces' replies.
+--
+-- ARGV[1] is the mode; every code given is of the shard:
 --   region  code cutoff_ms dim tier want_dims own_counts
 --           A region's hash, name and kind, and its children's figures fields (a township's children: its
 --           village-level units, with their reach flags, population and stations). With own_counts = '1'
 --           (townships and counties, which keep lapse indexes) also the active villages of the region and of
 --           each child: the index counts at or after cutoff_ms, for the scope's dimension and, with
 --           want_dims = '1', for every dimension the region's hash has a villages_reached field of.
+--   provinces code...
+--           For each province: [code, kind, name, its hash as HGETALL answers it].
 --   figures cutoff_ms dim tier code...
---           For each region (CN or 2/4/6/9 digits): [code, kind, name, total, reached, as_of_ms, stations, active],
---           as the children rows of `region`; kind is 'national' for CN, false for a code the registry does not
---           hold; active is the index count at or after cutoff_ms for townships and counties, false above them.
+--           For each region (2/4/6/9 digits): [code, kind, name, total, reached, as_of_ms, stations, active],
+--           as the children rows of `region`; kind is false for a code the registry does not hold; active is
+--           the index count at or after cutoff_ms for townships and counties, false above them.
 --   village code
 --           One village-level unit: kind, name, population, its ancestors' names, its location hash and stations.
---   meta    The dimensions (carriers, models) the nation's hash has a reach count of.
---   tree    The registry above the counties: {parent: [children]} from the nation down to the units of 6 digits
---           or more.
+--   tree    code...
+--           The registry below these provinces, above the counties: {parent: [children]} down to the units of
+--           6 digits or more.
 --   reached tier n_dims dim... region...
 --           For each region, the positions of the dimensions it has a villages_reached count above 0 in,
 --           joined by '.'; the regions' answers comma-separated.
@@ -25,60 +32,13 @@
 --           The counties' active villages per dimension (the index counts at or after cutoff_ms), as
 --           'county position:dimension position:count' for each count above 0, comma-separated, after the
 --           number of counties done: the call stops after about budget_us microseconds.
--- Every reply also carries the read model's times: the worker's last apply and the last registry load.
 
 local mode = ARGV[1]
-local NATIONAL = '${national}'
 local REACHED_HEAD = '${villages_reached}' .. '${dim_sep}'
 local TIER_SEP = '${tier_sep}'
 
-local function provinces()
-  return redis.call('SMEMBERS', children_key(NATIONAL))
-end
-
--- applied_at is the latest of the shards' (one per province).
 local function times(out)
-  local latest = false
-  for _, p in ipairs(provinces()) do
-    local t = redis.call('HGET', shard(p) .. '${stats}', '${stat_applied_at_ms}')
-    if t and (not latest or tonumber(t) > tonumber(latest)) then latest = t end
-  end
-  out.applied_at = latest
-  out.loaded_at = redis.call('HGET', '${reg_meta}', '${meta_loaded_at}')
-  return out
-end
-
--- The nation has no hash: its fields are its provinces' summed, as_of_ms their latest.
-local function national_fields()
-  local sum = {}
-  for _, p in ipairs(provinces()) do
-    local flat = redis.call('HGETALL', region_key(p))
-    for i = 1, #flat, 2 do
-      local f, v = flat[i], tonumber(flat[i + 1])
-      if f == '${as_of_ms}' then sum[f] = math.max(sum[f] or v, v) else sum[f] = (sum[f] or 0) + v end
-    end
-  end
-  return sum
-end
-
--- A region's hash as HGETALL answers it (the nation's fields sorted).
-local function region_all(code)
-  if code ~= NATIONAL then return redis.call('HGETALL', region_key(code)) end
-  local sum, names, flat = national_fields(), {}, {}
-  for f, _ in pairs(sum) do names[#names + 1] = f end
-  table.sort(names)
-  for _, f in ipairs(names) do
-    flat[#flat + 1] = f
-    flat[#flat + 1] = string.format('%d', sum[f])
-  end
-  return flat
-end
-
--- Fields of a region's hash as HMGET answers them.
-local function region_get(code, fields)
-  if code ~= NATIONAL then return redis.call('HMGET', region_key(code), unpack(fields)) end
-  local sum, out = national_fields(), {}
-  for i, f in ipairs(fields) do out[i] = sum[f] and string.format('%d', sum[f]) or false end
+  out.applied_at = redis.call('HGET', KEYS[1], '${stat_applied_at_ms}')
   return out
 end
 
@@ -109,9 +69,9 @@ if mode == 'region' then
   local want_dims, own_counts = ARGV[6] == '1', ARGV[7] == '1'
   local out = {}
   out.kind = redis.call('HGET', kind_key(code), code)
-  if not out.kind and code ~= NATIONAL then return cjson.encode(times(out)) end
+  if not out.kind then return cjson.encode(times(out)) end
   out.name = redis.call('HGET', unit_key(code), '${unit_name}')
-  out.region = region_all(code)
+  out.region = redis.call('HGETALL', region_key(code))
   if own_counts then
     -- An index holds the villages its villages_reached field counts: where that is 0 there is nothing to count.
     local fields = {}
@@ -132,11 +92,7 @@ if mode == 'region' then
   end
   local kids = sorted_children(code)
   local kinds = {}
-  if code == NATIONAL then
-    for i, c in ipairs(kids) do kinds[i] = redis.call('HGET', kind_key(c), c) end
-  elseif #kids > 0 then
-    kinds = redis.call('HMGET', kind_key(code), unpack(kids))  -- a region's children are in its province
-  end
+  if #kids > 0 then kinds = redis.call('HMGET', kind_key(code), unpack(kids)) end  -- in the region's province
   local rows = {}
   if #code == 9 then
     local reached_flag, last_field = '${reached}' .. dim, '${last_reach_ms}' .. dim
@@ -166,10 +122,10 @@ if mode == 'figures' then
   local rows = {}
   for i = 5, #ARGV do
     local c = ARGV[i]
-    local kind = c == NATIONAL and 'national' or redis.call('HGET', kind_key(c), c)
-    local v = region_get(c, fields)
+    local kind = redis.call('HGET', kind_key(c), c)
+    local v = redis.call('HMGET', region_key(c), unpack(fields))
     local n = false
-    if kind and #c >= 6 and c ~= NATIONAL then n = (v[2] and v[2] ~= '0') and active(c, dim .. tier, cutoff) or 0 end
+    if kind and #c >= 6 then n = (v[2] and v[2] ~= '0') and active(c, dim .. tier, cutoff) or 0 end
     rows[#rows + 1] = {c, kind or false, redis.call('HGET', unit_key(c), '${unit_name}'), v[1], v[2], v[3],
                        v[4], n}
   end
@@ -191,12 +147,19 @@ if mode == 'village' then
   return cjson.encode(times(out))
 end
 
-if mode == 'meta' then
-  return cjson.encode(times({dims = dims_of(region_all(NATIONAL))}))
+if mode == 'provinces' then
+  local rows = {}
+  for i = 2, #ARGV do
+    local p = ARGV[i]
+    rows[#rows + 1] = {p, redis.call('HGET', kind_key(p), p) or false, redis.call('HGET', unit_key(p), '${unit_name}')
+                       or false, redis.call('HGETALL', region_key(p))}
+  end
+  return cjson.encode(times({rows = rows}))
 end
 
 if mode == 'tree' then
-  local tree, frontier = {}, {NATIONAL}
+  local tree, frontier = {}, {}
+  for i = 2, #ARGV do frontier[i - 1] = ARGV[i] end
   while #frontier > 0 do
     local deeper = {}
     for _, node in ipairs(frontier) do
@@ -218,7 +181,7 @@ if mode == 'reached' then
   for j = 1, n_dims do fields[j] = '${villages_reached}' .. ARGV[3 + j] .. tier end
   local out = {}
   for i = 4 + n_dims, #ARGV do
-    local reached = region_get(ARGV[i], fields)
+    local reached = redis.call('HMGET', region_key(ARGV[i]), unpack(fields))
     local columns = {}
     for j = 1, n_dims do
       local r = reached[j]

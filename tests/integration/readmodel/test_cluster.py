@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -23,7 +23,6 @@ from coverage_service.readmodel.writer import ReadModelWriter
 from lastmile import names, scan
 from lastmile.registry import BUNDLED, read_registry
 from lastmile.topics import partition_for
-from lastmile_dev import devstack
 from tests.support import stored
 from tests.support.events import make_event
 
@@ -32,19 +31,11 @@ pytestmark = pytest.mark.integration
 SAMPLE = BUNDLED["sample"]
 
 
-@pytest.fixture(scope="module")
-def cluster_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[str]]:
-    procs, nodes = devstack.start_redis_cluster(tmp_path_factory.mktemp("cluster"))
-    try:
-        yield nodes
-    finally:
-        for proc in procs:
-            proc.stop()
-
-
 @pytest.fixture
-async def cluster(cluster_nodes: list[str]) -> AsyncIterator[RedisCluster]:
-    startup = [ClusterNode(host, int(port)) for host, port in (n.rsplit(":", 1) for n in cluster_nodes)]
+async def cluster(redis_cluster_nodes: str) -> AsyncIterator[RedisCluster]:
+    startup = [
+        ClusterNode(host, int(port)) for host, port in (n.rsplit(":", 1) for n in redis_cluster_nodes.split(","))
+    ]
     client = RedisCluster(startup_nodes=startup, decode_responses=True)
     await client.initialize()
     try:

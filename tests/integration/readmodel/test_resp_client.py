@@ -56,11 +56,11 @@ async def test_a_script_is_loaded_when_redis_does_not_have_it(client: resp.RespC
         loads.append("load")
         return await redis.script_load(script.text)
 
-    script = resp.Script(client, "return 'hello ' .. ARGV[1]", load=load)
-    assert await asyncio.gather(*(script("盂县") for _ in range(20))) == ["hello 盂县".encode()] * 20
+    script = resp.Script(client, "return KEYS[1] .. ' hello ' .. ARGV[1]", load=load)
+    assert await asyncio.gather(*(script("k", "盂县") for _ in range(20))) == ["k hello 盂县".encode()] * 20
     assert loads == ["load"]  # once for all the calls waiting
     await redis.script_flush()
-    assert await script("again") == b"hello again"  # NOSCRIPT: loaded again
+    assert await script("k", "again") == b"k hello again"  # NOSCRIPT: loaded again
     assert loads == ["load", "load"]
 
 

@@ -31,6 +31,8 @@ DOCKERIGNORE = REPO / ".dockerignore"
 
 INFRA = ("kafka", "redis")
 ONE_SHOT = "init"
+CLUSTER_NODES = ("redis-node-1", "redis-node-2", "redis-node-3")  # the profile `cluster`
+CLUSTER_ONE_SHOT = "redis-cluster"
 LASTMILE_SERVICES = ("init", "ingest", "worker", "coverage")
 LONG_RUNNING = ("ingest", "worker", "coverage")
 REGISTRY_MOUNT = "/app/registry"
@@ -56,6 +58,7 @@ REQUIRED_DEPENDENCIES = {
 MUST_AGREE = (
     "KAFKA_BOOTSTRAP_SERVERS",
     "REDIS_URL",
+    "REDIS_CLUSTER_NODES",
     "REDIS_KEY_PREFIX",
     "SCAN_TOPIC",
     "DEAD_LETTER_TOPIC",
@@ -191,7 +194,7 @@ def host_port(address: str) -> tuple[str, int]:
 
 
 def test_the_expected_services_exist_and_lastmile_ones_are_built_from_the_dockerfile(services: dict[str, Any]) -> None:
-    assert set(services) == set(INFRA) | set(LASTMILE_SERVICES)
+    assert set(services) == {*INFRA, *LASTMILE_SERVICES, *CLUSTER_NODES, CLUSTER_ONE_SHOT}
     assert set(built_services(services)) == set(LASTMILE_SERVICES)
     for name, service in built_services(services).items():
         build = service["build"]
@@ -384,7 +387,7 @@ def test_infra_is_published_on_loopback_at_the_settings_defaults(services: dict[
 # -- health checks and start order ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", [*INFRA, *LONG_RUNNING])
+@pytest.mark.parametrize("name", [*INFRA, *CLUSTER_NODES, *LONG_RUNNING])
 def test_every_long_running_service_has_a_healthcheck(services: dict[str, Any], name: str) -> None:
     check = services[name].get("healthcheck") or {}
     assert not check.get("disable"), f"{name}: healthcheck disabled"
@@ -430,9 +433,14 @@ def test_depends_on_waits_for_healthy_servers_and_a_finished_init(services: dict
     missing = REQUIRED_DEPENDENCIES[name] - set(depends)
     assert not missing, f"{name} does not wait for {sorted(missing)}"
     for target, spec in depends.items():
-        want = "service_completed_successfully" if target == ONE_SHOT else "service_healthy"
+        want = "service_completed_successfully" if target in (ONE_SHOT, CLUSTER_ONE_SHOT) else "service_healthy"
         got = (spec or {}).get("condition")
         assert got == want, f"{name} -> {target}: condition {got!r}, want {want!r}"
+        # A service of a profile that is off must not stop the others from starting.
+        profiled = bool(services[target].get("profiles"))
+        assert (spec or {}).get("required", True) is not profiled, (
+            f"{name} -> {target}: required must be {not profiled}"
+        )
         if want == "service_healthy":
             assert "healthcheck" in services[target], f"{name} waits for {target} to be healthy; it has no healthcheck"
 
@@ -512,6 +520,66 @@ def test_redis_appends_every_write_and_fsyncs_every_second(services: dict[str, A
     options = dict(zip(args[1::2], args[2::2], strict=False))
     assert options.get("--appendonly") == "yes" and options.get("--appendfsync") == "everysec", options
     assert options.get("--maxmemory-policy", "noeviction") == "noeviction", "Redis may evict read-model keys"
+
+
+# -- the cluster profile ---------------------------------------------------------------------------
+
+
+def cluster_usage() -> str:
+    """REDIS_CLUSTER_NODES as the compose file's header says to set it for the cluster profile."""
+    found = re.findall(
+        r"REDIS_CLUSTER_NODES=(\S+) docker compose --profile cluster up", COMPOSE_FILE.read_text("utf-8")
+    )
+    assert len(found) == 1, f"the header shows how to start the cluster profile once, found {found}"
+    return str(found[0])
+
+
+def test_the_cluster_profile_names_its_nodes_as_the_settings_read_them(services: dict[str, Any]) -> None:
+    value = cluster_usage()
+    nodes = Settings.from_env({"REDIS_CLUSTER_NODES": value}).redis_cluster  # raises SettingsError if unusable
+    assert nodes == [(name, 6379) for name in CLUSTER_NODES], value
+    for name in LASTMILE_SERVICES:  # handed on from the host, empty (the single redis) by default
+        assert raw_environment(services[name]).get("REDIS_CLUSTER_NODES") == "${REDIS_CLUSTER_NODES:-}", name
+
+
+@pytest.mark.parametrize("name", CLUSTER_NODES)
+def test_cluster_masters_run_the_read_model_settings_in_cluster_mode_on_their_own_volume(
+    compose: dict[str, Any], services: dict[str, Any], name: str
+) -> None:
+    node = services[name]
+    assert node.get("profiles") == ["cluster"], f"{name}: not only in the cluster profile"
+    assert node["image"] == services["redis"]["image"], f"{name}: another Redis than the single one"
+    args = as_list(node.get("command"))
+    assert args[0] == "redis-server", args
+    options = dict(zip(args[1::2], args[2::2], strict=False))
+    redis_args = as_list(services["redis"]["command"])
+    single = dict(zip(redis_args[1::2], redis_args[2::2], strict=True))
+    assert {k: options.get(k) for k in single} == single, f"{name}: not the single redis's settings {single}"
+    assert options.get("--cluster-enabled") == "yes", options
+    # Clients are sent to the node's service name: its container IP changes when it restarts.
+    assert options.get("--cluster-announce-hostname") == name, options
+    assert options.get("--cluster-preferred-endpoint-type") == "hostname", options
+    volumes = [str(v).rsplit(":", 1) for v in node.get("volumes") or []]
+    assert next(src for src, dst in volumes if dst == "/data") in (compose.get("volumes") or {}), volumes
+    assert not node.get("ports"), f"{name}: nodes announce service names, which the host cannot resolve"
+
+
+def test_the_cluster_is_created_once_from_exactly_its_masters(services: dict[str, Any]) -> None:
+    job = services[CLUSTER_ONE_SHOT]
+    assert job.get("profiles") == ["cluster"] and str(job.get("restart", "no")) == "no"
+    script = as_list(job.get("command"))[0]
+    create = [line.split() for line in script.splitlines() if "--cluster create" in line]
+    assert len(create) == 1, script
+    words = create[0]
+    assert words[words.index("create") + 1 : words.index("create") + 4] == [f"{n}:6379" for n in CLUSTER_NODES]
+    assert words[words.index("--cluster-replicas") + 1] == "0"
+    assert "cluster_state:ok" in script, "the job must wait for a working cluster, and leave a created one alone"
+    assert set(job.get("depends_on") or {}) == set(CLUSTER_NODES)
+
+
+def test_the_worker_healthcheck_pings_the_cluster_when_there_is_one(services: dict[str, Any]) -> None:
+    text = healthcheck_text(services["worker"])
+    assert "RedisCluster" in text and "settings.redis_cluster" in text, text
 
 
 # -- Dockerfile and .dockerignore -----------------------------------------------------------------------
