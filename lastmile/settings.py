@@ -86,7 +86,7 @@ class Settings(BaseSettings):
         "",
         "host:port[,...] of a Redis Cluster holding the read model, REDIS_URL giving its credentials and TLS"
         " (empty: the single Redis of REDIS_URL)",
-        pattern=r"^([^,:\s]+:\d{1,5}(,[^,:\s]+:\d{1,5})*)?$",
+        pattern=r"^\s*([^,:\s]+:\d{1,5}(\s*,\s*[^,:\s]+:\d{1,5})*)?\s*$",
     )
     scan_topic: str = _env("SCAN_TOPIC", names.SCAN_TOPIC, "Topic the scan events go to", min_length=1)
     dead_letter_topic: str = _env(

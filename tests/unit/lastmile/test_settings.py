@@ -35,6 +35,8 @@ def test_the_defaults_are_valid_and_documented() -> None:
         ("PRIORITY_POPULATION_TIERS", "0", "is not a comma-separated list of positive whole numbers"),
         ("REDIS_URL", "localhost:6379", "REDIS_URL: 'localhost:6379' is not valid"),
         ("REDIS_KEY_PREFIX", "a b", "REDIS_KEY_PREFIX: 'a b' is not valid"),
+        ("REDIS_CLUSTER_NODES", "redis://a:6379", "REDIS_CLUSTER_NODES: 'redis://a:6379' is not valid"),
+        ("REDIS_CLUSTER_NODES", "a:6379,b", "REDIS_CLUSTER_NODES: 'a:6379,b' is not valid"),
         (
             "INGEST_CARRIER_TOKENS",
             "{not json",
