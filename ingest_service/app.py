@@ -108,6 +108,8 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.redis = redis_client.connect(settings)
+        # Each batch's lookup takes a connection per node: on a cluster (no waiting pool) batches wait their turn.
+        app.state.kinds = redis_client.Bounded()(registry_index.kinds)
         app.state.publisher = Publisher(settings)
         app.state.broker = Broker(settings.kafka_bootstrap_servers)
         app.state.backpressure = Backpressure(settings, app.state.redis, app.state.broker)
@@ -262,7 +264,7 @@ def create_app(settings: Settings) -> FastAPI:
             return set()
         ordered = sorted(codes)
         try:
-            kinds = await registry_index.kinds(request.app.state.redis, settings.redis_key_prefix, ordered)
+            kinds = await request.app.state.kinds(request.app.state.redis, settings.redis_key_prefix, ordered)
         except aioredis.RedisError as exc:
             log.warning("registry lookup failed; answering 503", extra={"error": logs.describe(exc)})
             raise Problem(

@@ -11,7 +11,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from typing import Any, Final
+from typing import Any
 
 import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, Response
@@ -32,8 +32,6 @@ from lastmile.settings import Settings
 
 log = logging.getLogger("lastmile.coverage")
 
-REDIS_POOL_SIZE: Final = 64
-
 
 async def _check(probe: Awaitable[Any]) -> str:
     try:
@@ -45,21 +43,7 @@ async def _check(probe: Awaitable[Any]) -> str:
 
 def _redis(settings: Settings) -> aioredis.Redis:
     retry = Retry(ExponentialWithJitterBackoff(base=0.01, cap=0.2), retries=2)
-    if settings.redis_cluster:
-        return redis_client.connect(
-            settings, socket_connect_timeout=CHECK_TIMEOUT_S, retry=retry, max_connections=REDIS_POOL_SIZE
-        )
-    # A blocking pool: under many concurrent clients, requests wait for a connection instead of failing with
-    # "Too many connections" (which the default pool raises past max_connections).
-    pool = aioredis.BlockingConnectionPool.from_url(
-        settings.redis_url,
-        decode_responses=True,
-        socket_connect_timeout=CHECK_TIMEOUT_S,
-        retry=retry,
-        max_connections=REDIS_POOL_SIZE,
-        timeout=CHECK_TIMEOUT_S,
-    )
-    return aioredis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
+    return redis_client.connect(settings, socket_connect_timeout=CHECK_TIMEOUT_S, retry=retry)
 
 
 def create_app(settings: Settings) -> FastAPI:

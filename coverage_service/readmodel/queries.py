@@ -19,7 +19,7 @@ from typing_extensions import TypedDict  # pydantic needs this one on Python < 3
 
 from coverage_service.readmodel import resp, scripts
 from coverage_service.readmodel.filters import ALL, Filter
-from lastmile import backlog, divisions, names, scan
+from lastmile import backlog, divisions, names, redis_client, scan
 from lastmile.names import field, stat
 
 SCRIPT: Final = "documents.lua"
@@ -686,6 +686,9 @@ class Reader:
         async def call(key: str, *args: str | int) -> Any:
             return await script(keys=[key], args=list(args))
 
+        if redis_client.is_cluster(redis):  # a document fans out over shards; no node's pool may run dry
+            bounded = redis_client.Bounded()
+            return cls(prefix, bounded(call), bounded(redis.execute_command))
         return cls(prefix, call, redis.execute_command)
 
     def _key(self, shard: str) -> str:

@@ -7,6 +7,7 @@ the masters, so the nation (summed from its provinces) and each province are rea
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 from collections.abc import AsyncIterator
@@ -19,7 +20,8 @@ import redis.asyncio as aioredis
 
 from coverage_service import fold
 from coverage_service.api.app import create_app
-from coverage_service.readmodel import history
+from coverage_service.readmodel import history, queries
+from coverage_service.readmodel.filters import ALL
 from coverage_service.readmodel.registry_store import load_registry
 from coverage_service.readmodel.writer import ReadModelWriter
 from lastmile import redis_client, scan
@@ -123,5 +125,20 @@ async def test_every_document_on_a_cluster_equals_the_one_on_one_server(
         # The daily snapshot reads every region through the same reader: it works on the cluster too.
         taken = await history.take(cluster, settings.redis_key_prefix, NOW.date(), now_ms=0, lapse_ms=1)
         assert taken.regions > 3 and taken.written == taken.regions
+    finally:
+        await cluster.aclose()
+
+
+async def test_many_documents_at_once_on_a_cluster_wait_for_connections_instead_of_failing(
+    settings: Settings, redis_cluster_nodes: str
+) -> None:
+    """A national document fans out over every shard: far more calls in flight than a node's pool holds."""
+    cluster = redis_client.connect(settings.replace(redis_cluster_nodes=redis_cluster_nodes))
+    try:
+        await fill(cluster, settings)
+        reader = queries.Reader.on(cluster, settings.redis_key_prefix)
+        one = await reader.nation()
+        many = await asyncio.gather(*(reader.nation() for _ in range(300)))
+        assert all(n.document(ALL) == one.document(ALL) for n in many)
     finally:
         await cluster.aclose()

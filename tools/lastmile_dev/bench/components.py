@@ -16,12 +16,12 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from pathlib import Path
 from typing import Any, Final
 
-import redis.asyncio as aioredis
 from fastapi import FastAPI
 
 from coverage_service.api.app import create_app
 from coverage_service.readmodel import queries, resp
 from coverage_service.readmodel.filters import ALL
+from lastmile import redis_client
 from lastmile_dev import devstack
 from lastmile_dev.bench.api_load import wrk_load
 from lastmile_dev.bench.core import Context, Figure, Result
@@ -131,7 +131,7 @@ async def run(ctx: Context) -> Result:
     codes = random.Random(config.seed).choices(counties, k=512)
     n = QUICK_CALLS if config.quick else CALLS
     result = Result("components")
-    redis = aioredis.from_url(settings.redis_url, decode_responses=True)
+    redis = redis_client.connect(settings)  # the API's own client: 64 documents in flight need a waiting pool
     fast = resp.RespClient.from_url(settings.redis_url)
     try:
         prefix, lapse = settings.redis_key_prefix, settings.lapse_window_ms
