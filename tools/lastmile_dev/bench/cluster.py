@@ -118,7 +118,7 @@ async def run(ctx: Context) -> Result:
 
 
 async def _master_cpu(redis: object) -> dict[str, float]:
-    """Each master's CPU seconds so far (INFO cpu: redis-server's own user + system time)."""
+    """Each master's CPU seconds so far (INFO cpu, as :func:`cpu.info_cpu_seconds`)."""
     assert isinstance(redis, RedisCluster)
     per_node = await redis.info("cpu", target_nodes=RedisCluster.PRIMARIES)
-    return {node: float(info["used_cpu_user"]) + float(info["used_cpu_sys"]) for node, info in per_node.items()}
+    return {node: cpu.info_cpu_seconds(info) for node, info in per_node.items()}
