@@ -10,8 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 
 import httpx
@@ -29,6 +28,7 @@ from lastmile.registry import read_registry
 from lastmile.settings import Settings
 from lastmile.topics import partition_for
 from tests.support.events import make_event
+from tests.support.regulator_world import serving
 from tests.support.services import SAMPLE, sample_villages
 
 pytestmark = pytest.mark.integration
@@ -57,18 +57,9 @@ def records() -> list[fold.Record]:
     return out
 
 
-@asynccontextmanager
-async def api(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings.replace(regulator_tokens=json.dumps({TOKEN: ""}), coverage_rate_limit_per_second=0.0))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://coverage.test",
-            headers={"Authorization": f"Bearer {TOKEN}"},
-        ) as client,
-    ):
-        yield client
+def api(settings: Settings) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+    tokens = json.dumps({TOKEN: ""})
+    return serving(create_app(settings.replace(regulator_tokens=tokens, coverage_rate_limit_per_second=0.0)), TOKEN)
 
 
 async def fill(client: aioredis.Redis, settings: Settings) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from coverage_service.api.app import create_app
 from lastmile import names
 from lastmile.settings import Settings
 from lastmile_dev import devstack
+from tests.support.regulator_world import serving
 
 pytestmark = pytest.mark.integration
 
@@ -124,20 +125,10 @@ async def seed(redis: aioredis.Redis, p: str) -> None:
         await pipe.execute()
 
 
-@asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
+def running(settings: Settings) -> AbstractAsyncContextManager[httpx.AsyncClient]:
     """The app with a national regulator token, no rate limit, and a client that sends the token."""
     tokens = json.dumps({TOKEN: ""})
-    app = create_app(settings.replace(regulator_tokens=tokens, coverage_rate_limit_per_second=0.0))
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://coverage.test",
-            headers={"Authorization": f"Bearer {TOKEN}"},
-        ) as client,
-    ):
-        yield client
+    return serving(create_app(settings.replace(regulator_tokens=tokens, coverage_rate_limit_per_second=0.0)), TOKEN)
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ import io
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from coverage_service.readmodel.writer import ReadModelWriter
 from lastmile import scan
 from lastmile.registry import read_registry
 from lastmile.settings import Settings
+from tests.support.regulator_world import serving
 
 pytestmark = pytest.mark.integration
 
@@ -145,18 +146,8 @@ async def seed(redis: aioredis.Redis, settings: Settings, tmp_path: Path) -> Non
     await ReadModelWriter(redis, p, 3600).apply([fold.Record("scans", 0, 0, entries())])
 
 
-@asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[httpx.AsyncClient]:
-    app = create_app(settings)
-    async with (
-        app.router.lifespan_context(app),
-        httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app),
-            base_url="http://coverage.test",
-            headers={"Authorization": f"Bearer {NATIONAL_TOKEN}"},
-        ) as client,
-    ):
-        yield client
+def serve(settings: Settings) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+    return serving(create_app(settings), NATIONAL_TOKEN)
 
 
 @pytest.fixture
