@@ -10,7 +10,7 @@ import csv
 import itertools
 import json
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -158,3 +158,9 @@ async def serving(app: FastAPI, token: str | None = NATIONAL_TOKEN) -> AsyncIter
 
 def app_for(settings: Settings, **changes: Any) -> FastAPI:
     return create_app(with_tokens(settings, **changes))
+
+
+def national_api(settings: Settings) -> AbstractAsyncContextManager[httpx.AsyncClient]:
+    """The app with one national regulator token and no rate limit, and a client that sends the token."""
+    tokens = json.dumps({NATIONAL_TOKEN: ""})
+    return serving(create_app(settings.replace(regulator_tokens=tokens, coverage_rate_limit_per_second=0.0)))

@@ -8,9 +8,7 @@ the masters, so the nation (summed from its provinces) and each province are rea
 from __future__ import annotations
 
 import asyncio
-import json
 import random
-from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 
 import httpx
@@ -18,7 +16,6 @@ import pytest
 import redis.asyncio as aioredis
 
 from coverage_service import fold
-from coverage_service.api.app import create_app
 from coverage_service.readmodel import history, queries
 from coverage_service.readmodel.filters import ALL
 from coverage_service.readmodel.registry_store import load_registry
@@ -28,12 +25,11 @@ from lastmile.registry import read_registry
 from lastmile.settings import Settings
 from lastmile.topics import partition_for
 from tests.support.events import make_event
-from tests.support.regulator_world import serving
+from tests.support.regulator_world import national_api
 from tests.support.services import SAMPLE, sample_villages
 
 pytestmark = pytest.mark.integration
 
-TOKEN = "national-token-0123456789"
 NOW = datetime.now(UTC)
 
 
@@ -55,11 +51,6 @@ def records() -> list[fold.Record]:
         mine = [fold.entry(e) for e in log if partition_for(e.location_code, 3) == part]
         out += [fold.Record("scans", part, i // 8, mine[i : i + 8]) for i in range(0, len(mine), 8)]
     return out
-
-
-def api(settings: Settings) -> AbstractAsyncContextManager[httpx.AsyncClient]:
-    tokens = json.dumps({TOKEN: ""})
-    return serving(create_app(settings.replace(regulator_tokens=tokens, coverage_rate_limit_per_second=0.0)), TOKEN)
 
 
 async def fill(client: aioredis.Redis, settings: Settings) -> None:
@@ -99,7 +90,7 @@ async def test_every_document_on_a_cluster_equals_the_one_on_one_server(
         ]
         answers: dict[str, list[httpx.Response]] = {p: [] for p in paths}
         for s in (settings, on_cluster):
-            async with api(s) as client:
+            async with national_api(s) as client:
                 for path in paths:
                     answers[path].append(await client.get(path))
         for path, (single, clustered) in answers.items():

@@ -7,10 +7,8 @@ is from 2024, older than the lapse window: every reached village is lapsed, none
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +19,14 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from prometheus_client.parser import text_string_to_metric_families
 
-from coverage_service.api.app import create_app
 from lastmile import names
 from lastmile.settings import Settings
 from lastmile_dev import devstack
-from tests.support.regulator_world import serving
+from tests.support.regulator_world import national_api
 
 pytestmark = pytest.mark.integration
 
 PROBLEM = "application/problem+json"
-TOKEN = "national-token-0123456789"
 REACH_TYPES = ["arrived_at_station", "collected", "delivered", "picked_up"]
 
 # -- the hand-made registry and read model ------------------------------------------------------------
@@ -125,16 +121,10 @@ async def seed(redis: aioredis.Redis, p: str) -> None:
         await pipe.execute()
 
 
-def running(settings: Settings) -> AbstractAsyncContextManager[httpx.AsyncClient]:
-    """The app with a national regulator token, no rate limit, and a client that sends the token."""
-    tokens = json.dumps({TOKEN: ""})
-    return serving(create_app(settings.replace(regulator_tokens=tokens, coverage_rate_limit_per_second=0.0)), TOKEN)
-
-
 @pytest.fixture
 async def client(settings: Settings, redis: aioredis.Redis) -> AsyncIterator[httpx.AsyncClient]:
     await seed(redis, settings.redis_key_prefix)
-    async with running(settings) as client:
+    async with national_api(settings) as client:
         yield client
 
 
@@ -368,7 +358,7 @@ async def test_framework_errors_are_problems(client: httpx.AsyncClient) -> None:
 
 async def test_redis_down_is_503(settings: Settings) -> None:
     dead = settings.replace(redis_url=f"redis://127.0.0.1:{devstack.free_port()}/0")
-    async with running(dead) as client:
+    async with national_api(dead) as client:
         for path in ("/v1/coverage", "/v1/coverage/14", "/v1/villages/140322100201"):
             r = await client.get(path)
             assert_problem(r, 503)
@@ -391,7 +381,7 @@ async def test_readyz_ok(client: httpx.AsyncClient) -> None:
 
 async def test_readyz_redis_unreachable(settings: Settings) -> None:
     dead = settings.replace(redis_url=f"redis://127.0.0.1:{devstack.free_port()}/0")
-    async with running(dead) as client:
+    async with national_api(dead) as client:
         r = await client.get("/readyz")
         body = assert_problem(r, 503)
         assert "redis" in body["detail"] and "broker" not in body["detail"]
@@ -402,7 +392,7 @@ async def test_readyz_redis_unreachable(settings: Settings) -> None:
 
 async def test_readyz_broker_unreachable(settings: Settings) -> None:
     dead = settings.replace(kafka_bootstrap_servers=f"127.0.0.1:{devstack.free_port()}")
-    async with running(dead) as client:
+    async with national_api(dead) as client:
         body = assert_problem(await client.get("/readyz"), 503)
         assert "broker" in body["detail"] and "redis" not in body["detail"]
         assert (await client.get("/v1/coverage")).status_code == 200  # figures do not need the broker
@@ -411,7 +401,7 @@ async def test_readyz_broker_unreachable(settings: Settings) -> None:
 async def test_readyz_recovers_when_the_broker_comes_up(settings: Settings, tmp_path: Path) -> None:
     port = devstack.free_port()
     later = settings.replace(kafka_bootstrap_servers=f"127.0.0.1:{port}")
-    async with running(later) as client:
+    async with national_api(later) as client:
         assert_problem(await client.get("/readyz"), 503)
         proc, _ = devstack.start_broker(tmp_path, port)
         try:
