@@ -77,6 +77,12 @@ def offset_field(topic: str, partition: int) -> str:
     return f"{topic}:{partition}"
 
 
+def topic_partition(offset_field: str) -> tuple[str, int]:
+    """The topic and partition an offset field names (the inverse of :func:`offset_field`)."""
+    topic, _, partition = offset_field.rpartition(":")
+    return topic, int(partition)
+
+
 PER_SHARD: Final = frozenset({DEDUP, OFFSETS, STATS, REG_GENERATION, REG_KIND})
 
 

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from typing_extensions import TypedDict
 
 from coverage_service.fold import CHINA_STANDARD_TIME
-from coverage_service.readmodel import queries
+from coverage_service.readmodel import durable, queries
 from coverage_service.readmodel.filters import ALL
 from lastmile import names, redis_client
 from lastmile.settings import Settings, SettingsError
@@ -133,6 +133,8 @@ async def take(
             written += sum(int(r) for r in await pipe.execute())
     done = {"taken_at_ms": now_ms, "regions": len(codes)}
     await redis.hsetnx(days_key, label, orjson.dumps(done).decode())
+    # A past day's figures cannot be folded again from the topic: a restart must not lose them.
+    await durable.saved(redis)
     return Taken(day, len(codes), written, already=False)
 
 

@@ -17,7 +17,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
-from coverage_service.readmodel import scripts
+from coverage_service.readmodel import durable, scripts
 from lastmile import backlog, names
 from lastmile.registry import NATION_NAME, Registry, Unit
 
@@ -84,6 +84,8 @@ async def load_registry(
     # Last, so that registry_loaded turns true only once a whole edition is in. Units absent from this edition
     # are left as they are: removing one would mean unwinding its reach flags and parcel counters.
     await _write_meta(redis, prefix, registry, new_tiers, f"{load}:meta")
+    # A registry is not derived from the scan topic: a restart must not roll it back to an older save.
+    await durable.saved(redis)
     return LoadReport(
         kinds=dict(registry.kind_counts),
         regions=registry.level_counts,

@@ -133,6 +133,25 @@ class ReadModelWriter:
         kept = set(keep)
         self._unsync([f for f in self.positions if f not in kept])
 
+    async def lost(self) -> dict[str, int]:
+        """The partitions whose applied batches Redis lost (it restarted from an older save, or was restored): per
+        offset field, the last offset this writer applied. Their next apply would find them (READ_MODEL_BEHIND);
+        this finds them when no record comes to apply."""
+        fields = sorted(self.positions)
+        if not fields or not self.shards:
+            return {}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for shard in self.shards:
+                pipe.hmget(names.shard_key(self.prefix, shard, names.OFFSETS), fields)
+            stored = await pipe.execute()
+        out: dict[str, int] = {}
+        for shard, offsets in zip(self.shards, stored, strict=True):
+            for ofield, offset in zip(fields, offsets, strict=True):
+                known = self.positions[ofield].get(shard, -1)
+                if (-1 if offset is None else int(offset)) < known:
+                    out[ofield] = max(out.get(ofield, -1), max(self.positions[ofield].values()))
+        return out
+
     def _unsync(self, offset_fields: Iterable[str]) -> None:
         """Drop what is known of these partitions: the next apply reads them from Redis again."""
         gone = list(offset_fields)

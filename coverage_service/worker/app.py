@@ -20,7 +20,13 @@ import faust
 import orjson
 
 from coverage_service.readmodel import history
-from coverage_service.worker.folder import HEARTBEAT_SECONDS, HEARTBEAT_TTL_SECONDS, Folder, retrying
+from coverage_service.worker.folder import (
+    HEARTBEAT_SECONDS,
+    HEARTBEAT_TTL_SECONDS,
+    LOST_CHECK_SECONDS,
+    Folder,
+    retrying,
+)
 from lastmile import logs, names
 from lastmile.settings import Settings
 from lastmile.topics import ensure_topics
@@ -94,6 +100,13 @@ def create_app(settings: Settings) -> faust.App:
             await history.take_if_due(folder.redis, settings, datetime.now(UTC))
         except Exception as exc:
             log.warning("history snapshot failed; trying again in a minute", extra={"error": logs.describe(exc)})
+
+    @app.timer(interval=LOST_CHECK_SECONDS)  # type: ignore[misc, untyped-decorator, unused-ignore]
+    async def repair_lost() -> None:
+        try:
+            await folder.repair()
+        except Exception as exc:
+            log.warning("checking for lost records failed; trying again", extra={"error": logs.describe(exc)})
 
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     heartbeat_key = names.key(settings.redis_key_prefix, names.WORKER_HEARTBEAT, worker_id)

@@ -34,6 +34,8 @@ RETRY_MAX_SECONDS = 5.0
 HEARTBEAT_SECONDS = 2.0
 HEARTBEAT_TTL_SECONDS = 3 * HEARTBEAT_SECONDS
 REFOLD_FETCH_TIMEOUT_MS = 1_000
+# How often the worker checks that Redis still holds what it applied (a restart from an older save loses the rest).
+LOST_CHECK_SECONDS = 5.0
 
 
 async def retrying(what: str, action: Callable[[], Awaitable[T]]) -> T:
@@ -86,8 +88,27 @@ class Folder:
         # Set while Redis refuses writes at maxmemory (the time it began); folding resumes by itself.
         self.full_since: float | None = None
         self._partition_of = Partitioner(settings.scan_topic_partitions)
+        # One fold at a time: the stream's batches and the timer's repair share the writer.
+        self._lock = asyncio.Lock()
 
     async def handle(self, events: Sequence[EventT[bytes]]) -> Applied:
+        async with self._lock:
+            return await self._handle(events)
+
+    async def repair(self) -> None:
+        """Fold again, from the topic, what Redis lost of partitions no record has come for since: a restart from
+        an older save rolls back every partition, and a partition's next apply finds only its own loss."""
+        async with self._lock:
+            for ofield, last in (await self.writer.lost()).items():
+                stored = (await self.writer.sync([ofield]))[ofield]
+                topic, partition = names.topic_partition(ofield)
+                log.error(
+                    "the read model lost applied records (Redis lost writes); folding them again from the topic",
+                    extra={"partition": partition, "stored": stored, "applied": last},
+                )
+                await self._refold(topic, partition, None if stored < 0 else stored + 1, last + 1)
+
+    async def _handle(self, events: Sequence[EventT[bytes]]) -> Applied:
         records, dead = await self._records([event.message for event in events])
         # Dead letters go out before the batch is applied: once its offsets are stored they are
         # never read again. A crash in between sends them twice; each names its source offset.

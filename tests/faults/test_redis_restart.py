@@ -1,11 +1,12 @@
 """Fault: Redis restarts under a running worker, gracefully and with SIGKILL; then it loses everything.
 
-The test runs its own redis-server (AOF, appendfsync everysec) on a free port, not the session one, since it is
-stopped and killed. While events with repeats flow through the ingest Publisher, Redis is restarted with SIGTERM
-(it writes its AOF and exits) and then killed with SIGKILL, each time on the same port and data directory. The
-worker gets connection errors meanwhile; it must retry (never crash, never drop a batch) and end exact: the whole
-read model equals the test's own count. A SIGKILL can lose what the AOF had not written yet; the worker's
-position is then ahead of the offsets Redis kept with the effects, and exactness rests on its resuming from those.
+Each test runs its own redis-server on a free port, not the session one, since it is stopped and killed: as the
+read model's (snapshots, no AOF) and as an operator may run it instead (AOF, appendfsync everysec). While events
+with repeats flow, Redis is restarted with SIGTERM (it saves and exits) and then crashed: killed with SIGKILL after
+the worker applied a random amount past the last point on disk (a save; the AOF's size, cut back to it after the
+kill), so the restart loses applied batches. Then a crash with no events flowing: no apply call meets the loss,
+and the worker must find it itself. The worker must retry (never crash, never drop a batch) and end exact: the
+whole read model equals the test's own count.
 
 Then Redis loses all its data (FLUSHALL) and, with the worker stopped, ``lastmile rebuild --wipe --registry``
 folds the topic from its beginning into the same figures. (tests/integration/worker/test_rebuild.py checks the rebuild
@@ -23,6 +24,7 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from coverage_service.readmodel import durable
 from coverage_service.readmodel.registry_store import load_registry
 from lastmile import names
 from lastmile.registry import read_registry
@@ -45,38 +47,47 @@ from tests.support.services import SAMPLE, service_env, start
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 
+REFOLDED = "folding them again from the topic"  # what the worker logs when it finds applied records lost
+
 
 class OwnRedis:
     """A redis-server of this test's own, restarted on the same port and data directory."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, aof: bool) -> None:
         self.workdir = workdir
+        self.aof = aof
         self.port = devstack.free_port()
-        self.proc, self.url = devstack.start_redis(workdir, self.port)
+        self.proc, self.url = devstack.start_redis(workdir, self.port, aof=aof)
+        self._kept: tuple[Path, int] | None = None
 
-    def aof_tail(self) -> tuple[Path, int]:
-        """The AOF file Redis appends to now, and its size."""
-        incr = sorted((self.workdir / "appendonlydir").glob("*.incr.aof"), key=lambda p: p.stat().st_mtime)[-1]
-        return incr, incr.stat().st_size
+    async def on_disk(self, redis: aioredis.Redis) -> None:
+        """Mark what is applied now as what a crash keeps: a save (as the schedule makes), or the AOF's size
+        (what an fsync had written; the rest is cut off after the kill)."""
+        if self.aof:
+            incr = sorted((self.workdir / "appendonlydir").glob("*.incr.aof"), key=lambda p: p.stat().st_mtime)[-1]
+            self._kept = incr, incr.stat().st_size
+        else:
+            await durable.saved(redis)
 
-    def restart(self, how: str, lose_after: tuple[Path, int] | None = None) -> None:
+    def restart(self, how: str) -> None:
         if how == "term":
             self.proc.stop()
         else:
             self.proc.kill()
-        if lose_after is not None:  # a machine crash: what the AOF got after this point never reached the disk
-            path, size = lose_after
-            with open(path, "r+b") as f:
-                f.truncate(size)
-        self.proc, _ = devstack.start_redis(self.workdir, self.port)
+            if self._kept is not None:  # a machine crash: what the AOF got after this point never reached the disk
+                path, size = self._kept
+                with open(path, "r+b") as f:
+                    f.truncate(size)
+        self._kept = None
+        self.proc, _ = devstack.start_redis(self.workdir, self.port, aof=self.aof)
 
     def stop(self) -> None:
         self.proc.stop()
 
 
-@pytest.fixture
-async def own_redis(tmp_path: Path) -> AsyncIterator[OwnRedis]:
-    server = OwnRedis(tmp_path / "redis")
+@pytest.fixture(params=["snapshots", "aof"])
+async def own_redis(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[OwnRedis]:
+    server = OwnRedis(tmp_path / "redis", aof=request.param == "aof")
     try:
         yield server
     finally:
@@ -101,9 +112,21 @@ async def test_redis_restarts_and_a_wipe_under_the_worker_end_exact(
     def logs() -> str:
         return "\n".join([*restarts, f"--- worker\n{worker.log_tail(20)}", f"--- redis\n{own_redis.proc.log_tail(5)}"])
 
+    async def lose_some() -> int:
+        """Mark a point on disk once the worker folds, and return how much it applied past it, a random amount:
+        on a loaded CI machine the worker can stall for a second, and a crash that loses nothing proves nothing."""
+        await until(lambda: _folded_some(redis, prefix), within=60, what="worker folds", context=logs)
+        await own_redis.on_disk(redis)
+        mark = await folded(redis, prefix)
+        past = mark + rng.randint(1, 60)
+        await until(
+            lambda: _more(redis, prefix, past), within=60, what="worker folds past the point on disk", context=logs
+        )
+        return await folded(redis, prefix) - mark
+
     flowing = asyncio.create_task(stream.run())
     try:
-        for how in ("term", "kill", "crash"):
+        for how in ("term", "crash"):
             before = await until(lambda: _folded_some(redis, prefix), within=60, what="worker folds", context=logs)
             await until(
                 lambda b=before: _more(redis, prefix, b),  # type: ignore[misc]
@@ -111,31 +134,24 @@ async def test_redis_restarts_and_a_wipe_under_the_worker_end_exact(
                 what="worker folds after the restart",
                 context=logs,
             )
-            tail = own_redis.aof_tail()
-            mark = await folded(redis, prefix)
-            past = mark + rng.randint(1, 60)
-            # Hurt Redis only once the worker has applied a random amount past the AOF point, not after a fixed
-            # sleep: on a loaded CI machine the worker can stall for a second, and a crash that loses nothing
-            # would prove nothing.
-            await until(
-                lambda p=past: _more(redis, prefix, p),  # type: ignore[misc]
-                within=60,
-                what="worker folds past the AOF point",
-                context=logs,
-            )
+            lost = await lose_some() if how == "crash" else 0
             assert not flowing.done(), flowing.exception()
-            lost = await folded(redis, prefix) - mark
-            restarts.append(f"redis {how} at {expected.sent} sent; {lost} events folded after the AOF point")
-            own_redis.restart(how, tail if how == "crash" else None)
-            # The crash means something only if it lost applied batches (written to the AOF after that point).
-            assert how != "crash" or lost > 0, logs()
+            restarts.append(f"redis {how} at {expected.sent} sent; {lost} events folded past the point on disk")
+            own_redis.restart(how)
             assert worker.alive(), logs()
         await until(lambda: _folded_some(redis, prefix), within=60, what="worker folds again", context=logs)
+        lost = await lose_some()
     finally:
         await stream.finish(flowing)
     try:
         assert flowing.exception() is None, flowing.exception()
         await wait_caught_up(redis, mine, expected, within=60, context=logs)
+        # Nothing flows now: after this crash no apply call meets the loss, the worker's own check must.
+        found = worker.log_path.read_text(errors="replace").count(REFOLDED)
+        restarts.append(f"redis crash with nothing flowing; {lost} events folded past the point on disk")
+        own_redis.restart("crash")
+        await wait_caught_up(redis, mine, expected, within=60, context=logs)
+        assert worker.log_path.read_text(errors="replace").count(REFOLDED) > found, logs()
         assert worker.alive(), logs()
         assert "retrying after error" in worker.log_path.read_text(errors="replace")  # it did meet the outages
         await assert_exact(redis, prefix, expected, seed, logs())
@@ -159,6 +175,7 @@ async def test_redis_restarts_and_a_wipe_under_the_worker_end_exact(
         await redis.aclose()
 
 
+@pytest.mark.parametrize("own_redis", ["snapshots"], indirect=True)
 async def test_redis_wiped_under_a_running_worker_waits_for_the_registry_then_refolds_exact(
     settings: Settings, own_redis: OwnRedis, tmp_path: Path
 ) -> None:

@@ -160,24 +160,37 @@ def redis_server_binary() -> str:
     return found
 
 
-# The read model's Redis settings beyond the defaults, the same in docker-compose.yml: a village's hash keeps one field
+# The read model's Redis settings beyond the defaults, the same in docker-compose.yml. A village's hash keeps one field
 # per counter and reach flag (often over 64); past that a listpack's linear field search costs more than a hash table.
-READ_MODEL_CONFIG: tuple[str, ...] = ("--hash-max-listpack-entries", "64")
+# No AOF: every figure is derived from the scan topic, so a restart from the last save (every 5 minutes when anything
+# changed, and after every registry load and history snapshot) is repaired by folding the rest again
+# (docs/operations.md#persistence).
+READ_MODEL_CONFIG: tuple[str, ...] = (
+    "--hash-max-listpack-entries",
+    "64",
+    "--appendonly",
+    "no",
+    "--save",
+    "300 1",
+)
+# What an operator who wants every write logged can run instead (tests/faults/test_redis_restart.py runs both).
+AOF_CONFIG: tuple[str, ...] = ("--appendonly", "yes", "--appendfsync", "everysec", "--save", "")
 
 
 def start_redis(
     workdir: Path,
     port: int | None = None,
     *,
-    appendonly: bool = True,
+    aof: bool = False,
     host: str = "127.0.0.1",
     ready_within: float = 20.0,
     cluster: bool = False,
 ) -> tuple[Proc, str]:
-    """Start redis-server with its data in ``workdir`` (AOF on by default) and return it with its URL; with
-    ``cluster``, as a Redis Cluster node that holds no slots yet (:func:`start_redis_cluster`).
+    """Start redis-server with its data in ``workdir``, configured as the read model's (with ``aof``, logging every
+    write instead of saving snapshots), and return it with its URL; with ``cluster``, as a Redis Cluster node that
+    holds no slots yet (:func:`start_redis_cluster`).
 
-    ``ready_within``: how long it may take to answer; a restart loads its whole AOF first (about 10 s per GB here).
+    ``ready_within``: how long it may take to answer; a restart loads its whole save or AOF first.
     """
     port = port or free_port()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -189,17 +202,12 @@ def start_redis(
         str(port),
         "--dir",
         str(workdir),
-        "--save",
-        "",
-        "--appendonly",
-        "yes" if appendonly else "no",
-        "--appendfsync",
-        "everysec",
         "--daemonize",
         "no",
         "--protected-mode",
         "no",
         *READ_MODEL_CONFIG,
+        *(AOF_CONFIG if aof else ()),
         # The cluster bus on a free port of its own (by default it is the port + 10,000, often out of range).
         *(
             ("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-port", str(free_port()))
