@@ -1,7 +1,8 @@
 """Faults on a Redis Cluster of 3 masters (REDIS_CLUSTER_NODES): the services run on the cluster while events of
 both sample provinces (14 and 41, on different masters) flow with repeats; the worker is killed with SIGKILL, the
-master holding province 41 is killed and restarted from its AOF, and then, with the workers stopped, emptied of
-every slot by a rebalance. In the end the read model equals the test's own count, as on a single Redis.
+master holding province 41 is killed and restarted from its last save (the registry load's: all it applied since
+is lost and folded again), and then, with the workers stopped, emptied of every slot by a rebalance. In the end the
+read model equals the test's own count, as on a single Redis.
 
 A slot moved with its keys while a worker writes could fail a script part-way (its keys are named inside it, not
 declared), so a rebalance is done with the workers stopped: docs/operations.md says so.

@@ -162,7 +162,7 @@ async def test_after_redis_loses_its_data_the_worker_resumes_from_the_read_model
     finally:
         worker.stop()
 
-    # Redis loses everything but the registry (a restore from an old backup, a lost AOF tail ...).
+    # Redis loses everything but the registry (a restore from an old backup, a crash after the last save ...).
     prefix = settings.redis_key_prefix
     kinds = await stored.all_kinds(redis, prefix)
     await redis.delete(*await redis.keys(f"{prefix}:*"))
