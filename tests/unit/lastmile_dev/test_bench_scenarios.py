@@ -226,12 +226,13 @@ def test_the_ratio_uses_the_throughput_scenarios_sustained_rate() -> None:
 
 def test_the_cpu_table_gives_microseconds_per_event_and_cores_for_the_planned_rate() -> None:
     usage = cpu.Usage({"redis": 0.5, "worker": 2.0, "ingest": 1.5})
-    figures = {f.name: f for f in throughput._cpu_figures(usage, 100_000)}
+    figures = {f.name: f for f in throughput._cpu_figures(usage, 100_000, 2.5)}
     assert figures["Redis CPU per applied event"].value == pytest.approx(5.0)
     assert figures["Redis CPU per applied event"].met is True
+    assert "one snapshot of the read model after that (2.5 s)" in figures["Redis CPU per applied event"].note
     assert figures["CPU per event: worker"].value == pytest.approx(20.0)
     assert figures["CPU per event: worker"].note.startswith("2.0 cores for 100,000 events/s")
-    slow = {f.name: f for f in throughput._cpu_figures(cpu.Usage({"redis": 1.1}), 100_000)}
+    slow = {f.name: f for f in throughput._cpu_figures(cpu.Usage({"redis": 1.1}), 100_000, 2.5)}
     assert slow["Redis CPU per applied event"].met is False
 
 
@@ -240,7 +241,7 @@ def test_redis_commands_are_ranked_by_their_microseconds_per_event() -> None:
     per_event = usage.redis_commands_per_event(1_000)
     assert list(per_event) == ["evalsha", "hset"]  # busiest first, unused commands left out
     assert per_event["hset"] == pytest.approx((3.0, 20.0))
-    figures = {f.name: f for f in throughput._cpu_figures(usage, 1_000)}
+    figures = {f.name: f for f in throughput._cpu_figures(usage, 1_000, 0.1)}
     assert figures["Redis µs per event in scripts (evalsha)"].value == pytest.approx(90.0)
     assert "hset 20.0 µs (3.00 calls)" in figures["Redis µs per event in scripts (evalsha)"].note
     # 10 calls for 90 ms of Redis: each held it 9 ms, for 100 events.
