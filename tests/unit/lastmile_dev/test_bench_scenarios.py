@@ -15,7 +15,7 @@ from lastmile import divisions
 from lastmile.registry import BUNDLED, read_registry
 from lastmile.settings import Settings
 from lastmile.topics import Partitioner, partition_for
-from lastmile_dev.bench import api_load, cpu, memory, naive, registry_load, throughput
+from lastmile_dev.bench import api_load, core, cpu, memory, naive, registry_load, throughput
 from lastmile_dev.bench.core import Config, Context, Figure, Result, Stack
 
 SAMPLE = BUNDLED["sample"]
@@ -55,11 +55,11 @@ def test_registry_paths_query_administrative_villages_only() -> None:
 
 def test_percentile_is_nearest_rank() -> None:
     values = [float(v) for v in range(1, 101)]
-    assert api_load.percentile(values, 50) == 50.0
-    assert api_load.percentile(values, 99) == 99.0
-    assert api_load.percentile(values, 99.9) == 100.0
-    assert api_load.percentile(values, 100) == 100.0
-    assert api_load.percentile([3.0], 99) == 3.0
+    assert core.percentile(values, 50) == 50.0
+    assert core.percentile(values, 99) == 99.0
+    assert core.percentile(values, 99.9) == 100.0
+    assert core.percentile(values, 100) == 100.0
+    assert core.percentile([3.0], 99) == 3.0
 
 
 def test_only_2xx_and_304_are_not_errors() -> None:

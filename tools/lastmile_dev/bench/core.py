@@ -7,7 +7,8 @@ samples for the results JSON.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -130,3 +131,11 @@ class Context:
     registry: Registry | None = None  # the registry the stack was loaded with (read once, ~3 s nationally)
     generator: Generator | None = None
     results: dict[str, Result] = field(default_factory=dict)
+
+
+def percentile(ordered: Sequence[float], p: float) -> float:
+    """Nearest-rank percentile of already sorted values (p in 0-100); NaN of none."""
+    if not ordered:
+        return math.nan
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]

@@ -16,7 +16,7 @@ import httpx
 import redis.asyncio as aioredis
 
 from lastmile_dev.bench import posting, throughput
-from lastmile_dev.bench.core import Context, Figure, Result
+from lastmile_dev.bench.core import Context, Figure, Result, percentile
 from lastmile_dev.bench.exact import check_exact, wait_applied
 from lastmile_dev.bench.generator import PROBE_CARRIER
 
@@ -53,8 +53,8 @@ async def run(ctx: Context) -> Result:
         await redis.aclose()
 
     ordered = sorted(latencies)
-    p50 = throughput.percentile(ordered, 50) if ordered else None
-    p99 = throughput.percentile(ordered, 99) if ordered else None
+    p50 = percentile(ordered, 50) if ordered else None
+    p99 = percentile(ordered, 99) if ordered else None
     achieved = load_events / seconds if seconds else 0.0
     result = Result("freshness", exact=exact.ok and t_done is not None)
     load_note = f"load {achieved:,.0f} events/s asked {load_rate:,.0f} (half of {rate:,.0f})"

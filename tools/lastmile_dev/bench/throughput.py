@@ -18,7 +18,7 @@ import redis.asyncio as aioredis
 
 from coverage_service.readmodel import durable
 from lastmile_dev.bench import cpu, posting
-from lastmile_dev.bench.core import Context, Figure, Result
+from lastmile_dev.bench.core import Context, Figure, Result, percentile
 from lastmile_dev.bench.exact import applied, check_exact, wait_applied
 from lastmile_dev.bench.generator import Generator, Prebuilt
 
@@ -300,12 +300,6 @@ def _summary(values: list[float]) -> dict[str, float | int | None]:
         "p99": percentile(ordered, 99),
         "max": ordered[-1],
     }
-
-
-def percentile(ordered: list[float], p: float) -> float:
-    """Nearest-rank percentile of an ascending list."""
-    rank = max(1, -(-len(ordered) * p // 100))
-    return ordered[int(rank) - 1]
 
 
 def _exact_note(sample: dict[str, Any]) -> str:
