@@ -49,6 +49,9 @@ async def test_a_quick_bench_runs_every_scenario_and_reports_exact_figures(
     assert by_name["throughput"].samples["redis_commands_per_event"]["evalsha"][0] > 0  # the apply script ran
     assert by_name["freshness"].samples["probe_latency_ms"]
     assert [p["workers"] for p in by_name["scaling"].samples["phases"]] == [1, 2]
+    opened = by_name["api_load"].samples["open_loop"]
+    assert opened["completed"] == opened["due"] > 0 and opened["statuses"] == {"200": opened["due"]}
+    assert by_name["api_load"].samples["empty"]["requests"] > 0  # the empty read model's API answered too
     shares = by_name["cluster"].samples["share_per_master"]
     assert len(shares) == 3 and abs(sum(shares.values()) - 1) < 1e-9
 

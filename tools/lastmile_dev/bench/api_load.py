@@ -7,25 +7,32 @@ asyncio httpx generator that itself needs a core; the figures say which one ran 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import os
 import random
 import shutil
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import httpx
 import orjson
 
+from coverage_service.readmodel.registry_store import load_registry
+from coverage_service.worker.rebuild import wipe_read_model
+from lastmile import redis_client
 from lastmile.registry import Registry
+from lastmile_dev import devstack
 from lastmile_dev.bench import openloop
 from lastmile_dev.bench.core import Context, Figure, Result, percentile
 from lastmile_dev.bench.openloop import is_error
 from lastmile_dev.bench.registry_load import registry_of
+from lastmile_dev.bench.stack import settings_env, wait_ready
+from lastmile_dev.devstack import Proc
 
 # What a regulator's dashboards ask, codes sampled from the registry, all with the national token (one token carries
 # the whole load here, which a real deployment spreads over many bureaus' tokens; the stack's rate limit is off).
@@ -37,8 +44,10 @@ OPEN_RATE: Final = 2_000.0
 OPEN_RATE_QUICK: Final = 200.0
 TARGET_OPEN_P99_MS: Final = 20.0
 TARGET_OPEN_P999_MS: Final = 50.0
+TARGET_FILLED_RATIO: Final = 0.8
 TIMEOUT_SECONDS: Final = 5.0
 RESULT_MARK: Final = "LASTMILE-RESULT "
+T = TypeVar("T")
 PERCENTILES: Final = (50.0, 75.0, 90.0, 99.0, 99.9)
 
 
@@ -247,41 +256,63 @@ async def httpx_load(url: str, token: str, paths: list[str], clients: int, secon
 # -- the scenario -----------------------------------------------------------------------------------------
 
 
-async def load(ctx: Context, paths: list[str], clients: int, seconds: float) -> LoadRun:
+async def load(ctx: Context, url: str, paths: list[str], clients: int, seconds: float) -> LoadRun:
     stack = ctx.stack
     wrk = shutil.which("wrk")
     if wrk is not None:
-        return await wrk_load(
-            wrk, stack.coverage_url, stack.regulator_token, paths, clients, seconds, stack.workdir / "bench"
-        )
-    return await httpx_load(stack.coverage_url, stack.regulator_token, paths, clients, seconds)
+        return await wrk_load(wrk, url, stack.regulator_token, paths, clients, seconds, stack.workdir / "bench")
+    return await httpx_load(url, stack.regulator_token, paths, clients, seconds)
+
+
+async def timed(ctx: Context, what: str, seconds: float, work: Awaitable[T]) -> T:
+    """Await ``work`` with a progress bar that fills over ``seconds``."""
+    task = asyncio.ensure_future(work)
+    started = time.monotonic()
+    while not task.done():
+        ctx.progress(what, min(seconds, time.monotonic() - started), seconds)
+        await asyncio.wait({task}, timeout=0.5)
+    return task.result()
+
+
+@contextlib.asynccontextmanager
+async def empty_api(ctx: Context, registry: Registry) -> AsyncIterator[str]:
+    """A second coverage API, beside the stack's and on the same Redis, over a read model holding the registry
+    alone (no event applied): the same code and data sizes but the figures' own."""
+    settings = ctx.stack.settings
+    empty = settings.replace(redis_key_prefix=f"{settings.redis_key_prefix}-empty", coverage_port=devstack.free_port())
+    url = f"http://127.0.0.1:{empty.coverage_port}"
+    redis = redis_client.connect(empty)
+    proc = None
+    try:
+        ctx.progress("api: loading the registry alone", 0, 1)
+        await load_registry(redis, empty.redis_key_prefix, registry, population_tiers=empty.population_tiers)
+        log = ctx.stack.workdir / "logs" / "coverage-empty.log"
+        proc = Proc("coverage-empty", devstack.lastmile_command("coverage"), log, env=settings_env(empty)).start()
+        await wait_ready(proc, url)
+        yield url
+    finally:
+        if proc is not None:
+            proc.stop()
+        await wipe_read_model(redis, empty.redis_key_prefix)
+        await redis.aclose()
 
 
 async def run(ctx: Context) -> Result:
     config, settings = ctx.config, ctx.stack.settings
-    paths = registry_paths(await registry_of(ctx), URLS, config.seed)
+    registry = await registry_of(ctx)
+    paths = registry_paths(registry, URLS, config.seed)
     clients, seconds = config.api_clients, config.api_seconds
     warmup = min(3.0, seconds / 5)
+    filled_url = ctx.stack.coverage_url
 
-    ctx.progress("api: warming up", 0, seconds + warmup)
-    await load(ctx, paths, clients, warmup)
-    ctx.progress("api: under load", warmup, seconds + warmup)
-    measuring = asyncio.ensure_future(load(ctx, paths, clients, seconds))
-    started = time.monotonic()
-    while not measuring.done():
-        await asyncio.sleep(0.5)
-        ctx.progress("api: under load", warmup + min(seconds, time.monotonic() - started), seconds + warmup)
-    run = measuring.result()
+    async with empty_api(ctx, registry) as empty_url:
+        await load(ctx, empty_url, paths, clients, warmup)
+        empty = await timed(ctx, "api: empty read model", seconds, load(ctx, empty_url, paths, clients, seconds))
+    await load(ctx, filled_url, paths, clients, warmup)
+    run = await timed(ctx, "api: closed loop", seconds, load(ctx, filled_url, paths, clients, seconds))
     rate = OPEN_RATE_QUICK if config.quick else OPEN_RATE
-    ctx.progress("api: open loop", 0, seconds)
-    opened = asyncio.ensure_future(
-        openloop.open_loop(ctx.stack.coverage_url, ctx.stack.regulator_token, paths, rate, seconds)
-    )
-    started = time.monotonic()
-    while not opened.done():
-        await asyncio.sleep(0.5)
-        ctx.progress("api: open loop", min(seconds, time.monotonic() - started), seconds)
-    fixed = opened.result()
+    token = ctx.stack.regulator_token
+    fixed = await timed(ctx, "api: open loop", seconds, openloop.open_loop(filled_url, token, paths, rate, seconds))
 
     mix = " / ".join(f"{w}% {kind}" for kind, w in MIX)
     note = (
@@ -316,6 +347,17 @@ async def run(ctx: Context) -> Result:
             note=", ".join(f"{status}: {n}" for status, n in sorted(run.statuses.items()))
             + (f", no answer: {run.socket_errors}" if run.socket_errors else ""),
         ),
+        Figure(
+            "filled / empty read model (closed loop)",
+            run.rps / empty.rps if empty.rps else None,
+            "×",
+            f"≥ {TARGET_FILLED_RATIO:g}",
+            bool(empty.rps) and run.rps / empty.rps >= TARGET_FILLED_RATIO,
+            baseline=empty.rps,
+            baseline_name="empty read model, req/s",
+            note=f"the same load on a second API process over the registry alone (no event applied), same Redis: "
+            f"{empty.rps:,.0f} req/s, p99 {empty.percentiles_ms[99.0]:.1f} ms, {empty.errors} errors",
+        ),
         *_open_loop_figures(fixed),
     ]
     samples = {
@@ -331,6 +373,13 @@ async def run(ctx: Context) -> Result:
         "mix": dict(MIX),
         "distinct_paths": len(set(paths)),
         **run.detail,
+        "empty": {
+            "requests": empty.requests,
+            "seconds": empty.seconds,
+            "rps": empty.rps,
+            "percentiles_ms": {f"p{k:g}": v for k, v in empty.percentiles_ms.items()},
+            "errors": empty.errors,
+        },
         "open_loop": {
             "rate": fixed.rate,
             "seconds": fixed.seconds,

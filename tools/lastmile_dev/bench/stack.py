@@ -149,7 +149,7 @@ class BenchStack:
             self.services[name] = proc
         worker = self.main_worker = self.start_worker()
         for name, url in (("ingest", self.stack.ingest_url), ("coverage", self.stack.coverage_url)):
-            await _wait_ready(self.services[name], url)
+            await wait_ready(self.services[name], url)
         await wait_for_members(self.settings, self.settings.consumer_group, 1, [worker], READY_TIMEOUT_SECONDS)
 
     def start_worker(self, settings: Settings | None = None) -> Proc:
@@ -195,7 +195,7 @@ class BenchStack:
         self.infra.clear()
 
 
-async def _wait_ready(proc: Proc, url: str) -> None:
+async def wait_ready(proc: Proc, url: str) -> None:
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     async with httpx.AsyncClient(timeout=2) as client:
         while time.monotonic() < deadline:
