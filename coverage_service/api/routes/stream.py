@@ -7,20 +7,16 @@ they change; what a client receives, and how it resumes, is on docs/reports.md.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import logging
 import re
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Final
 
-import orjson
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Request, Response
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from coverage_service.api.access import Regulator, ensure_in_scope, regulator
+from coverage_service.api.channels import Channel, Channels, frame_of
 from coverage_service.api.middleware import is_head
 from coverage_service.api.params import (
     CODE_DOC,
@@ -29,7 +25,6 @@ from coverage_service.api.params import (
     FilterParams,
     documented_pattern,
     now_ms,
-    reader_of,
     region_code,
     settings_of,
     unknown,
@@ -40,7 +35,6 @@ from lastmile import names, problem
 from lastmile.problem import Problem
 from lastmile.settings import Settings, SettingsError
 
-log = logging.getLogger("lastmile.coverage.stream")
 router = APIRouter(tags=["live"])
 Caller = Annotated[Regulator, Depends(regulator)]
 
@@ -62,11 +56,13 @@ _RESPONSES: Final = {
 
 
 class Streams:
-    """Open streams per token (the limit), and the signal that ends them all at shutdown."""
+    """Open streams per token (the limit), the channels they listen to, and the signal that ends them all at
+    shutdown."""
 
-    def __init__(self, per_token: int) -> None:
+    def __init__(self, per_token: int, poll_s: float) -> None:
         self.per_token = per_token
         self.stopping = asyncio.Event()
+        self.channels = Channels(poll_s)
         self._open: dict[str, int] = {}
 
     @classmethod
@@ -77,7 +73,7 @@ class Streams:
             raise SettingsError("COVERAGE_STREAM_POLL_SECONDS: must be more than 0")
         if not settings.coverage_stream_keepalive_seconds > 0:
             raise SettingsError("COVERAGE_STREAM_KEEPALIVE_SECONDS: must be more than 0")
-        return cls(settings.coverage_streams_per_token)
+        return cls(settings.coverage_streams_per_token, settings.coverage_stream_poll_seconds)
 
     def acquire(self, who: str) -> None:
         if self._open.get(who, 0) >= self.per_token:
@@ -103,7 +99,9 @@ class Streams:
 
 def stop(app: FastAPI) -> None:
     """Ends every open stream cleanly (at shutdown: the server waits for open responses to finish)."""
-    app.state.streams.stopping.set()
+    streams: Streams = app.state.streams
+    streams.stopping.set()
+    streams.channels.wake_all()
 
 
 class EventStream(StreamingResponse):
@@ -134,60 +132,52 @@ def parse_event_id(value: str | None) -> tuple[int, str] | None:
     return None if match is None else (int(match.group(1)), match.group(2))
 
 
-def encode(figures: queries.Figures) -> tuple[bytes, str]:
-    data = orjson.dumps(figures)
-    return data, hashlib.sha256(data).hexdigest()[:16]
-
-
-async def _figures(request: Request, code: str, flt: Filter) -> queries.Figures | None:
-    settings = settings_of(request)
-    many = await reader_of(request).figures([code], flt, now_ms=now_ms(), lapse_ms=settings.lapse_window_ms)
+async def _figures(app: FastAPI, code: str, flt: Filter) -> queries.Figures | None:
+    settings: Settings = app.state.settings
+    reader: queries.Reader = app.state.documents.reader
+    many = await reader.figures([code], flt, now_ms=now_ms(), lapse_ms=settings.lapse_window_ms)
     return many.get(code)
 
 
-async def _events(
-    request: Request, code: str, flt: Filter, first: queries.Figures, seen: tuple[int, str] | None
-) -> AsyncIterator[bytes]:
+async def _events(request: Request, channel: Channel, seen: tuple[int, str] | None) -> AsyncIterator[bytes]:
     settings = settings_of(request)
     stopping: asyncio.Event = request.app.state.streams.stopping
     loop = asyncio.get_running_loop()
     last_ms, last_digest = seen if seen is not None else (0, "")
     yield f"retry: {RETRY_MS}\n\n".encode()
-    figures: queries.Figures | None = first
     quiet_since = loop.time()
-    while True:
-        if figures is not None:
-            data, digest = encode(figures)
-            if digest != last_digest:  # changed; lapses change figures too, with time rather than events
-                last_ms, last_digest = max(last_ms + 1, now_ms()), digest
-                yield b"id: %s\nevent: coverage\ndata: %s\n\n" % (event_id(last_ms, digest).encode(), data)
-                quiet_since = loop.time()
+    while not stopping.is_set():
+        version, frame = channel.version, channel.frame
+        if frame.digest != last_digest:  # changed; lapses change figures too, with time rather than events
+            last_ms, last_digest = max(last_ms + 1, now_ms()), frame.digest
+            yield b"id: %s\nevent: coverage\ndata: %s\n\n" % (event_id(last_ms, frame.digest).encode(), frame.data)
+            quiet_since = loop.time()
         if loop.time() - quiet_since >= settings.coverage_stream_keepalive_seconds:
             yield b": keep-alive\n\n"
             quiet_since = loop.time()
-        try:
-            await asyncio.wait_for(stopping.wait(), settings.coverage_stream_poll_seconds)
-            return  # the server is shutting down
-        except TimeoutError:
-            pass
-        try:
-            figures = await _figures(request, code, flt)
-        except (RedisConnectionError, RedisTimeoutError) as exc:  # keep the stream; the read model comes back
-            log.warning("live stream of %s: read model unavailable: %s", code, exc)
-            figures = None
+        idle = settings.coverage_stream_keepalive_seconds - (loop.time() - quiet_since)
+        await channel.wait(version, max(0.0, idle))
 
 
 async def _stream(request: Request, who: Regulator, code: str, flt: Filter, last_event_id: str | None) -> Response:
     ensure_in_scope(who, code)
-    first = await _figures(request, code, flt)
+    first = await _figures(request.app, code, flt)
     if first is None:
         raise unknown(code)
     if is_head(request):
         return Response(headers=_HEADERS, media_type=MEDIA_TYPE)
     streams: Streams = request.app.state.streams
     streams.acquire(who.name)  # given back when the response ends, however it ends
-    body = _events(request, code, flt, first, parse_event_id(last_event_id))
-    return EventStream(body, on_close=lambda: streams.release(who.name))
+    # Every stream of this region and filter shares one channel: the scope was checked above, and the figures
+    # of a region and filter are the same for every token allowed to see them.
+    key = (code, flt)
+    channel = streams.channels.join(key, code, lambda: _figures(request.app, code, flt), frame_of(first))
+
+    def close() -> None:
+        streams.release(who.name)
+        streams.channels.leave(key)
+
+    return EventStream(_events(request, channel, parse_event_id(last_event_id)), on_close=close)
 
 
 LastEventId = Annotated[

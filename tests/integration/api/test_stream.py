@@ -300,3 +300,24 @@ async def test_shutdown_ends_open_streams_cleanly(settings: Settings, world: Wor
     assert streams.open(streams_key(running, NATIONAL_TOKEN)) == 0
     leftovers = [t for t in asyncio.all_tasks() if "_events" in repr(t.get_coro())]
     assert leftovers == []
+
+
+async def test_streams_of_one_region_and_filter_share_one_channel_and_each_gets_every_change(
+    settings: Settings, world: World
+) -> None:
+    running, task = await start(settings, world, coverage_streams_per_token=50)
+    channels = running.server.config.app.state.streams.channels
+    try:
+        async with contextlib.AsyncExitStack() as opened:
+            same = [await opened.enter_async_context(running.stream(f"/v1/stream/{YUXIAN}")) for _ in range(20)]
+            other = await opened.enter_async_context(running.stream(f"/v1/stream/{YUXIAN}?carrier=yto"))
+            for sse in [*same, other]:
+                await sse.next_event()
+            assert len(channels) == 2  # one per region and filter, not per stream
+            await running.world.apply(event(JIA))
+            for sse in same:
+                assert figures(await sse.next_event())["villages_reached"] == 2
+            assert [b for b in await other.nothing_for(0.3) if b.data] == []  # sf's scan: not yto's figures
+        await until(lambda: len(channels) == 0, 5, "the channels to close with their last stream")
+    finally:
+        await stop(running, task)
