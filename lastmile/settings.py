@@ -182,7 +182,9 @@ class Settings(BaseSettings):
         "COVERAGE_ACCESS_LOG", False, "Log one line per coverage API request (costly under load)"
     )
     coverage_stream_poll_seconds: Positive = _env(
-        "COVERAGE_STREAM_POLL_SECONDS", 1.0, "How often a live stream reads its figures"
+        "COVERAGE_STREAM_POLL_SECONDS",
+        0.5,
+        "How often the live streams of one region and filter read its figures (one read for all of them)",
     )
     coverage_stream_keepalive_seconds: Positive = _env(
         "COVERAGE_STREAM_KEEPALIVE_SECONDS", 15.0, "A live stream sends a keep-alive comment after this idle"

@@ -358,7 +358,7 @@ async def run(ctx: Context) -> Result:
             note=f"the same load on a second API process over the registry alone (no event applied), same Redis: "
             f"{empty.rps:,.0f} req/s, p99 {empty.percentiles_ms[99.0]:.1f} ms, {empty.errors} errors",
         ),
-        *_open_loop_figures(fixed),
+        *open_loop_figures(fixed),
     ]
     samples = {
         "tool": run.tool,
@@ -396,7 +396,7 @@ async def run(ctx: Context) -> Result:
     return Result("api_load", figures, samples)
 
 
-def _open_loop_figures(run: openloop.OpenLoopRun) -> list[Figure]:
+def open_loop_figures(run: openloop.OpenLoopRun) -> list[Figure]:
     p = run.percentiles_ms
     note = (
         f"{run.rate:,.0f} requests/s offered for {run.seconds:.0f} s whatever the answers, the same mix; latency from "

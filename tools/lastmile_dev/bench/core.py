@@ -27,6 +27,7 @@ SCENARIOS: Final = [
     "naive",
     "freshness",
     "api_load",
+    "streams",
     "components",
     "scaling",
     "cluster",
@@ -35,7 +36,7 @@ SCENARIOS: Final = [
 # Timed scenarios, run Config.runs times each and reported as medians. The registry load runs once (it loads
 # the stack's registry), and so do cluster (a share of CPU; it folds the whole topic) and memory (bytes, not time;
 # its 10 million events would dominate the run).
-REPEATED: Final = frozenset({"throughput", "naive", "freshness", "api_load", "components", "scaling"})
+REPEATED: Final = frozenset({"throughput", "naive", "freshness", "api_load", "streams", "components", "scaling"})
 
 
 @dataclass(frozen=True)

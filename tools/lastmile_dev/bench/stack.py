@@ -127,6 +127,7 @@ class BenchStack:
             regulator_tokens="",
             regulator_tokens_file=str(regulator_file),
             coverage_rate_limit_per_second=0.0,
+            coverage_streams_per_token=10_000,  # the streams scenario holds a thousand on the one token
         )
         self._stack = Stack(
             settings=self.settings,
