@@ -15,7 +15,7 @@ from lastmile import divisions
 from lastmile.registry import BUNDLED, read_registry
 from lastmile.settings import Settings
 from lastmile.topics import Partitioner, partition_for
-from lastmile_dev.bench import api_load, core, cpu, memory, naive, registry_load, throughput
+from lastmile_dev.bench import api_load, core, cpu, memory, naive, registry_load, streams, throughput
 from lastmile_dev.bench.core import Config, Context, Figure, Result, Stack
 
 SAMPLE = BUNDLED["sample"]
@@ -254,3 +254,21 @@ def test_a_process_group_cpu_is_read_from_proc() -> None:
     spent = cpu.group_cpu_seconds(os.getpgrp())
     sum(i * i for i in range(300_000))  # burn a little
     assert cpu.group_cpu_seconds(os.getpgrp()) >= spent > 0
+
+
+# -- streams ----------------------------------------------------------------------------------------------
+
+
+def test_each_stream_is_timed_from_the_change_to_its_first_event_showing_it_or_a_later_value() -> None:
+    prompt, late, behind = streams.Watch(), streams.Watch(), streams.Watch()
+    prompt.first_seen = {1: 0.0, 2: 10.1, 3: 20.05}
+    late.first_seen = {1: 0.0, 3: 20.9}  # skipped 2: its event showing 3 delivers 2 as well
+    behind.first_seen = {1: 0.0, 2: 10.5}  # never showed 3
+    delays, undelivered = streams._delays([prompt, late, behind], {2: 10.0, 3: 20.0})
+    assert sorted(round(d) for d in delays) == [50, 100, 500, 900, 10900]
+    assert undelivered == 1
+
+
+def test_probes_go_to_the_county_with_the_most_unreached_villages() -> None:
+    county, villages = streams._probe_county(["140322001", "140322002", "141100001", "140322003"])
+    assert (county, villages) == ("140322", ["140322001", "140322002", "140322003"])
