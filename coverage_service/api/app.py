@@ -75,6 +75,7 @@ def create_app(settings: Settings) -> FastAPI:
             yield
         finally:
             stream.stop(app)
+            await app.state.streams.channels.close()
             await app.state.documents.close()
             for client in (fast, bulk):
                 if client is not None:
