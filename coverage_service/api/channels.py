@@ -44,6 +44,7 @@ class Channel:
         self._poll_s = poll_s
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._down = False
 
     def start(self) -> None:
         if self._task is None:
@@ -74,8 +75,13 @@ class Channel:
             try:
                 figures = await self._fetch()
             except (RedisConnectionError, RedisTimeoutError) as exc:  # streams stay open; the read model comes back
-                log.warning("live stream of %s: read model unavailable: %s", self.name, exc)
+                if not self._down:  # once per outage, not once per poll
+                    log.warning("live stream of %s: read model unavailable: %s", self.name, exc)
+                self._down = True
                 continue
+            if self._down:
+                log.info("live stream of %s: read model available again", self.name)
+                self._down = False
             if figures is None:
                 continue
             frame = frame_of(figures)
