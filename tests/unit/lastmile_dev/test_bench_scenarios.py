@@ -267,8 +267,3 @@ def test_each_stream_is_timed_from_the_change_to_its_first_event_showing_it_or_a
     delays, undelivered = streams._delays([prompt, late, behind], {2: 10.0, 3: 20.0})
     assert sorted(round(d) for d in delays) == [50, 100, 500, 900, 10900]
     assert undelivered == 1
-
-
-def test_probes_go_to_the_county_with_the_most_unreached_villages() -> None:
-    county, villages = streams._probe_county(["140322001", "140322002", "141100001", "140322003"])
-    assert (county, villages) == ("140322", ["140322001", "140322002", "140322003"])

@@ -446,7 +446,8 @@ async def cold_national(ctx: Context, samples: int) -> list[float]:
     figures cache expires, then one GET."""
     stack, gen = ctx.stack, throughput.generator_of(ctx)
     settings = stack.settings
-    villages = gen.villages(reached=False)[-samples:]
+    # A village nobody reached changes the most figures; any event changes the parcel counts.
+    villages = (gen.villages(reached=False) or gen.villages())[-samples:]
     headers = {"Authorization": f"Bearer {stack.regulator_token}"}
     redis = aioredis.from_url(settings.redis_url, decode_responses=True)
     took: list[float] = []

@@ -62,14 +62,14 @@ async def run(ctx: Context) -> Result:
     assert ctx.registry is not None
     quick = config.quick
     n_streams, n_probes = (STREAMS_QUICK, PROBES_QUICK) if quick else (STREAMS, PROBES)
-    county, villages = _probe_county(gen.villages(reached=False))
-    villages = villages[:n_probes]
+    prefix = stack.settings.redis_key_prefix
+    redis = aioredis.from_url(stack.settings.redis_url, decode_responses=True)
+    county, villages = await _probe_county(redis, prefix, gen.villages(), n_probes)
     paths = [
         f"/v1/stream?carrier={PROBE_CARRIER}",
         f"/v1/stream/{county[:2]}?carrier={PROBE_CARRIER}",
         f"/v1/stream/{county}?carrier={PROBE_CARRIER}",
     ]
-    prefix = stack.settings.redis_key_prefix
     region_key = names.key(prefix, names.REGION, county)
     field = f"{names.field.VILLAGES_REACHED}{names.field.DIM_SEP}{names.field.CARRIER}{PROBE_CARRIER}"
     rate = throughput.sustained_rate(ctx) or float(config.batch_size)
@@ -77,7 +77,6 @@ async def run(ctx: Context) -> Result:
     open_rate = api_load.OPEN_RATE_QUICK if quick else api_load.OPEN_RATE
     api_paths = api_load.registry_paths(await registry_of(ctx), api_load.URLS, config.seed)
 
-    redis = aioredis.from_url(stack.settings.redis_url, decode_responses=True)
     watches = [Watch() for _ in range(n_streams)]
     changes: dict[int, float] = {}
     missed_changes = 0
@@ -172,13 +171,22 @@ async def run(ctx: Context) -> Result:
     return result
 
 
-def _probe_county(unreached: list[str]) -> tuple[str, list[str]]:
-    """The county with the most villages nobody has reached, and those villages."""
+async def _probe_county(redis: aioredis.Redis, prefix: str, villages: list[str], wanted: int) -> tuple[str, list[str]]:
+    """The largest county with villages the probe carrier has not reached (earlier scenarios probe too), and up to
+    ``wanted`` of those villages: each probe then adds one to the carrier's reached count."""
     by_county: dict[str, list[str]] = {}
-    for village in unreached:
+    for village in villages:
         by_county.setdefault(village[:6], []).append(village)
-    county = max(by_county, key=lambda c: len(by_county[c]))
-    return county, by_county[county]
+    flag = f"{names.field.REACHED}{names.field.DIM_SEP}{names.field.CARRIER}{PROBE_CARRIER}"
+    for county in sorted(by_county, key=lambda c: -len(by_county[c])):
+        async with redis.pipeline(transaction=False) as pipe:
+            for village in by_county[county]:
+                pipe.hget(names.key(prefix, names.LOCATION, village), flag)
+            flags = await pipe.execute()
+        fresh = [v for v, f in zip(by_county[county], flags, strict=True) if not f or f == "0"]
+        if fresh:
+            return county, fresh[:wanted]
+    raise RuntimeError(f"every village has been reached by {PROBE_CARRIER}: no change left to probe")
 
 
 def _delays(watches: list[Watch], changes: dict[int, float]) -> tuple[list[float], int]:
