@@ -102,11 +102,7 @@ class Folder:
             for ofield, last in (await self.writer.lost()).items():
                 stored = (await self.writer.sync([ofield]))[ofield]
                 topic, partition = names.topic_partition(ofield)
-                log.error(
-                    "the read model lost applied records (Redis lost writes); folding them again from the topic",
-                    extra={"partition": partition, "stored": stored, "applied": last},
-                )
-                await self._refold(topic, partition, None if stored < 0 else stored + 1, last + 1)
+                await self._refold_after(topic, partition, stored, last + 1, applied=last)
 
     async def _handle(self, events: Sequence[EventT[bytes]]) -> Applied:
         records, dead = await self._records([event.message for event in events])
@@ -190,11 +186,15 @@ class Folder:
         """Apply again, from the topic, what was applied before ``batch`` in ``lost``'s partition and Redis lost."""
         firsts = [r for r in batch if r.offset_field == lost.offset_field]
         first = min(r.offset for r in firsts)
+        await self._refold_after(firsts[0].topic, firsts[0].partition, lost.stored, first, reason=str(lost))
+
+    async def _refold_after(self, topic: str, partition: int, stored: int, end: int, **why: object) -> None:
+        """Fold the partition's records after ``stored``, the last Redis holds (-1: none), up to ``end``."""
         log.error(
             "the read model lost applied records (Redis lost writes); folding them again from the topic",
-            extra={"partition": firsts[0].partition, "stored": lost.stored, "reason": str(lost)},
+            extra={"partition": partition, "stored": stored, **why},
         )
-        await self._refold(firsts[0].topic, firsts[0].partition, None if lost.stored < 0 else lost.stored + 1, first)
+        await self._refold(topic, partition, None if stored < 0 else stored + 1, end)
 
     async def _refold(self, topic: str, partition: int, start: int | None, end: int) -> None:
         """Fold the partition's records from ``start`` (None: its beginning) up to ``end``, excluded. Their
