@@ -62,9 +62,13 @@ class Channel:
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
-    async def close(self) -> None:
+    def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
+
+    async def close(self) -> None:
+        self.stop()
+        if self._task is not None:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
@@ -116,8 +120,7 @@ class Channels:
         channel.listeners -= 1
         if channel.listeners <= 0:
             del self._open[key]
-            task = asyncio.ensure_future(channel.close())
-            task.add_done_callback(lambda t: t.exception())
+            channel.stop()
 
     def wake_all(self) -> None:
         for channel in self._open.values():
