@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import msgspec.msgpack as msgpack
 
-from coverage_service.fold import Record
+from coverage_service.fold import Record, cst_day
 from lastmile import names
 from lastmile.divisions import KIND_VILLAGE
 
@@ -25,6 +25,9 @@ VILLAGE_DIGITS = 12
 TOWNSHIP_DIGITS = 9
 # Levels above a township, by code length; the nation is every code's last region.
 PARENT_DIGITS = (6, 4, 2)
+# The regions that count last reaches per day (names.LAPSE), by code length: city and province. Townships and
+# counties count them in their lapse indexes, which also list the villages.
+LAPSE_DIGITS = (4, 2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +85,7 @@ class Changes:
     regions: dict[str, dict[str, int]] = field(default_factory=dict)  # region code -> field -> increment
     as_of: dict[str, int] = field(default_factory=dict)  # region code -> newest event ms of the batch in it
     indexes: dict[str, list[Any]] = field(default_factory=dict)  # lapse index name -> [last reach ms, village, ...]
+    lapses: dict[tuple[str, int], dict[str, int]] = field(default_factory=dict)  # (region, CST day) -> increments
     stations: dict[str, list[str]] = field(default_factory=dict)  # village -> station ids to add
     newly_reached: int = 0
 
@@ -134,7 +138,7 @@ def gather(records: Iterable[Record], units: Mapping[str, Unit | None], position
 def resolve(g: Gathered, units: Mapping[str, Unit | None], held: Mapping[str, Held]) -> Changes:
     """The writes of a gathered batch, given what its villages hold now (``held``, keyed by village)."""
     ch = Changes()
-    indexes = ch.indexes
+    indexes, lapses = ch.indexes, ch.lapses
     # What villages add to their township (reached and station counts); _roll_up adds it to every region above.
     townships: dict[str, tuple[dict[str, int], int]] = {}
     for code, loc in g.locations.items():
@@ -166,6 +170,17 @@ def resolve(g: Gathered, units: Mapping[str, Unit | None], held: Mapping[str, He
             last = value(last_reach)
             if last is None or ms > last:
                 writes += (last_reach, ms)
+                day, was = cst_day(ms), None if last is None else cst_day(last)
+                if day != was:  # the village moves from one day's count to another's (at most once a day)
+                    for r in [code[:n] for n in LAPSE_DIGITS]:
+                        now_on = lapses.get((r, day))
+                        if now_on is None:
+                            now_on = lapses[r, day] = {}
+                        gone_from = None if was is None else lapses.setdefault((r, was), {})
+                        for name in _reached_fields(s, segments):
+                            now_on[name] = now_on.get(name, 0) + 1
+                            if gone_from is not None:
+                                gone_from[name] = gone_from.get(name, 0) - 1
                 for sq in _suffixes(s, segments):
                     for index in (township_code + sq, code[:6] + sq):  # township and county keep lapse indexes
                         members = indexes.get(index)
@@ -244,6 +259,7 @@ def payload(
             "locs": _flat(ch.locs.items()),
             "regions": [x for code, fields in ch.regions.items() for x in (code, fields, ch.as_of.get(code, -1))],
             "indexes": _flat(ch.indexes.items()),
+            "lapses": [x for (code, day), fields in ch.lapses.items() for x in (code, day, fields)],
             "stations": _flat(ch.stations.items()),
             "offsets": _flat(g.offsets.items()),
             "digests": [ofield for ofield, _ in digests],

@@ -24,6 +24,34 @@ CST_OFFSET_MS = int(CHINA_STANDARD_TIME.utcoffset(None).total_seconds()) * 1000
 DAY_MS = 86_400_000
 
 
+def cst_day(ms: int) -> int:
+    """The day a time falls on in China Standard Time, counted from 1970-01-01 (day 0)."""
+    return (ms + CST_OFFSET_MS) // DAY_MS
+
+
+def day_start_ms(day: int) -> int:
+    """When a day (:func:`cst_day`) begins, in ms since the epoch."""
+    return day * DAY_MS - CST_OFFSET_MS
+
+
+@dataclass(frozen=True, slots=True)
+class LapseWindow:
+    """The days a reached village counts as active on (docs/reading-coverage.md, "Active and lapsed"): the last
+    ``days`` days in China Standard Time, today included, and the next day (scans may be minutes ahead)."""
+
+    first_day: int
+    last_day: int
+
+    @property
+    def start_ms(self) -> int:
+        return day_start_ms(self.first_day)
+
+
+def lapse_window(now_ms: int, days: int) -> LapseWindow:
+    today = cst_day(now_ms)
+    return LapseWindow(today - days + 1, today + 1)
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     digest: bytes  # of (carrier, event_id): the dedup identity (coverage_service.dedup)

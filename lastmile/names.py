@@ -36,7 +36,7 @@ REG_META: Final = "reg:meta"
 REG_GENERATION: Final = "reg:generation"
 # The read model's key layout, written with the registry: 2 since keys carry their province's hash tag.
 LAYOUT: Final = "layout"
-LAYOUT_VERSION: Final = "2"
+LAYOUT_VERSION: Final = "3"  # 3: the per-day counts of last reaches (LAPSE)
 REGION: Final = "region:"
 LOCATION: Final = "loc:"
 # Per shard, the write path's own keys (shard_key): dedup digests per partition (offset field) and hour,
@@ -44,6 +44,9 @@ LOCATION: Final = "loc:"
 # "...:<hour>:0", ":1" ...; the offsets applied ("{37}:offsets") and the worker's counters ("{37}:stats").
 DEDUP: Final = "dedup:"
 REACH_INDEX: Final = "reach:"
+# Per city and province and CST day, its reached villages whose last reach is on that day, per reach flag and tier
+# ("{37}:lapse:3701:20500", field "villages_reached|carrier:sf@p2500"): active villages are the window's days summed.
+LAPSE: Final = "lapse:"
 STATIONS: Final = "stations:"
 OFFSETS: Final = "offsets"
 STATS: Final = "stats"
@@ -54,13 +57,18 @@ HISTORY_DAYS: Final = "history-days"
 
 # The keys of a province's units carry its code as a Redis Cluster hash tag, "lastmile:{37}:loc:370102001001", so
 # that one province's keys share a hash slot (docs/sharding.md); the registry's too (the nation's stay untagged).
-SHARDED: Final = frozenset({REGION, LOCATION, REACH_INDEX, STATIONS, REG_UNIT, REG_CHILDREN})
+SHARDED: Final = frozenset({REGION, LOCATION, REACH_INDEX, LAPSE, STATIONS, REG_UNIT, REG_CHILDREN})
 
 
 def key(prefix: str, suffix: str, code: str = "") -> str:
     if code and suffix in SHARDED and code != NATIONAL:
         return f"{prefix}:{shard_tag(code)}:{suffix}{code}"
     return f"{prefix}:{suffix}{code}"
+
+
+def lapse_key(prefix: str, code: str, day: int) -> str:
+    """The per-day counts of a city or province (``LAPSE``) on a CST day (days since 1970-01-01)."""
+    return f"{key(prefix, LAPSE, code)}:{day}"
 
 
 def pattern(prefix: str, suffix: str) -> str:
@@ -164,6 +172,7 @@ def lua_names(prefix: str) -> dict[str, str]:
         "loc": LOCATION,
         "dedup": DEDUP,
         "reach_index": REACH_INDEX,
+        "lapse": LAPSE,
         "stations": STATIONS,
         "reg_meta": key(prefix, REG_META),
         "reg_generation": key(prefix, REG_GENERATION),

@@ -56,6 +56,9 @@ def _env(name: str, default: Any, help: str, **constraints: Any) -> Any:
     return Field(default, validation_alias=name, description=help, **constraints)
 
 
+# The read model keeps its per-day counts of last reaches this many days, so no longer window can be asked for.
+MAX_LAPSE_WINDOW_DAYS: Final = 90
+
 Positive = Annotated[float, Field(gt=0), AfterValidator(_finite)]
 NonNegative = Annotated[float, Field(ge=0), AfterValidator(_finite)]
 Port = Annotated[int, Field(ge=0, le=65535)]
@@ -125,8 +128,13 @@ class Settings(BaseSettings):
         "Villages whose read-model state a worker keeps in memory, saving a Redis read per batch (0: none)",
         ge=0,
     )
-    lapse_window_days: Positive = _env(
-        "LAPSE_WINDOW_DAYS", 30.0, "A reached village not reached again for this long is lapsed (防回退)"
+    lapse_window_days: int = _env(
+        "LAPSE_WINDOW_DAYS",
+        30,
+        "A reached village is active while reached on one of this many last days (China Standard Time, today "
+        "included), else lapsed (防回退)",
+        ge=1,
+        le=MAX_LAPSE_WINDOW_DAYS,
     )
     priority_population_tiers: Annotated[str, AfterValidator(_tiers)] = _env(
         "PRIORITY_POPULATION_TIERS", "2500", "Population thresholds for ?min_population=, comma-separated"
@@ -263,10 +271,6 @@ class Settings(BaseSettings):
     @property
     def population_tiers(self) -> tuple[int, ...]:
         return tuple(sorted({int(t) for t in self.priority_population_tiers.split(",") if t.strip()}))
-
-    @property
-    def lapse_window_ms(self) -> int:
-        return round(self.lapse_window_days * 86_400_000)
 
     @property
     def dedup_window_seconds(self) -> int:

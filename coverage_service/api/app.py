@@ -60,7 +60,7 @@ def create_app(settings: Settings) -> FastAPI:
         if resp.supports(settings.redis_url) and not settings.redis_cluster:
             fast, bulk = resp.RespClient.from_url(settings.redis_url), resp.RespClient.from_url(settings.redis_url)
         reader = queries.Reader.on(app.state.redis, prefix, fast=fast, bulk=bulk)
-        app.state.documents = documents.Documents(reader, lapse_ms=settings.lapse_window_ms, max_age_s=max_age_s)
+        app.state.documents = documents.Documents(reader, lapse_days=settings.lapse_window_days, max_age_s=max_age_s)
         app.state.fast_path = fastpath.FastPath(
             app.state.access, app.state.documents, settings.coverage_cache_max_age_seconds
         )

@@ -110,7 +110,7 @@ async def is_taken(redis: aioredis.Redis, prefix: str, day: date) -> bool:
 
 
 async def take(
-    redis: aioredis.Redis, prefix: str, day: date, *, now_ms: int, lapse_ms: int, chunk: int = CHUNK
+    redis: aioredis.Redis, prefix: str, day: date, *, now_ms: int, lapse_days: int, chunk: int = CHUNK
 ) -> Taken:
     """The snapshot of every region labelled ``day``, unless that day's snapshot is complete.
 
@@ -126,7 +126,7 @@ async def take(
     reader = queries.Reader.on(redis, prefix)
     written = 0
     for i in range(0, len(codes), chunk):
-        figures = await reader.figures(codes[i : i + chunk], ALL, now_ms=now_ms, lapse_ms=lapse_ms)
+        figures = await reader.figures(codes[i : i + chunk], ALL, now_ms=now_ms, lapse_days=lapse_days)
         async with redis.pipeline(transaction=False) as pipe:
             for code, f in figures.items():
                 pipe.hsetnx(names.key(prefix, names.HISTORY, code), label, encode(f))
@@ -144,7 +144,7 @@ async def take_if_due(redis: aioredis.Redis, settings: Settings, now: datetime) 
     if day is None or await is_taken(redis, settings.redis_key_prefix, day):
         return None
     now_ms = int(now.timestamp() * 1000)
-    taken = await take(redis, settings.redis_key_prefix, day, now_ms=now_ms, lapse_ms=settings.lapse_window_ms)
+    taken = await take(redis, settings.redis_key_prefix, day, now_ms=now_ms, lapse_days=settings.lapse_window_days)
     log.info(
         "history snapshot taken", extra={"date": day.isoformat(), "regions": taken.regions, "written": taken.written}
     )
@@ -162,7 +162,7 @@ async def take_now(settings: Settings, day: date | None = None) -> Taken:
             settings.redis_key_prefix,
             label,
             now_ms=int(now.timestamp() * 1000),
-            lapse_ms=settings.lapse_window_ms,
+            lapse_days=settings.lapse_window_days,
         )
     finally:
         await client.aclose()

@@ -1,7 +1,7 @@
 """The one read path of the figures: every figure the API serves and the history keeps is read here.
 
-Each document is one call of ``lua/documents.lua`` (one moment of the read model); a region above the counties sums
-its counties' active villages (:class:`Actives`), counted in short calls so that Redis never stops long for them.
+Each document is one call of ``lua/documents.lua`` (one moment of the read model), the nation's one per province,
+summed here; every count it reads is kept by the fold, so its cost does not grow with the villages reached.
 """
 
 from __future__ import annotations
@@ -17,14 +17,13 @@ import orjson
 import redis.asyncio as aioredis
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12 (response models)
 
+from coverage_service import fold
 from coverage_service.readmodel import resp, scripts
 from coverage_service.readmodel.filters import ALL, Filter
 from lastmile import backlog, divisions, names, redis_client, scan
 from lastmile.names import field, stat
 
 SCRIPT: Final = "documents.lua"
-COUNTIES_PER_CALL: Final = 1024  # counties offered to one `actives` call ...
-CALL_BUDGET_US: Final = 2000  # ... which stops after about this long, so Redis never stops long for it
 FIGURES_PER_CALL: Final = 1000  # regions read by one `figures` call
 fld = field
 
@@ -53,7 +52,7 @@ class Definition(TypedDict):
     counted_kinds: list[str]
     classification_rule: str
     coverage_rate: str
-    lapse_window_days: float
+    lapse_window_days: int
     active: str
     lapsed: str
     villages_with_station: str
@@ -112,9 +111,6 @@ class Progress(TypedDict):
     national_as_of_ms: int | None
 
 
-_DAY_MS: Final = 86_400_000
-
-
 ANY_CARRIER: Final = "*"
 
 
@@ -157,13 +153,13 @@ class CoverageReport(Coverage):
     breakdown: Breakdown
 
 
-def definition(flt: Filter, lapse_ms: int) -> Definition:
+def definition(flt: Filter, lapse_days: int) -> Definition:
     """What the figures of a response mean, with the lapse window and the scope they were computed in.
 
     Nothing in it depends on the moment of the request, so an unchanged read model gives an unchanged body
     (and ETag).
     """
-    days = lapse_days(lapse_ms)
+    days = lapse_days
     return {
         "reached": "An administrative village is reached from the first scan of one of reach_event_types at it "
         "(by any carrier, or by the scope's carrier or cooperation model); it stays reached afterwards.",
@@ -176,8 +172,9 @@ def definition(flt: Filter, lapse_ms: int) -> Definition:
         "'kind' column overrides it row by row.",
         "coverage_rate": "villages_reached / villages_total rounded to 6 decimals; null when villages_total is 0.",
         "lapse_window_days": days,
-        "active": f"villages_active: reached villages whose last reach (in the scope) is at most {days:g} days "
-        "old at the time of the request.",
+        "active": f"villages_active: reached villages whose last reach (in the scope) falls on one of the last "
+        f"{days} days in China Standard Time (UTC+8), the day of the request included: from 00:00 CST {days - 1} "
+        "days before it. A village lapses when that day ends, not at the hour it was reached.",
         "lapsed": "villages_lapsed = villages_reached - villages_active: reached once, but not within the lapse "
         "window (coverage falling back, 防回退).",
         "villages_with_station": "Administrative villages where at least one station_id was reported (一村一站), "
@@ -186,11 +183,6 @@ def definition(flt: Filter, lapse_ms: int) -> Definition:
         "before the first one.",
         "scope": cast(FilterDoc, flt.describe()),
     }
-
-
-def lapse_days(lapse_ms: int) -> float:
-    """The lapse window in days, as LAPSE_WINDOW_DAYS gave it."""
-    return round(lapse_ms / _DAY_MS, 6)
 
 
 def coverage_rate(reached: int, total: int) -> float | None:
@@ -257,7 +249,7 @@ def village_document(
     stations: Iterable[str],
     *,
     now_ms: int,
-    lapse_ms: int,
+    lapse_days: int,
 ) -> Village:
     """A village-level unit's detail from its registry entry, its ancestors' names (township, county, city,
     province), its location hash and its stations."""
@@ -277,7 +269,7 @@ def village_document(
         "names": dict(zip(ancestors, ancestor_names, strict=True)),
         "population": None if population is None else int(population),
         "reached": reached,
-        "active": reached and last_ms is not None and int(last_ms) >= now_ms - lapse_ms,
+        "active": reached and last_ms is not None and int(last_ms) >= fold.lapse_window(now_ms, lapse_days).start_ms,
         "first_reach_at": _time(loc.get(field.FIRST_REACH_MS)),
         "last_reach_at": _time(last_ms),
         "reach_by_carrier": {c: scan.format_ms(ms) for c, ms in _family(loc, by_carrier).items()},
@@ -440,71 +432,6 @@ def _iso_ms(value: str | None) -> int | None:
     return int(parsed.timestamp() * 1000)
 
 
-@dataclass(frozen=True)
-class Tree:
-    """The registry above the counties, as of one registry load."""
-
-    loaded_at: str | None
-    children: dict[str, list[str]]  # parent (CN, 2 or 4 digits) -> sorted children
-    counties: frozenset[str]  # the units of 6 digits or more below them
-    counties_sorted: list[str]
-    parent: dict[str, str]  # every unit below the nation -> the region above it
-
-    @classmethod
-    def of(cls, loaded_at: str | None, raw: Mapping[str, Any]) -> Tree:
-        children = {str(k): [str(c) for c in _list(v)] for k, v in raw.items()}
-        parent = {c: p for p, kids in children.items() for c in kids}
-        counties = sorted(c for c in parent if len(c) >= 6)
-        return cls(loaded_at, children, frozenset(counties), counties, parent)
-
-
-class Actives:
-    """Active villages of every county, per dimension, at one moment, with their sums for the larger regions."""
-
-    def __init__(
-        self, born: float, cutoff_ms: int, tree: Tree, dims: list[str], counts: dict[str, dict[int, int]]
-    ) -> None:
-        self.born = born  # monotonic time of the first read
-        self.cutoff_ms = cutoff_ms
-        self.tree = tree
-        self.dims = dims  # dimension suffixes ('' any carrier, '|carrier:sf' ...): the columns below
-        self.columns = {dim: i for i, dim in enumerate(dims)}
-        # county -> column -> count (above 0 only), and the same summed for every region above the counties
-        self.counts: dict[str, dict[int, int]] = dict(counts)
-        parent = tree.parent
-        for county, columns in counts.items():
-            region = parent.get(county)
-            while region is not None:
-                summed = self.counts.setdefault(region, {})
-                for column, n in columns.items():
-                    summed[column] = summed.get(column, 0) + n
-                region = parent.get(region)
-
-    def of(self, code: str) -> dict[int, int] | None:
-        """Counts per column of a region (``CN``, 2, 4 or 6+ digits); None if these counts do not know it."""
-        found = self.counts.get(code)
-        if found is not None:
-            return found
-        if code in self.tree.counties or code in self.tree.children:
-            return _NOTHING
-        return None
-
-    def count(self, code: str, dim: str) -> int:
-        """Active villages of a region in a dimension; :class:`Stale` when these counts do not know either."""
-        counts = self.of(code)
-        column = self.columns.get(dim)
-        if counts is None or column is None:
-            raise Stale
-        return counts.get(column, 0)
-
-
-_NOTHING: Final[dict[int, int]] = {}
-
-
-class Stale(Exception):
-    """The county counts do not cover what a region's hashes name (a registry load or a new carrier since)."""
-
-
 def _want_dims(flt: Filter) -> str:
     return "1" if flt.carrier is None and flt.cooperation_model is None else "0"
 
@@ -513,13 +440,13 @@ def _known(code: str, raw: Mapping[str, Any]) -> bool:
     return bool(_none(raw.get("kind"))) or code == names.NATIONAL
 
 
-def region_rows(rows: Sequence[Sequence[Any]], active_of: Callable[[Sequence[Any]], int]) -> list[Figures]:
-    """Children figures from ``[code, kind, name, total, reached, as_of_ms, stations, count]`` rows; units the
+def region_rows(rows: Sequence[Sequence[Any]]) -> list[Figures]:
+    """Children figures from ``[code, kind, name, total, reached, as_of_ms, stations, active]`` rows; units the
     registry does not know are left out; ``CN`` is the nation."""
     out: list[Figures] = []
     document, levels = region_document, divisions.LEVEL_BY_LENGTH
     for row in rows:
-        code, kind, name, total, reached, as_of_ms, stations = row[:7]
+        code, kind, name, total, reached, as_of_ms, stations, active = row[:8]
         if kind is False:
             continue
         national = code == names.NATIONAL
@@ -532,7 +459,7 @@ def region_rows(rows: Sequence[Sequence[Any]], active_of: Callable[[Sequence[Any
                 reached or None,
                 as_of_ms or None,
                 stations or None,
-                active_of(row),
+                int(active),
             )
         )
     return out
@@ -553,7 +480,7 @@ def report(
     raw: Mapping[str, Any],
     active_of: Callable[[str], int],
     children: list[Figures],
-    lapse_ms: int,
+    lapse_days: int,
 ) -> CoverageReport:
     """A region's report: its figures, its children's, the definition and the breakdown.
 
@@ -574,7 +501,7 @@ def report(
     return {
         **head,
         "children": children,
-        "definition": definition(flt, lapse_ms),
+        "definition": definition(flt, lapse_days),
         "breakdown": region_breakdown(region, flt, active_of),
     }
 
@@ -716,26 +643,24 @@ class Reader:
         raw["loaded_at"] = loaded_at
         return raw
 
-    async def nation(self) -> Nation:
-        """The nation's hash summed from its provinces', with their rows and the read model's times."""
+    async def nation(self, window: fold.LapseWindow, flt: Filter) -> Nation:
+        """The nation's hash summed from its provinces', with their rows, active counts and the read model's times."""
         provinces, loaded_at, name = await asyncio.gather(
             self._provinces(),
             self._loaded_at(),
             self._text("HGET", names.key(self._prefix, names.REG_UNIT, names.NATIONAL), names.unit.NAME),
         )
-        replies = await asyncio.gather(*(self._json(p, "provinces", p) for p in provinces))
+        scope = (flt.dim, flt.tier, _want_dims(flt))
+        replies = await asyncio.gather(*(self._json(p, "provinces", *_window(window), *scope, p) for p in provinces))
         return Nation.of(name, loaded_at, replies)
 
-    async def region(self, code: str, cutoff_ms: int, flt: Filter, *, own_counts: bool) -> Any:
-        """A region's hash, name, kind and children rows (and, with ``own_counts``, their index counts)."""
+    async def region(self, code: str, window: fold.LapseWindow, flt: Filter) -> Any:
+        """A region's hash, name, kind, active counts and children rows."""
         if code == names.NATIONAL:
-            return (await self.nation()).document(flt)
-        counts = "1" if own_counts else "0"
-        return await self._timed(
-            self._json(code, "region", code, cutoff_ms, flt.dim, flt.tier, _want_dims(flt), counts)
-        )
+            return (await self.nation(window, flt)).document(flt)
+        return await self._timed(self._json(code, "region", code, *_window(window), flt.dim, flt.tier, _want_dims(flt)))
 
-    async def village(self, code: str, *, now_ms: int, lapse_ms: int) -> tuple[Village | None, int | None]:
+    async def village(self, code: str, *, now_ms: int, lapse_days: int) -> tuple[Village | None, int | None]:
         """One 12-digit unit's detail (None if the registry does not hold it) and the read model's last change."""
         raw = await self._timed(self._json(code, "village", code))
         if not _none(raw.get("kind")):
@@ -750,96 +675,42 @@ class Reader:
             _pairs(raw["loc"]),
             [str(s) for s in _list(raw["stations"])],
             now_ms=now_ms,
-            lapse_ms=lapse_ms,
+            lapse_days=lapse_days,
         )
         return detail, data_time_of(raw)
 
-    async def indexed_report(
-        self, code: str, flt: Filter, *, now_ms: int, lapse_ms: int
+    async def region_report(
+        self, code: str, flt: Filter, *, now_ms: int, lapse_days: int
     ) -> tuple[CoverageReport | None, int | None]:
-        """A township's or a county's report (one call, one moment of the read model) and its data time."""
-        cutoff = now_ms - lapse_ms
-        raw = await self.region(code, cutoff, flt, own_counts=True)
+        """A region's report (``CN`` or 2/4/6/9 digits; one call, one moment of the read model, except the nation's
+        one per province) and its data time."""
+        window = fold.lapse_window(now_ms, lapse_days)
+        raw = await self.region(code, window, flt)
         if not _known(code, raw):
             return None, data_time_of(raw)
         counts = {str(d): int(n) for d, n in _list(raw.get("counts"))}
         rows = _list(raw["children"])
-        children = village_rows(rows, flt, cutoff) if len(code) == 9 else region_rows(rows, lambda row: int(row[7]))
-        return report(code, flt, raw, counts.__getitem__, children, lapse_ms), data_time_of(raw)
+        children = village_rows(rows, flt, window.start_ms) if len(code) == 9 else region_rows(rows)
+        return report(code, flt, raw, lambda dim: counts.get(dim, 0), children, lapse_days), data_time_of(raw)
 
-    async def upper_report(
-        self, code: str, flt: Filter, actives: Actives, *, lapse_ms: int
-    ) -> tuple[CoverageReport | None, int | None]:
-        """A region above the counties, from county counts made before and its hashes read now; raises
-        :class:`Stale` when the counts do not know what the hashes name (a registry load or a new carrier since)."""
-        raw = await self.region(code, actives.cutoff_ms, flt, own_counts=False)
-        if not _known(code, raw):
-            return None, data_time_of(raw)
-        children = region_rows(_list(raw["children"]), lambda row: actives.count(str(row[0]), flt.dim))
-        return report(code, flt, raw, lambda dim: actives.count(code, dim), children, lapse_ms), data_time_of(raw)
-
-    async def dimensions(self) -> tuple[str | None, list[str]]:
-        """The last registry load's time, and the dimensions the nation has a reach count in."""
-        nation = await self.nation()
-        return nation.loaded_at, nation.dimensions()
-
-    async def tree(self, loaded_at: str | None) -> Tree:
-        provinces = await self._provinces()
-        raw: dict[str, Any] = {names.NATIONAL: provinces}
-        for reply in await asyncio.gather(*(self._json(p, "tree", p) for p in provinces)):
-            raw.update(reply["tree"])
-        return Tree.of(loaded_at, raw)
-
-    def dims_for(self, flt: Filter, found: list[str]) -> list[str]:
-        """The dimensions a filter's reports count actives in: all ``found`` for the breakdown, else its own."""
-        return ["", *found] if _want_dims(flt) == "1" else [flt.dim]
-
-    async def actives(self, tree: Tree, flt: Filter, dims: list[str], cutoff_ms: int, born: float) -> Actives:
-        """Every county's active villages in the filter's tier, per dimension in ``dims``, summed up the tree."""
-        # Only the counties below a city (or a province) that has reached a village in some dimension.
-        parents = sorted(p for p in tree.children if p != names.NATIONAL)
-        reaching: set[str] = set()
-        for shard, regions in _by_shard(parents).items():
-            text = _decoded(await self._bulk(self._key(shard), "reached", flt.tier, len(dims), *dims, *regions))
-            reaching.update(r for r, columns in zip(regions, text.split(","), strict=True) if columns)
-        counts: dict[str, dict[int, int]] = {}
-        for shard, counties in _by_shard([c for c in tree.counties_sorted if tree.parent[c] in reaching]).items():
-            start = 0
-            while start < len(counties):  # one call at a time, each a few ms of Redis: others' reads go in between
-                chunk = counties[start : start + COUNTIES_PER_CALL]
-                done, text = await self._bulk(
-                    self._key(shard), "actives", cutoff_ms, flt.tier, CALL_BUDGET_US, len(dims), *dims, *chunk
-                )
-                for item in _decoded(text).split(",") if text else ():
-                    i, j, n = item.split(":")
-                    counts.setdefault(chunk[int(i)], {})[int(j)] = int(n)
-                start += max(1, int(done))
-        return Actives(born, cutoff_ms, tree, dims, counts)
-
-    async def figures(self, codes: Sequence[str], flt: Filter, *, now_ms: int, lapse_ms: int) -> dict[str, Figures]:
+    async def figures(self, codes: Sequence[str], flt: Filter, *, now_ms: int, lapse_days: int) -> dict[str, Figures]:
         """Figures of regions (``CN`` or 2/4/6/9 digits) in filter ``flt``; codes not in the registry are left out."""
-        cutoff = now_ms - lapse_ms
+        window = fold.lapse_window(now_ms, lapse_days)
         found: dict[str, Sequence[Any]] = {}
         if names.NATIONAL in codes:
-            found[names.NATIONAL] = (await self.nation()).row(flt)
+            found[names.NATIONAL] = (await self.nation(window, flt)).row(flt)
         for shard, regions in _by_shard([c for c in codes if c != names.NATIONAL]).items():
             for start in range(0, len(regions), FIGURES_PER_CALL):
                 chunk = regions[start : start + FIGURES_PER_CALL]
-                for row in _list((await self._json(shard, "figures", cutoff, flt.dim, flt.tier, *chunk))["rows"]):
+                args: tuple[str | int, ...] = (*_window(window), flt.dim, flt.tier, *chunk)
+                for row in _list((await self._json(shard, "figures", *args))["rows"]):
                     found[str(row[0])] = row
-        rows = [found[c] for c in codes if c in found]
-        actives: Actives | None = None
-        if any(row[7] is False and row[1] is not False for row in rows):  # a region above the counties
-            loaded_at, _ = await self.dimensions()
-            actives = await self.actives(await self.tree(loaded_at), flt, [flt.dim], cutoff, 0.0)
+        return {f["code"]: f for f in region_rows([found[c] for c in codes if c in found])}
 
-        def active_of(row: Sequence[Any]) -> int:
-            if row[7] is not False:
-                return int(row[7])
-            assert actives is not None
-            return actives.count(str(row[0]), flt.dim)
 
-        return {f["code"]: f for f in region_rows(rows, active_of)}
+def _window(window: fold.LapseWindow) -> tuple[int, int, int]:
+    """A window as documents.lua takes it: cutoff_ms first_day last_day."""
+    return window.start_ms, window.first_day, window.last_day
 
 
 def _by_shard(codes: Iterable[str]) -> dict[str, list[str]]:
@@ -850,50 +721,52 @@ def _by_shard(codes: Iterable[str]) -> dict[str, list[str]]:
     return out
 
 
-def _decoded(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
-
-
 @dataclass(frozen=True)
 class Nation:
-    """The nation, which no shard holds: its provinces' hashes summed (``as_of_ms`` their latest), their rows,
-    and the read model's times (the latest of the shards' last applies)."""
+    """The nation, which no shard holds: its provinces' hashes and active counts summed (``as_of_ms`` their latest),
+    their rows, and the read model's times (the latest of the shards' last applies)."""
 
     name: str | None
     loaded_at: str | None
     applied_at: int | None
     summed: dict[str, int]
-    provinces: list[tuple[str, Any, Any, dict[str, str]]]  # (code, kind, name, hash)
+    counts: dict[str, int]  # dimension -> active villages, in the scope's tier
+    provinces: list[tuple[str, Any, Any, dict[str, str], dict[str, int]]]  # (code, kind, name, hash, counts)
 
     @classmethod
     def of(cls, name: str | None, loaded_at: str | None, replies: Sequence[Mapping[str, Any]]) -> Nation:
         summed: dict[str, int] = {}
+        counts: dict[str, int] = {}
         provinces = []
         for reply in replies:
-            for code, kind, pname, flat in _list(reply.get("rows")):
+            for code, kind, pname, flat, own in _list(reply.get("rows")):
                 region = _pairs(flat)
-                provinces.append((str(code), kind, pname, region))
+                active = {str(d): int(n) for d, n in _list(own)}
+                provinces.append((str(code), kind, pname, region, active))
                 for f, v in region.items():
                     n = int(v)
                     summed[f] = max(summed.get(f, n), n) if f == fld.AS_OF_MS else summed.get(f, 0) + n
+                for d, n in active.items():
+                    counts[d] = counts.get(d, 0) + n
         applied = [int(a) for r in replies if (a := _none(r.get("applied_at"))) is not None]
-        return cls(name, loaded_at, max(applied, default=None), summed, provinces)
+        return cls(name, loaded_at, max(applied, default=None), summed, counts, provinces)
 
     def _fields(self, flt: Filter) -> tuple[str, str, str, str]:
         return (flt.total_field, flt.reached_field, fld.AS_OF_MS, flt.station_field)
 
     def document(self, flt: Filter) -> dict[str, Any]:
-        """As documents.lua's ``region`` reply for a region above the counties (no own counts)."""
+        """As documents.lua's ``region`` reply."""
         fields = self._fields(flt)
         children = [
-            [code, kind, pname, *(region.get(f, False) for f in fields), False]
-            for code, kind, pname, region in self.provinces
+            [code, kind, pname, *(region.get(f, False) for f in fields), active.get(flt.dim, 0)]
+            for code, kind, pname, region, active in self.provinces
         ]
         flat = [x for f in sorted(self.summed) for x in (f, str(self.summed[f]))]
         return {
             "kind": "national",
             "name": self.name,
             "region": flat,
+            "counts": [[d, n] for d, n in self.counts.items()],
             "children": children,
             "applied_at": self.applied_at,
             "loaded_at": self.loaded_at,
@@ -902,11 +775,5 @@ class Nation:
     def row(self, flt: Filter) -> list[Any]:
         """As a row of documents.lua's ``figures``."""
         got = [self.summed.get(f) for f in self._fields(flt)]
-        return [names.NATIONAL, "national", self.name or False, *(False if v is None else str(v) for v in got), False]
-
-    def dimensions(self) -> list[str]:
-        """The dimensions ('|carrier:sf', '|model:other' ...) the nation has a reach count in."""
-        head = fld.VILLAGES_REACHED + fld.DIM_SEP
-        return sorted(
-            f[len(fld.VILLAGES_REACHED) :] for f in self.summed if f.startswith(head) and fld.TIER_SEP not in f
-        )
+        active = self.counts.get(flt.dim, 0)
+        return [names.NATIONAL, "national", self.name or False, *(False if v is None else str(v) for v in got), active]

@@ -12,8 +12,13 @@ import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
 from redis.typing import EncodableT
 
-from coverage_service import dedup
+from coverage_service import dedup, fold
 from lastmile import names, redis_client
+from lastmile.settings import MAX_LAPSE_WINDOW_DAYS
+
+# A day's counts of last reaches (names.LAPSE) are kept while a lapse window can reach them, with a day for scans
+# a few minutes ahead and a day for clocks that disagree; older ones expire.
+LAPSE_DAYS_KEPT: Final = MAX_LAPSE_WINDOW_DAYS + 2
 
 KEYS: Final = "keys.lua"
 PRELUDE: Final = "prelude.lua"
@@ -26,7 +31,12 @@ def source(filename: str, prefix: str, *, prelude: bool = False) -> str:
     parts = [KEYS, *([PRELUDE] if prelude else []), filename]
     text = "\n".join(folder.joinpath(f).read_text(encoding="utf-8") for f in parts)
     return string.Template(text).substitute(
-        names.lua_names(prefix), dedup_chunk_bytes=dedup.CHUNK_BYTES, digest_bytes=dedup.DIGEST_BYTES
+        names.lua_names(prefix),
+        dedup_chunk_bytes=dedup.CHUNK_BYTES,
+        digest_bytes=dedup.DIGEST_BYTES,
+        cst_offset_ms=fold.CST_OFFSET_MS,
+        day_ms=fold.DAY_MS,
+        lapse_days_kept=LAPSE_DAYS_KEPT,
     )
 
 

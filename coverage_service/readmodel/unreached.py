@@ -17,6 +17,7 @@ import orjson
 import redis.asyncio as aioredis
 from typing_extensions import TypedDict  # pydantic needs this one on Python < 3.12 (response models)
 
+from coverage_service import fold
 from coverage_service.readmodel import queries
 from coverage_service.readmodel.filters import Filter
 from lastmile import divisions, names, scan
@@ -60,7 +61,7 @@ class Page(TypedDict):
     name: str | None
     level: str
     scope: queries.FilterDoc
-    lapse_window_days: float
+    lapse_window_days: int
     items: list[Row]
     next_cursor: str | None
     count: int  # rows in this page
@@ -108,7 +109,7 @@ async def unreached(
     after: str | None,
     limit: int,
     now_ms: int,
-    lapse_ms: int,
+    lapse_days: int,
 ) -> Page | None:
     """One page of region ``code``'s (2/4/6/9 digits) villages in scope ``flt`` that are not reached, and
     with ``lapsed`` also those not reached within the lapse window, after village ``after``; None if the
@@ -122,14 +123,14 @@ async def unreached(
     townships = (await queries.regions_under(redis, prefix, [code], 9))[code]
     if after is not None:
         townships = [t for t in townships if t >= after[:9]]
-    walk = _Walk(redis, prefix, flt, lapsed=lapsed, cutoff_ms=now_ms - lapse_ms)
+    walk = _Walk(redis, prefix, flt, lapsed=lapsed, cutoff_ms=fold.lapse_window(now_ms, lapse_days).start_ms)
     items, more = await walk.page(townships, after, limit)
     return {
         "code": code,
         "name": name,
         "level": divisions.level_of(code),
         "scope": cast(queries.FilterDoc, flt.describe()),
-        "lapse_window_days": queries.lapse_days(lapse_ms),
+        "lapse_window_days": lapse_days,
         "items": items,
         "next_cursor": encode_cursor(items[-1]["code"]) if more and items else None,
         "count": len(items),

@@ -32,7 +32,7 @@ from lastmile.settings import Settings
 from lastmile.topics import partition_for
 from lastmile_dev import devstack
 from lastmile_dev.devstack import Proc
-from tests.support import stored
+from tests.support import oracle, stored
 from tests.support.faultkit import VILLAGES, EventMaker, Expected, assert_exact, seeded, wait_caught_up
 from tests.support.services import load_sample_registry, service_env, start, wait_ready
 
@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.faults]
 TOKENS = {"late-carrier-token-sf-0123456789": "sf", "late-carrier-token-zto-012345678": "zto"}
 BY_CARRIER = {carrier: token for token, carrier in TOKENS.items()}
 REGULATOR = "late-regulator-token-0123456789"
-LAPSE = timedelta(days=30)  # LAPSE_WINDOW_DAYS's default
+LAPSE_DAYS = 30  # LAPSE_WINDOW_DAYS's default
 
 
 @dataclass
@@ -165,6 +165,7 @@ async def test_late_out_of_order_and_thrice_sent_events_count_once_with_exact_ti
     # The coverage API shows the same: reach times, active or lapsed, as_of.
     want = expected.figures()
     now = datetime.now(UTC)
+    window_start = oracle.window_start_ms(int(now.timestamp() * 1000), LAPSE_DAYS)
     auth = {"Authorization": f"Bearer {REGULATOR}"}
     for code in chosen:
         r = await http.get(f"{services.coverage}/v1/villages/{code}", headers=auth)
@@ -175,7 +176,7 @@ async def test_late_out_of_order_and_thrice_sent_events_count_once_with_exact_ti
             last = loc["last_reach_ms"]
             assert page["first_reach_at"] == utc_text(loc["first_reach_ms"]), (code, seed)
             assert page["last_reach_at"] == utc_text(last), (code, seed)
-            assert page["active"] is (now - datetime.fromtimestamp(last / 1000, UTC) <= LAPSE), (code, seed)
+            assert page["active"] is (last >= window_start), (code, seed)
     for code in revived:
         assert want["locations"][code]["first_reach_ms"] < (now - timedelta(days=35)).timestamp() * 1000
     township = chosen[0][:9]
@@ -183,7 +184,7 @@ async def test_late_out_of_order_and_thrice_sent_events_count_once_with_exact_ti
     assert r.status_code == 200, r.text
     body, region = r.json(), want["regions"][township]
     index = want["lapse_indexes"].get(township, {})
-    active = sum(1 for ms in index.values() if now - datetime.fromtimestamp(ms / 1000, UTC) <= LAPSE)
+    active = sum(1 for ms in index.values() if ms >= window_start)
     assert body["villages_reached"] == region.get("villages_reached", 0) == len(index), seed
     assert (body["villages_active"], body["villages_lapsed"]) == (active, len(index) - active), seed
     assert body["as_of"] == utc_text(region["as_of_ms"]), seed

@@ -11,7 +11,9 @@ import asyncio
 import itertools
 import operator
 from collections.abc import Sequence
+from datetime import datetime, time, timedelta
 from typing import Final
+from zoneinfo import ZoneInfo
 
 import redis.asyncio as aioredis
 from typing_extensions import TypedDict
@@ -37,36 +39,45 @@ from lastmile import divisions, names
 from lastmile.names import field, unit
 from tests.support import stored
 
+BEIJING: Final = ZoneInfo("Asia/Shanghai")
+
+
+def window_start_ms(now_ms: int, days: int) -> int:
+    """The first moment a village reached then is still active: 00:00 Beijing time, ``days - 1`` days before the
+    day of ``now_ms`` (docs/reading-coverage.md), made with the time zone database rather than the fold's sums."""
+    today = datetime.fromtimestamp(now_ms / 1000, BEIJING).date()
+    return int(datetime.combine(today - timedelta(days=days - 1), time(0), BEIJING).timestamp() * 1000)
+
 
 async def region_figures(
-    redis: aioredis.Redis, prefix: str, code: str, flt: Filter = ALL, *, now_ms: int, lapse_ms: int
+    redis: aioredis.Redis, prefix: str, code: str, flt: Filter = ALL, *, now_ms: int, lapse_days: int
 ) -> Coverage | None:
     """A region (``CN`` or a 2/4/6/9-digit code) with its children, or None if not in the registry.
 
     The region's figures and its children's are read concurrently; every figure is in scope ``flt``.
     """
     heads, rows = await asyncio.gather(
-        figures_many(redis, prefix, [code], flt, now_ms=now_ms, lapse_ms=lapse_ms),
-        _children_figures(redis, prefix, code, flt, now_ms=now_ms, lapse_ms=lapse_ms),
+        figures_many(redis, prefix, [code], flt, now_ms=now_ms, lapse_days=lapse_days),
+        _children_figures(redis, prefix, code, flt, now_ms=now_ms, lapse_days=lapse_days),
     )
     head = heads.get(code)
     if head is None:
         return None
-    return {**head, "children": rows, "definition": definition(flt, lapse_ms)}
+    return {**head, "children": rows, "definition": definition(flt, lapse_days)}
 
 
 async def _children_figures(
-    redis: aioredis.Redis, prefix: str, code: str, flt: Filter, *, now_ms: int, lapse_ms: int
+    redis: aioredis.Redis, prefix: str, code: str, flt: Filter, *, now_ms: int, lapse_days: int
 ) -> list[Figures]:
     children = sorted(map(str, await redis.smembers(names.key(prefix, names.REG_CHILDREN, code))))
     if len(code) == 9:
-        return await village_figures(redis, prefix, children, flt, now_ms=now_ms, lapse_ms=lapse_ms)
-    many = await figures_many(redis, prefix, children, flt, now_ms=now_ms, lapse_ms=lapse_ms)
+        return await village_figures(redis, prefix, children, flt, now_ms=now_ms, lapse_days=lapse_days)
+    many = await figures_many(redis, prefix, children, flt, now_ms=now_ms, lapse_days=lapse_days)
     return [many[c] for c in children if c in many]
 
 
 async def village_figures(
-    redis: aioredis.Redis, prefix: str, codes: list[str], flt: Filter, *, now_ms: int, lapse_ms: int
+    redis: aioredis.Redis, prefix: str, codes: list[str], flt: Filter, *, now_ms: int, lapse_days: int
 ) -> list[Figures]:
     """Each administrative village among ``codes`` (in the scope's tier) as a one-village region."""
     if not codes:
@@ -79,7 +90,7 @@ async def village_figures(
             pipe.hmget(names.key(prefix, names.LOCATION, c), [reached_flag, last_field, field.LAST_REACH_MS])
             pipe.scard(names.key(prefix, names.STATIONS, c))
         kinds, *rest = await pipe.execute()
-    cutoff = now_ms - lapse_ms
+    cutoff = window_start_ms(now_ms, lapse_days)
     out: list[Figures] = []
     for i, (c, kind) in enumerate(zip(codes, kinds, strict=True)):
         (name, population), (reached, last_ms, any_last_ms), stations = rest[3 * i : 3 * i + 3]
@@ -90,11 +101,11 @@ async def village_figures(
 
 
 async def village_detail(
-    redis: aioredis.Redis, prefix: str, code: str, *, now_ms: int, lapse_ms: int
+    redis: aioredis.Redis, prefix: str, code: str, *, now_ms: int, lapse_days: int
 ) -> Village | None:
     """One 12-digit unit (of any kind) with its reach times, stations and parcel counts, or None if unknown.
 
-    ``active`` is whether its last reach (by any carrier) is within the lapse window ``lapse_ms`` of ``now_ms``.
+    ``active`` is whether its last reach (by any carrier) is within the lapse window of ``now_ms``.
     """
     ancestors = {level: code[:n] for level, n in _ANCESTORS}
     async with redis.pipeline(transaction=True) as pipe:
@@ -108,7 +119,7 @@ async def village_detail(
     if kind is None:
         return None
     return village_document(
-        code, kind, name, population, ancestor_names, loc, stations, now_ms=now_ms, lapse_ms=lapse_ms
+        code, kind, name, population, ancestor_names, loc, stations, now_ms=now_ms, lapse_days=lapse_days
     )
 
 
@@ -166,7 +177,7 @@ async def count_active(
 
 
 async def figures_many(
-    redis: aioredis.Redis, prefix: str, codes: list[str], flt: Filter, *, now_ms: int, lapse_ms: int
+    redis: aioredis.Redis, prefix: str, codes: list[str], flt: Filter, *, now_ms: int, lapse_days: int
 ) -> dict[str, Figures]:
     """Figures of regions (``CN`` or 2/4/6/9 digits) in scope ``flt``; regions not in the registry are left out.
 
@@ -189,7 +200,9 @@ async def figures_many(
         rest[2 * codes.index(names.NATIONAL) + 1] = [nation.get(f) for f in fields]
     known = [c for c, kind in zip(codes, kinds, strict=True) if kind is not None or c == names.NATIONAL]
     counties = await regions_under(redis, prefix, known, 6)
-    actives = await count_active(redis, prefix, [(counties[c], flt) for c in known], now_ms - lapse_ms)
+    actives = await count_active(
+        redis, prefix, [(counties[c], flt) for c in known], window_start_ms(now_ms, lapse_days)
+    )
     active_of = dict(zip(known, actives, strict=True))
     out: dict[str, Figures] = {}
     for i, c in enumerate(codes):
@@ -204,7 +217,7 @@ async def figures_many(
 
 
 async def region_breakdown(
-    redis: aioredis.Redis, prefix: str, code: str, flt: Filter, *, now_ms: int, lapse_ms: int
+    redis: aioredis.Redis, prefix: str, code: str, flt: Filter, *, now_ms: int, lapse_days: int
 ) -> Breakdown:
     """The breakdown of region ``code`` (``CN`` or 2/4/6/9 digits) in scope ``flt``; empty for an unknown code."""
     hash_ = (
@@ -225,7 +238,7 @@ async def region_breakdown(
         ]
         models = [(m, Filter(cooperation_model=m, min_population=tier)) for m in _dims(region, field.MODEL)]
     scopes = [s for _, s in carriers + models]
-    actives = await count_active(redis, prefix, [(counties, s) for s in scopes], now_ms - lapse_ms)
+    actives = await count_active(redis, prefix, [(counties, s) for s in scopes], window_start_ms(now_ms, lapse_days))
     active_of = dict(zip(scopes, actives, strict=True))
     total = int(region.get(flt.total_field, 0))
 

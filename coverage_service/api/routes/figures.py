@@ -106,7 +106,7 @@ async def unreached_villages(
         after=after,
         limit=limit,
         now_ms=now_ms(),
-        lapse_ms=settings.lapse_window_ms,
+        lapse_days=settings.lapse_window_days,
     )
     if page is None:
         raise unknown(code)

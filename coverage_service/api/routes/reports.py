@@ -158,8 +158,8 @@ async def coverage_targets(
     code = region_code(code)
     ensure_in_scope(who, code)
     settings, redis, now = settings_of(request), redis_of(request), now_ms()
-    prefix, lapse = settings.redis_key_prefix, settings.lapse_window_ms
-    found = await reader_of(request).figures([code], flt, now_ms=now, lapse_ms=lapse)
+    prefix, lapse = settings.redis_key_prefix, settings.lapse_window_days
+    found = await reader_of(request).figures([code], flt, now_ms=now, lapse_days=lapse)
     if code not in found:
         raise unknown(code)
     figures = found[code]
@@ -182,7 +182,7 @@ async def coverage_targets(
             "villages": None if pace is None else pace.villages,
         },
         "milestones": rows,
-        "definition": {**queries.definition(flt, settings.lapse_window_ms), **targets.DEFINITION},
+        "definition": {**queries.definition(flt, settings.lapse_window_days), **targets.DEFINITION},
     }
     table = Table(_TARGET_COLUMNS, [[code, *(r[c] for c in _TARGET_COLUMNS[1:])] for r in rows])
     return respond(request, body, table=table, filename=f"targets-{code}")
@@ -261,7 +261,7 @@ async def laggards(
     prefix = settings.redis_key_prefix
     units = (await queries.regions_under(redis, prefix, [code], UNIT_LENGTH[level]))[code]
     units = [u for u in units if len(u) == UNIT_LENGTH[level]]
-    many = await reader_of(request).figures([code, *units], flt, now_ms=now_ms(), lapse_ms=settings.lapse_window_ms)
+    many = await reader_of(request).figures([code, *units], flt, now_ms=now_ms(), lapse_days=settings.lapse_window_days)
     head = many.get(code)
     if head is None:
         raise unknown(code)

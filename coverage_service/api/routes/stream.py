@@ -135,7 +135,7 @@ def parse_event_id(value: str | None) -> tuple[int, str] | None:
 async def _figures(app: FastAPI, code: str, flt: Filter) -> queries.Figures | None:
     settings: Settings = app.state.settings
     reader: queries.Reader = app.state.documents.reader
-    many = await reader.figures([code], flt, now_ms=now_ms(), lapse_ms=settings.lapse_window_ms)
+    many = await reader.figures([code], flt, now_ms=now_ms(), lapse_days=settings.lapse_window_days)
     return many.get(code)
 
 

@@ -26,6 +26,7 @@
 --  "locs": [village, [field, value, ...], ...],          values to set in loc:<village>
 --  "regions": [code, {field: n, ...}, as_of_ms, ...],     increments to region:<code>, and its as_of floor
 --  "indexes": [name, [ms, village, ...], ...],            last reaches to raise in reach:<name> (ZADD GT)
+--  "lapses": [region, day, {field: n}, ...],             increments to lapse:<region>:<day> (prelude's count_day)
 --  "stations": [village, [station_id, ...], ...],         added to stations:<village>
 --  "offsets": [offset_field, offset, ...], "digests": [offset_field, ...],
 --  "stats": [applied, duplicate, unknown, records_applied, records_replayed, newly_reached, dead_letters]}
@@ -73,6 +74,15 @@ for i = 1, #indexes, 2 do
   local ik, members = index_key(indexes[i]), indexes[i + 1]
   for j = 1, #members, SLICE do
     redis.call('ZADD', ik, 'GT', unpack(members, j, math.min(#members, j + SLICE - 1)))
+  end
+end
+
+local lapses = input.lapses
+for i = 1, #lapses, 3 do
+  local lk, expire_at = lapse_key(lapses[i], lapses[i + 1]), lapse_expire_at(lapses[i + 1])
+  if expire_at > now_s() then
+    increment_hash(lk, lapses[i + 2])
+    redis.call('EXPIREAT', lk, expire_at)
   end
 end
 

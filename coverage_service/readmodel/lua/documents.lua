@@ -7,31 +7,22 @@
 -- carries the shard's last apply (applied_at). The nation, which is no shard's, is summed by the caller
 -- (coverage_service.readmodel.queries) from its provinces' replies.
 --
--- ARGV[1] is the mode; every code given is of the shard:
---   region  code cutoff_ms dim tier want_dims own_counts
---           A region's hash, name and kind, and its children's figures fields (a township's children: its
---           village-level units, with their reach flags, population and stations). With own_counts = '1'
---           (townships and counties, which keep lapse indexes) also the active villages of the region and of
---           each child: the index counts at or after cutoff_ms, for the scope's dimension and, with
---           want_dims = '1', for every dimension the region's hash has a villages_reached field of.
---   provinces code...
---           For each province: [code, kind, name, its hash as HGETALL answers it].
---   figures cutoff_ms dim tier code...
+-- ARGV[1] is the mode; every code given is of the shard. A window is three arguments, from fold.lapse_window:
+-- cutoff_ms first_day last_day. A region's active villages in a dimension are counted from its lapse index at or
+-- after cutoff_ms (townships and counties), or summed from its per-day counts of last reaches over first_day ..
+-- last_day (cities and provinces): the same villages, at a cost that does not grow with them.
+--   region  code window dim tier want_dims
+--           A region's hash, name and kind, its active villages in the scope's dimension and, with want_dims =
+--           '1', in every dimension its hash has a villages_reached field of ("counts"), and its children's
+--           figures fields (a township's children: its village-level units, with their reach flags, population
+--           and stations).
+--   provinces window dim tier want_dims code...
+--           For each province: [code, kind, name, its hash as HGETALL answers it, its active counts as "counts"].
+--   figures window dim tier code...
 --           For each region (2/4/6/9 digits): [code, kind, name, total, reached, as_of_ms, stations, active],
---           as the children rows of `region`; kind is false for a code the registry does not hold; active is
---           the index count at or after cutoff_ms for townships and counties, false above them.
+--           as the children rows of `region`; kind is false for a code the registry does not hold.
 --   village code
 --           One village-level unit: kind, name, population, its ancestors' names, its location hash and stations.
---   tree    code...
---           The registry below these provinces, above the counties: {parent: [children]} down to the units of
---           6 digits or more.
---   reached tier n_dims dim... region...
---           For each region, the positions of the dimensions it has a villages_reached count above 0 in,
---           joined by '.'; the regions' answers comma-separated.
---   actives cutoff_ms tier budget_us n_dims dim... county...
---           The counties' active villages per dimension (the index counts at or after cutoff_ms), as
---           'county position:dimension position:count' for each count above 0, comma-separated, after the
---           number of counties done: the call stops after about budget_us microseconds.
 
 local mode = ARGV[1]
 local REACHED_HEAD = '${villages_reached}' .. '${dim_sep}'
@@ -48,10 +39,6 @@ local function sorted_children(code)
   return kids
 end
 
-local function active(code, suffix, cutoff)
-  return redis.call('ZCOUNT', index_key(code .. suffix), cutoff, '+inf')
-end
-
 -- The dimensions of a region hash (flat HGETALL reply): '|carrier:sf', '|model:postal_express' ...
 local function dims_of(flat)
   local dims = {}
@@ -64,32 +51,70 @@ local function dims_of(flat)
   return dims
 end
 
+local function window(i)
+  return {cutoff = ARGV[i], first = tonumber(ARGV[i + 1]), last = tonumber(ARGV[i + 2])}
+end
+
+-- A city's or province's active villages in each of dims (suffixes with the tier): its days' counts summed.
+local function day_sums(code, dims, w)
+  local fields, sums = {}, {}
+  for j, d in ipairs(dims) do fields[j], sums[j] = '${villages_reached}' .. d, 0 end
+  for day = w.first, w.last do
+    local v = redis.call('HMGET', lapse_key(code, day), unpack(fields))
+    for j = 1, #dims do
+      if v[j] then sums[j] = sums[j] + tonumber(v[j]) end
+    end
+  end
+  return sums
+end
+
+-- A region's active villages in one dimension suffix (with the tier), given its villages_reached count there:
+-- none to count when that is 0, since the index and the days' counts hold exactly the villages it counts.
+local function active(code, suffix, reached, w)
+  if not reached or reached == '0' then return 0 end
+  if #code >= 6 then return redis.call('ZCOUNT', index_key(code .. suffix), w.cutoff, '+inf') end
+  return day_sums(code, {suffix}, w)[1]
+end
+
+-- A region's active villages in its scope's dimension and, with want_dims, in every dimension of its hash (flat
+-- HGETALL reply), as [[dimension, count], ...] (cjson needs string keys, and '' is one).
+local function own_counts(code, flat, dim, tier, want_dims, w)
+  local fields = {}
+  for i = 1, #flat, 2 do fields[flat[i]] = flat[i + 1] end
+  local dims = {dim}
+  if want_dims then
+    for _, d in ipairs(dims_of(flat)) do
+      if d ~= dim then dims[#dims + 1] = d end
+    end
+  end
+  local counted, out = {}, {}
+  for _, d in ipairs(dims) do
+    local reached = fields['${villages_reached}' .. d .. tier]
+    if reached and reached ~= '0' then counted[#counted + 1] = d end
+    out[#out + 1] = {d, 0}
+  end
+  if #counted > 0 then
+    local found = {}
+    if #code >= 6 then
+      for _, d in ipairs(counted) do found[d] = redis.call('ZCOUNT', index_key(code .. d .. tier), w.cutoff, '+inf') end
+    else
+      local suffixes = {}
+      for j, d in ipairs(counted) do suffixes[j] = d .. tier end
+      for j, n in ipairs(day_sums(code, suffixes, w)) do found[counted[j]] = n end
+    end
+    for _, pair in ipairs(out) do pair[2] = found[pair[1]] or 0 end
+  end
+  return out
+end
+
 if mode == 'region' then
-  local code, cutoff, dim, tier = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
-  local want_dims, own_counts = ARGV[6] == '1', ARGV[7] == '1'
+  local code, w, dim, tier, want_dims = ARGV[2], window(3), ARGV[6], ARGV[7], ARGV[8] == '1'
   local out = {}
   out.kind = redis.call('HGET', kind_key(code), code)
   if not out.kind then return cjson.encode(times(out)) end
   out.name = redis.call('HGET', unit_key(code), '${unit_name}')
   out.region = redis.call('HGETALL', region_key(code))
-  if own_counts then
-    -- An index holds the villages its villages_reached field counts: where that is 0 there is nothing to count.
-    local fields = {}
-    for i = 1, #out.region, 2 do fields[out.region[i]] = out.region[i + 1] end
-    local function count(d)
-      local reached = fields['${villages_reached}' .. d .. tier]
-      if not reached or reached == '0' then return 0 end
-      return active(code, d .. tier, cutoff)
-    end
-    local counts = {}
-    counts[dim] = count(dim)
-    if want_dims then
-      for _, d in ipairs(dims_of(out.region)) do counts[d] = count(d) end
-    end
-    -- '' would make an empty key: cjson needs string keys, so the dimension travels with its count.
-    out.counts = {}
-    for d, n in pairs(counts) do out.counts[#out.counts + 1] = {d, n} end
-  end
+  out.counts = own_counts(code, out.region, dim, tier, want_dims, w)
   local kids = sorted_children(code)
   local kinds = {}
   if #kids > 0 then kinds = redis.call('HMGET', kind_key(code), unpack(kids)) end  -- in the region's province
@@ -106,9 +131,8 @@ if mode == 'region' then
                     '${villages_with_station}' .. tier}
     for i, c in ipairs(kids) do
       local v = redis.call('HMGET', region_key(c), unpack(fields))
-      local n = false
-      if own_counts then n = (v[2] and v[2] ~= '0') and active(c, dim .. tier, cutoff) or 0 end
-      rows[i] = {c, kinds[i], redis.call('HGET', unit_key(c), '${unit_name}'), v[1], v[2], v[3], v[4], n}
+      rows[i] = {c, kinds[i], redis.call('HGET', unit_key(c), '${unit_name}'), v[1], v[2], v[3], v[4],
+                 active(c, dim .. tier, v[2], w)}
     end
   end
   out.children = rows
@@ -116,18 +140,16 @@ if mode == 'region' then
 end
 
 if mode == 'figures' then
-  local cutoff, dim, tier = ARGV[2], ARGV[3], ARGV[4]
+  local w, dim, tier = window(2), ARGV[5], ARGV[6]
   local fields = {'${villages_total}' .. tier, '${villages_reached}' .. dim .. tier, '${as_of_ms}',
                   '${villages_with_station}' .. tier}
   local rows = {}
-  for i = 5, #ARGV do
+  for i = 7, #ARGV do
     local c = ARGV[i]
     local kind = redis.call('HGET', kind_key(c), c)
     local v = redis.call('HMGET', region_key(c), unpack(fields))
-    local n = false
-    if kind and #c >= 6 then n = (v[2] and v[2] ~= '0') and active(c, dim .. tier, cutoff) or 0 end
     rows[#rows + 1] = {c, kind or false, redis.call('HGET', unit_key(c), '${unit_name}'), v[1], v[2], v[3],
-                       v[4], n}
+                       v[4], kind and active(c, dim .. tier, v[2], w) or 0}
   end
   return cjson.encode(times({rows = rows}))
 end
@@ -148,84 +170,15 @@ if mode == 'village' then
 end
 
 if mode == 'provinces' then
+  local w, dim, tier, want_dims = window(2), ARGV[5], ARGV[6], ARGV[7] == '1'
   local rows = {}
-  for i = 2, #ARGV do
+  for i = 8, #ARGV do
     local p = ARGV[i]
+    local flat = redis.call('HGETALL', region_key(p))
     rows[#rows + 1] = {p, redis.call('HGET', kind_key(p), p) or false, redis.call('HGET', unit_key(p), '${unit_name}')
-                       or false, redis.call('HGETALL', region_key(p))}
+                       or false, flat, own_counts(p, flat, dim, tier, want_dims, w)}
   end
   return cjson.encode(times({rows = rows}))
-end
-
-if mode == 'tree' then
-  local tree, frontier = {}, {}
-  for i = 2, #ARGV do frontier[i - 1] = ARGV[i] end
-  while #frontier > 0 do
-    local deeper = {}
-    for _, node in ipairs(frontier) do
-      local kids = sorted_children(node)
-      tree[node] = kids
-      for _, c in ipairs(kids) do
-        if #c < 6 then deeper[#deeper + 1] = c end
-      end
-    end
-    frontier = deeper
-  end
-  return cjson.encode(times({tree = tree}))
-end
-
-if mode == 'reached' then
-  -- Which dimensions each region has reached a village in: no county below a region that has not can have.
-  local tier, n_dims = ARGV[2], tonumber(ARGV[3])
-  local fields = {}
-  for j = 1, n_dims do fields[j] = '${villages_reached}' .. ARGV[3 + j] .. tier end
-  local out = {}
-  for i = 4 + n_dims, #ARGV do
-    local reached = redis.call('HMGET', region_key(ARGV[i]), unpack(fields))
-    local columns = {}
-    for j = 1, n_dims do
-      local r = reached[j]
-      if r and r ~= '0' then columns[#columns + 1] = j - 1 end
-    end
-    out[#out + 1] = table.concat(columns, '.')
-  end
-  return table.concat(out, ',')
-end
-
-if mode == 'actives' then
-  -- A county's index of a dimension holds exactly the villages its villages_reached field of that dimension
-  -- counts (the apply and registry scripts move both together): where that field is 0 there is nothing
-  -- to count, which spares most calls where carriers have reached few counties. The call stops once it has
-  -- run budget_us microseconds, so Redis never stops long for it, and says how many counties it did.
-  local cutoff, tier, budget, n_dims = ARGV[2], ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
-  local dims, fields = {}, {}
-  for j = 1, n_dims do
-    dims[j] = ARGV[5 + j] .. tier
-    fields[j] = '${villages_reached}' .. dims[j]
-  end
-  local function now_us()
-    local t = redis.call('TIME')
-    return tonumber(t[1]) * 1000000 + tonumber(t[2])
-  end
-  local started = now_us()
-  local out, n, first, done = {}, 0, 6 + n_dims, 0
-  for i = first, #ARGV do
-    local county = ARGV[i]
-    local reached = redis.call('HMGET', region_key(county), unpack(fields))
-    for j = 1, n_dims do
-      local r = reached[j]
-      if r and r ~= '0' then
-        local a = redis.call('ZCOUNT', index_key(county .. dims[j]), cutoff, '+inf')
-        if a > 0 then
-          n = n + 1
-          out[n] = (i - first) .. ':' .. (j - 1) .. ':' .. a
-        end
-      end
-    end
-    done = done + 1
-    if done % 16 == 0 and now_us() - started > budget then break end
-  end
-  return {done, table.concat(out, ',')}
 end
 
 return redis.error_reply('documents.lua: unknown mode ' .. tostring(mode))

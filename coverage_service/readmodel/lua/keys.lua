@@ -11,6 +11,8 @@ end
 local function loc_key(code) return shard(code) .. '${loc}' .. code end
 -- A lapse index's name is its region's code and a suffix ('370102|carrier:sf@p2500').
 local function index_key(name) return shard(name) .. '${reach_index}' .. name end
+-- A city's or province's counts of last reaches on one CST day (days since 1970-01-01): '{37}:lapse:3701:20500'.
+local function lapse_key(code, day) return shard(code) .. '${lapse}' .. code .. ':' .. string.format('%d', day) end
 local function stations_key(code) return shard(code) .. '${stations}' .. code end
 
 -- The registry index: each province's part in its shard (kinds in one hash), the nation's untagged.

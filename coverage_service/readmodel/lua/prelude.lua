@@ -5,7 +5,8 @@
 -- '@p<N>' per population tier it reaches. Only kind 'village' units have segments. For each segment q
 -- it adds to villages_total<q>; for each reach flag s it holds ('' or '|carrier:sf' ...), to
 -- villages_reached<s><q> and to the sorted sets reach:<township><s><q> and reach:<county><s><q> (scored
--- by its last reach in ms, for the lapse window); with a station, to villages_with_station<q>.
+-- by its last reach in ms, for the lapse window) and, at its city and province, to the count of the day of that
+-- last reach (lapse:<region>:<day>, field villages_reached<s><q>); with a station, to villages_with_station<q>.
 
 local KIND_VILLAGE = '${kind_village}'
 local REACHED = '${reached}'
@@ -22,6 +23,29 @@ end
 -- The regions that keep a lapse index (sorted set) of their villages: township and county.
 local function indexed_regions_of(code)
   return {string.sub(code, 1, 9), string.sub(code, 1, 6)}
+end
+
+-- The regions that count last reaches per day (lapse:<region>:<day>): city and province (changes.LAPSE_DIGITS).
+local function lapse_regions_of(code)
+  return {string.sub(code, 1, 4), string.sub(code, 1, 2)}
+end
+
+-- The CST day of a time in ms (fold.cst_day).
+local function cst_day(ms)
+  return math.floor((tonumber(ms) + ${cst_offset_ms}) / ${day_ms})
+end
+
+-- When a day's counts expire (unix s): once no lapse window can reach them (scripts.LAPSE_DAYS_KEPT). A day
+-- already past it is not counted at all.
+local function lapse_expire_at(day)
+  return ((day + ${lapse_days_kept}) * ${day_ms} - ${cst_offset_ms}) / 1000
+end
+
+-- Redis's clock, in s, read once per script.
+local clock_s = nil
+local function now_s()
+  if clock_s == nil then clock_s = tonumber(redis.call('TIME')[1]) end
+  return clock_s
 end
 
 local function parse_tiers(text)
@@ -87,8 +111,9 @@ local function increment_hash(key, fields, floor_field, floor)
   if #out < SLICE then redis.call('HSET', key, unpack(out)) else call_sliced('HSET', key, out, 2) end
 end
 
--- Increments gathered with add() over a script, then written once per hash by flush_increments().
-local incr = {}
+-- Increments gathered with add() over a script, then written once per hash by flush_increments(); hashes in
+-- ``expiring`` get their expiry (unix s) after.
+local incr, expiring = {}, {}
 local function add(key, fld, n)
   local h = incr[key]
   if h == nil then h = {}; incr[key] = h end
@@ -96,7 +121,8 @@ local function add(key, fld, n)
 end
 local function flush_increments()
   for key, fields in pairs(incr) do increment_hash(key, fields) end
-  incr = {}
+  for key, at in pairs(expiring) do redis.call('EXPIREAT', key, at) end
+  incr, expiring = {}, {}
 end
 
 -- What a unit already holds: its reach flags (suffix -> last reach ms) and whether it has a station.
@@ -123,6 +149,15 @@ local function move_segment(code, q, delta, state)
     if state.station then add(rk, '${villages_with_station}' .. q, delta) end
   end
   for s, ms in pairs(state.flags) do
+    local day = cst_day(ms)
+    local expire_at = lapse_expire_at(day)
+    if expire_at > now_s() then
+      for _, r in ipairs(lapse_regions_of(code)) do
+        local lk = lapse_key(r, day)
+        add(lk, '${villages_reached}' .. s .. q, delta)
+        expiring[lk] = expire_at
+      end
+    end
     for _, r in ipairs(indexed_regions_of(code)) do
       if delta > 0 then
         redis.call('ZADD', index_key(r .. s .. q), 'GT', ms, code)

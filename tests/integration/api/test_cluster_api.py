@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from datetime import UTC, datetime
 
 import httpx
@@ -105,7 +106,7 @@ async def test_every_document_on_a_cluster_equals_the_one_on_one_server(
         assert {c["code"] for c in national["children"]} == {"14", "15", "41"}
 
         # The daily snapshot reads every region through the same reader: it works on the cluster too.
-        taken = await history.take(cluster, settings.redis_key_prefix, NOW.date(), now_ms=0, lapse_ms=1)
+        taken = await history.take(cluster, settings.redis_key_prefix, NOW.date(), now_ms=0, lapse_days=1)
         assert taken.regions > 3 and taken.written == taken.regions
     finally:
         await cluster.aclose()
@@ -119,8 +120,9 @@ async def test_many_documents_at_once_on_a_cluster_wait_for_connections_instead_
     try:
         await fill(cluster, settings)
         reader = queries.Reader.on(cluster, settings.redis_key_prefix)
-        one = await reader.nation()
-        many = await asyncio.gather(*(reader.nation() for _ in range(300)))
+        window = fold.lapse_window(int(time.time() * 1000), 30)
+        one = await reader.nation(window, ALL)
+        many = await asyncio.gather(*(reader.nation(window, ALL) for _ in range(300)))
         assert all(n.document(ALL) == one.document(ALL) for n in many)
     finally:
         await cluster.aclose()

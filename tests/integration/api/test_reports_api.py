@@ -109,12 +109,12 @@ async def test_targets_use_history_for_deadlines_and_pace_and_overrides_by_prefi
 ) -> None:
     county = County(redis, settings)
     await county.load(tmp_path / "reg")
-    p, lapse = settings.redis_key_prefix, settings.lapse_window_ms
+    p, lapse = settings.redis_key_prefix, settings.lapse_window_days
     await county.apply(*(event(village(XIUSHUI, i), NOW - timedelta(days=1)) for i in range(1, 4)))
     now_ms = int(NOW.timestamp() * 1000)
     # 3 of 10 reached when the 2022 deadline's snapshot and the one of ten days ago were taken.
-    await history.take(redis, p, date(2022, 12, 31), now_ms=now_ms, lapse_ms=lapse)
-    await history.take(redis, p, TODAY - timedelta(days=10), now_ms=now_ms, lapse_ms=lapse)
+    await history.take(redis, p, date(2022, 12, 31), now_ms=now_ms, lapse_days=lapse)
+    await history.take(redis, p, TODAY - timedelta(days=10), now_ms=now_ms, lapse_days=lapse)
     await county.apply(*(event(village(XIUSHUI, i), NOW - timedelta(hours=1)) for i in range(4, 7)))
 
     def day(n: int) -> str:

@@ -38,7 +38,7 @@ async def take(redis: aioredis.Redis, settings: Settings, day: date) -> history.
         settings.redis_key_prefix,
         day,
         now_ms=int(datetime.now(UTC).timestamp() * 1000),
-        lapse_ms=settings.lapse_window_ms,
+        lapse_days=settings.lapse_window_days,
     )
 
 

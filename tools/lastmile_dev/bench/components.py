@@ -134,7 +134,7 @@ async def run(ctx: Context) -> Result:
     redis = redis_client.connect(settings)  # the API's own client: 64 documents in flight need a waiting pool
     fast = resp.RespClient.from_url(settings.redis_url)
     try:
-        prefix, lapse = settings.redis_key_prefix, settings.lapse_window_ms
+        prefix, lapse = settings.redis_key_prefix, settings.lapse_window_days
         readers = {"redis-py": queries.Reader.on(redis, prefix), "resp": queries.Reader.on(redis, prefix, fast=fast)}
         client_us: dict[str, float] = {}
         for name, reader in readers.items():
@@ -142,7 +142,7 @@ async def run(ctx: Context) -> Result:
 
             async def read(i: int, reader: queries.Reader = reader) -> Any:
                 now = int(time.time() * 1000)
-                return await reader.indexed_report(codes[i % len(codes)], ALL, now_ms=now, lapse_ms=lapse)
+                return await reader.region_report(codes[i % len(codes)], ALL, now_ms=now, lapse_days=lapse)
 
             client_us[name] = await cpu_per_call(read, n)
         result.figures.append(_figure("a county's report read, CPU per call", client_us, "resp", "redis-py"))
