@@ -193,6 +193,7 @@ def lua_names(prefix: str) -> dict[str, str]:
         "first_reach_ms": field.FIRST_REACH_MS,
         "last_reach_ms": field.LAST_REACH_MS,
         "dim_sep": field.DIM_SEP,
+        "type_prefix": field.TYPE,
         "unit_name": unit.NAME,
         "unit_population": unit.POPULATION,
         **{f"stat_{name.lower()}": value for name, value in vars(stat).items() if name.isupper()},

@@ -11,7 +11,7 @@ import functools
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, cast
+from typing import Any, Final, NamedTuple, cast
 
 import orjson
 import redis.asyncio as aioredis
@@ -679,19 +679,26 @@ class Reader:
         )
         return detail, data_time_of(raw)
 
-    async def region_report(
-        self, code: str, flt: Filter, *, now_ms: int, lapse_days: int
-    ) -> tuple[CoverageReport | None, int | None]:
+    async def region_report(self, code: str, flt: Filter, *, now_ms: int, lapse_days: int) -> Made:
         """A region's report (``CN`` or 2/4/6/9 digits; one call, one moment of the read model, except the nation's
-        one per province) and its data time."""
+        one per province), its data time and the version it was read at."""
         window = fold.lapse_window(now_ms, lapse_days)
         raw = await self.region(code, window, flt)
+        version = _none(raw.get("version"))
         if not _known(code, raw):
-            return None, data_time_of(raw)
+            return Made(None, data_time_of(raw), version)
         counts = {str(d): int(n) for d, n in _list(raw.get("counts"))}
         rows = _list(raw["children"])
         children = village_rows(rows, flt, window.start_ms) if len(code) == 9 else region_rows(rows)
-        return report(code, flt, raw, lambda dim: counts.get(dim, 0), children, lapse_days), data_time_of(raw)
+        body = report(code, flt, raw, lambda dim: counts.get(dim, 0), children, lapse_days)
+        return Made(body, data_time_of(raw), version)
+
+    async def version(self, code: str) -> str | None:
+        """The version of a region's figures (2/4/6/9 digits): unchanged, its report is the same for the same day
+        and filter. None for the nation, which has none."""
+        if code == names.NATIONAL:
+            return None
+        return _decoded(await self._call(self._key(code), "version", code, *_TYPE_FIELDS))
 
     async def figures(self, codes: Sequence[str], flt: Filter, *, now_ms: int, lapse_days: int) -> dict[str, Figures]:
         """Figures of regions (``CN`` or 2/4/6/9 digits) in filter ``flt``; codes not in the registry are left out."""
@@ -706,6 +713,19 @@ class Reader:
                 for row in _list((await self._json(shard, "figures", *args))["rows"]):
                     found[str(row[0])] = row
         return {f["code"]: f for f in region_rows([found[c] for c in codes if c in found])}
+
+
+_TYPE_FIELDS: Final = tuple(fld.TYPE + t for t in scan.EVENT_TYPES)
+
+
+def _decoded(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class Made(NamedTuple):
+    body: CoverageReport | None
+    data_time: int | None  # the read model's last change, ms
+    version: str | None  # of the region's figures (Reader.version); None for the nation
 
 
 def _window(window: fold.LapseWindow) -> tuple[int, int, int]:

@@ -21,6 +21,10 @@
 --   figures window dim tier code...
 --           For each region (2/4/6/9 digits): [code, kind, name, total, reached, as_of_ms, stations, active],
 --           as the children rows of `region`; kind is false for a code the registry does not hold.
+--   version code type_field...
+--           A token that changes whenever the region's report may change but for the day: the events applied
+--           below it (its type: counters summed; every event counts in every region above it) and the shard's
+--           registry generation. `region` answers it too, read with the figures.
 --   village code
 --           One village-level unit: kind, name, population, its ancestors' names, its location hash and stations.
 
@@ -49,6 +53,17 @@ local function dims_of(flat)
     end
   end
   return dims
+end
+
+local TYPE_HEAD = '${type_prefix}'
+
+-- The version of a region's figures (mode `version`) from its type: counters' values.
+local function version_of(code, counters)
+  local events = 0
+  for _, v in ipairs(counters) do
+    if v then events = events + tonumber(v) end
+  end
+  return string.format('%d', events) .. ':' .. (redis.call('GET', shard(code) .. '${shard_generation}') or '')
 end
 
 local function window(i)
@@ -115,6 +130,11 @@ if mode == 'region' then
   out.name = redis.call('HGET', unit_key(code), '${unit_name}')
   out.region = redis.call('HGETALL', region_key(code))
   out.counts = own_counts(code, out.region, dim, tier, want_dims, w)
+  local counters = {}
+  for i = 1, #out.region, 2 do
+    if string.sub(out.region[i], 1, #TYPE_HEAD) == TYPE_HEAD then counters[#counters + 1] = out.region[i + 1] end
+  end
+  out.version = version_of(code, counters)
   local kids = sorted_children(code)
   local kinds = {}
   if #kids > 0 then kinds = redis.call('HMGET', kind_key(code), unpack(kids)) end  -- in the region's province
@@ -152,6 +172,12 @@ if mode == 'figures' then
                        v[4], kind and active(c, dim .. tier, v[2], w) or 0}
   end
   return cjson.encode(times({rows = rows}))
+end
+
+if mode == 'version' then
+  local fields = {}
+  for i = 3, #ARGV do fields[#fields + 1] = ARGV[i] end
+  return version_of(ARGV[2], redis.call('HMGET', region_key(ARGV[2]), unpack(fields)))
 end
 
 if mode == 'village' then

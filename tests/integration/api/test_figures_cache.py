@@ -129,6 +129,47 @@ async def world(redis: aioredis.Redis, settings: Settings, tmp_path: Path) -> Wo
     return await loaded_world(redis, settings, tmp_path / "registry", event(DONGGUAN), event(YIJING))
 
 
+async def test_an_unchanged_region_is_served_again_and_a_changed_one_made_again(
+    world: World, settings: Settings, tmp_path: Path
+) -> None:
+    """Past the max age a report is revalidated by its region's version: served again, neither made nor serialised
+    again, while nothing below the region changed; made again after an event below it, on a new day, or after a
+    registry load."""
+    prefix = settings.redis_key_prefix
+    clock, wall = [0.0], [int(time.time() * 1000)]
+    docs = Documents(
+        queries.Reader.on(world.redis, prefix),
+        lapse_days=LAPSE_DAYS,
+        max_age_s=0.5,
+        clock=lambda: clock[0],
+        wall_ms=lambda: wall[0],
+    )
+
+    async def report(code: str) -> Any:
+        clock[0] += 1  # every read past the max age of the one before
+        return await docs.region(code)
+
+    county, township = await report(YUXIAN), await report(XIUSHUI)
+    await world.apply(event(YIJING, days_ago=0.1))  # in 城区: neither region
+    assert await report(YUXIAN) is county and await report(XIUSHUI) is township
+    assert docs.revalidated == 2
+
+    await world.apply(event(JIA, days_ago=0.1))  # in 东梁乡, in 盂县: newly reached
+    changed = await report(YUXIAN)
+    assert changed is not county and changed.body == await reference(world.redis, prefix, YUXIAN, ALL, wall[0])
+    assert changed.body["villages_reached"] == county.body["villages_reached"] + 1
+    assert await report(XIUSHUI) is township  # 秀水镇 is not 东梁乡
+
+    wall[0] += 86_400_000  # the next day: the lapse window moved
+    next_day = await report(XIUSHUI)
+    assert next_day is not township and next_day.body == township.body  # nothing lapsed within a day here
+
+    await world.load(tmp_path / "again")  # the same edition again: a new registry generation
+    assert await report(XIUSHUI) is not next_day
+    assert docs.revalidated == 3
+    await docs.close()
+
+
 async def reached(client: httpx.AsyncClient, path: str) -> int:
     r = await client.get(path)
     assert r.status_code == 200, r.text

@@ -147,7 +147,7 @@ async def assert_recounted(
             assert {c: f["villages_active"] for c, f in got.items()} == want, (seed, ahead, days, flt)
         # The breakdown of the nation and of a province: every carrier and model at once.
         for code in (names.NATIONAL, "15"):
-            report, _ = await reader.region_report(code, Filter(), now_ms=now_ms, lapse_days=days)
+            report, _, _ = await reader.region_report(code, Filter(), now_ms=now_ms, lapse_days=days)
             assert report is not None
             by_carrier = {e["carrier"]: e["villages_active"] for e in report["breakdown"]["by_carrier"] or []}
             want_carriers = {c: expected_active(registry, last, code, Filter(carrier=c), start) for c in CARRIERS}
