@@ -54,12 +54,11 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.redis = _redis(settings)
         # The hot documents are read through a pipelining client of their own when the URL allows (resp.py;
-        # one server, not a cluster). The county counts of the larger regions are read on a connection of their
-        # own: Redis takes turns between connections, so those calls do not queue behind the documents'.
-        fast = bulk = None
+        # one server, not a cluster).
+        fast = None
         if resp.supports(settings.redis_url) and not settings.redis_cluster:
-            fast, bulk = resp.RespClient.from_url(settings.redis_url), resp.RespClient.from_url(settings.redis_url)
-        reader = queries.Reader.on(app.state.redis, prefix, fast=fast, bulk=bulk)
+            fast = resp.RespClient.from_url(settings.redis_url)
+        reader = queries.Reader.on(app.state.redis, prefix, fast=fast)
         app.state.documents = documents.Documents(reader, lapse_days=settings.lapse_window_days, max_age_s=max_age_s)
         app.state.fast_path = fastpath.FastPath(
             app.state.access, app.state.documents, settings.coverage_cache_max_age_seconds
@@ -77,9 +76,8 @@ def create_app(settings: Settings) -> FastAPI:
             stream.stop(app)
             await app.state.streams.channels.close()
             await app.state.documents.close()
-            for client in (fast, bulk):
-                if client is not None:
-                    await client.close()
+            if fast is not None:
+                await fast.close()
             await app.state.broker.close()
             await app.state.redis.aclose()
 

@@ -581,11 +581,10 @@ class Reader:
     Each call reads one shard (a province), so a Redis Cluster serves it as one server does; the nation is summed
     here from its provinces' replies (the read model keeps no national hash)."""
 
-    def __init__(self, prefix: str, call: ScriptCall, command: Command, bulk: ScriptCall | None = None) -> None:
+    def __init__(self, prefix: str, call: ScriptCall, command: Command) -> None:
         self._prefix = prefix
         self._call = call  # the documents of requests
         self._command = command  # the nation's registry keys (no shard's) and the registry load's time
-        self._bulk = bulk or call  # the longer county counts: on a connection of their own when there is one
 
     @classmethod
     def on(
@@ -594,20 +593,17 @@ class Reader:
         prefix: str,
         *,
         fast: resp.RespClient | None = None,
-        bulk: resp.RespClient | None = None,
     ) -> Reader:
         """A reader for key prefix ``prefix``: through redis-py (the client must decode responses; a cluster
-        client routes each call by its key), or on the pipelining clients ``fast`` (documents) and ``bulk``
-        (county counts) when given, the script loaded (SCRIPT LOAD) through redis-py."""
+        client routes each call by its key), or on the pipelining client ``fast`` when given, the script loaded
+        (SCRIPT LOAD) through redis-py."""
         text = scripts.source(SCRIPT, prefix)
         if fast is not None:
 
             async def load() -> str:
                 return str(await redis.script_load(text))
 
-            return cls(
-                prefix, resp.Script(fast, text, load=load), fast.execute, resp.Script(bulk or fast, text, load=load)
-            )
+            return cls(prefix, resp.Script(fast, text, load=load), fast.execute)
         script = redis.register_script(text)
 
         async def call(key: str, *args: str | int) -> Any:
