@@ -85,8 +85,12 @@ class Documents:
         first_day = fold.lapse_window(now, self.lapse_days).first_day
         key = (code, flt)
         kept = self._kept.get(key)
-        fresh = kept is not None and kept.first_day == first_day and born - kept.made <= REVALIDATE_FOR_S
-        if kept is not None and fresh and await self.reader.version(code) == kept.version:
+        if (
+            kept is not None
+            and kept.first_day == first_day
+            and born - kept.made <= REVALIDATE_FOR_S
+            and await self.reader.version(code) == kept.version
+        ):
             self._kept.move_to_end(key)
             self.revalidated += 1
             return kept.rendered, born

@@ -159,7 +159,6 @@ def definition(flt: Filter, lapse_days: int) -> Definition:
     Nothing in it depends on the moment of the request, so an unchanged read model gives an unchanged body
     (and ETag).
     """
-    days = lapse_days
     return {
         "reached": "An administrative village is reached from the first scan of one of reach_event_types at it "
         "(by any carrier, or by the scope's carrier or cooperation model); it stays reached afterwards.",
@@ -171,10 +170,10 @@ def definition(flt: Filter, lapse_days: int) -> Definition:
         "居委会, 居民委员会 or 社区 -> community; 村 or 嘎查 -> village; anything else -> other. A registry "
         "'kind' column overrides it row by row.",
         "coverage_rate": "villages_reached / villages_total rounded to 6 decimals; null when villages_total is 0.",
-        "lapse_window_days": days,
+        "lapse_window_days": lapse_days,
         "active": f"villages_active: reached villages whose last reach (in the scope) falls on one of the last "
-        f"{days} days in China Standard Time (UTC+8), the day of the request included: from 00:00 CST {days - 1} "
-        "days before it. A village lapses when that day ends, not at the hour it was reached.",
+        f"{lapse_days} days in China Standard Time (UTC+8), the day of the request included: from 00:00 CST "
+        f"{lapse_days - 1} days before it. A village lapses when that day ends, not at the hour it was reached.",
         "lapsed": "villages_lapsed = villages_reached - villages_active: reached once, but not within the lapse "
         "window (coverage falling back, 防回退).",
         "villages_with_station": "Administrative villages where at least one station_id was reported (一村一站), "

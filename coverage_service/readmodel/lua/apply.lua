@@ -26,7 +26,8 @@
 --  "locs": [village, [field, value, ...], ...],          values to set in loc:<village>
 --  "regions": [code, {field: n, ...}, as_of_ms, ...],     increments to region:<code>, and its as_of floor
 --  "indexes": [name, [ms, village, ...], ...],            last reaches to raise in reach:<name> (ZADD GT)
---  "lapses": [region, day, {field: n}, ...],             increments to lapse:<region>:<day> (prelude's count_day)
+--  "lapses": [region, day, {field: n}, ...],             increments to lapse:<region>:<day>, kept until
+--                                                        prelude's lapse_expire_at
 --  "stations": [village, [station_id, ...], ...],         added to stations:<village>
 --  "offsets": [offset_field, offset, ...], "digests": [offset_field, ...],
 --  "stats": [applied, duplicate, unknown, records_applied, records_replayed, newly_reached, dead_letters]}

@@ -43,11 +43,17 @@ local function sorted_children(code)
   return kids
 end
 
--- The dimensions of a region hash (flat HGETALL reply): '|carrier:sf', '|model:postal_express' ...
-local function dims_of(flat)
+-- A flat HGETALL reply as a table.
+local function as_table(flat)
+  local fields = {}
+  for i = 1, #flat, 2 do fields[flat[i]] = flat[i + 1] end
+  return fields
+end
+
+-- The dimensions of a region hash (as a table): '|carrier:sf', '|model:postal_express' ...
+local function dims_of(fields)
   local dims = {}
-  for i = 1, #flat, 2 do
-    local f = flat[i]
+  for f, _ in pairs(fields) do
     if string.sub(f, 1, #REACHED_HEAD) == REACHED_HEAD and not string.find(f, TIER_SEP, 1, true) then
       dims[#dims + 1] = string.sub(f, #'${villages_reached}' + 1)
     end
@@ -56,6 +62,15 @@ local function dims_of(flat)
 end
 
 local TYPE_HEAD = '${type_prefix}'
+
+-- The type: counters' values of a region hash (as a table), for its version.
+local function type_counters(fields)
+  local counters = {}
+  for f, v in pairs(fields) do
+    if string.sub(f, 1, #TYPE_HEAD) == TYPE_HEAD then counters[#counters + 1] = v end
+  end
+  return counters
+end
 
 -- The version of a region's figures (mode `version`) from its type: counters' values.
 local function version_of(code, counters)
@@ -91,34 +106,33 @@ local function active(code, suffix, reached, w)
   return day_sums(code, {suffix}, w)[1]
 end
 
--- A region's active villages in its scope's dimension and, with want_dims, in every dimension of its hash (flat
--- HGETALL reply), as [[dimension, count], ...] (cjson needs string keys, and '' is one).
-local function own_counts(code, flat, dim, tier, want_dims, w)
-  local fields = {}
-  for i = 1, #flat, 2 do fields[flat[i]] = flat[i + 1] end
+-- A region's active villages in its scope's dimension and, with want_dims, in every dimension of its hash (as a
+-- table), as [[dimension, count], ...] (cjson needs string keys, and '' is one). A city's or province's are
+-- summed over the window's days once for all its reached dimensions.
+local function own_counts(code, fields, dim, tier, want_dims, w)
   local dims = {dim}
   if want_dims then
-    for _, d in ipairs(dims_of(flat)) do
+    for _, d in ipairs(dims_of(fields)) do
       if d ~= dim then dims[#dims + 1] = d end
     end
   end
-  local counted, out = {}, {}
+  local out = {}
+  if #code >= 6 then
+    for _, d in ipairs(dims) do
+      out[#out + 1] = {d, active(code, d .. tier, fields['${villages_reached}' .. d .. tier], w)}
+    end
+    return out
+  end
+  local counted, suffixes = {}, {}
   for _, d in ipairs(dims) do
     local reached = fields['${villages_reached}' .. d .. tier]
-    if reached and reached ~= '0' then counted[#counted + 1] = d end
-    out[#out + 1] = {d, 0}
+    if reached and reached ~= '0' then counted[#counted + 1], suffixes[#suffixes + 1] = d, d .. tier end
   end
+  local found = {}
   if #counted > 0 then
-    local found = {}
-    if #code >= 6 then
-      for _, d in ipairs(counted) do found[d] = redis.call('ZCOUNT', index_key(code .. d .. tier), w.cutoff, '+inf') end
-    else
-      local suffixes = {}
-      for j, d in ipairs(counted) do suffixes[j] = d .. tier end
-      for j, n in ipairs(day_sums(code, suffixes, w)) do found[counted[j]] = n end
-    end
-    for _, pair in ipairs(out) do pair[2] = found[pair[1]] or 0 end
+    for j, n in ipairs(day_sums(code, suffixes, w)) do found[counted[j]] = n end
   end
+  for _, d in ipairs(dims) do out[#out + 1] = {d, found[d] or 0} end
   return out
 end
 
@@ -129,12 +143,9 @@ if mode == 'region' then
   if not out.kind then return cjson.encode(times(out)) end
   out.name = redis.call('HGET', unit_key(code), '${unit_name}')
   out.region = redis.call('HGETALL', region_key(code))
-  out.counts = own_counts(code, out.region, dim, tier, want_dims, w)
-  local counters = {}
-  for i = 1, #out.region, 2 do
-    if string.sub(out.region[i], 1, #TYPE_HEAD) == TYPE_HEAD then counters[#counters + 1] = out.region[i + 1] end
-  end
-  out.version = version_of(code, counters)
+  local fields = as_table(out.region)
+  out.counts = own_counts(code, fields, dim, tier, want_dims, w)
+  out.version = version_of(code, type_counters(fields))
   local kids = sorted_children(code)
   local kinds = {}
   if #kids > 0 then kinds = redis.call('HMGET', kind_key(code), unpack(kids)) end  -- in the region's province
@@ -202,7 +213,7 @@ if mode == 'provinces' then
     local p = ARGV[i]
     local flat = redis.call('HGETALL', region_key(p))
     rows[#rows + 1] = {p, redis.call('HGET', kind_key(p), p) or false, redis.call('HGET', unit_key(p), '${unit_name}')
-                       or false, flat, own_counts(p, flat, dim, tier, want_dims, w)}
+                       or false, flat, own_counts(p, as_table(flat), dim, tier, want_dims, w)}
   end
   return cjson.encode(times({rows = rows}))
 end
