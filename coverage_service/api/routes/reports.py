@@ -366,17 +366,79 @@ async def coverage_history(
         "from": first.isoformat(),
         "to": last.isoformat(),
         "series": series,
-        "definition": {
-            "snapshot": f"the region's figures as the worker saw them when it took the day's snapshot, from "
-            f"{settings.snapshot_hour:02d}:00 China Standard Time (SNAPSHOT_HOUR), once per day",
-            "scope": ALL.describe(),
-            "lapse_window_days": settings.lapse_window_days,
-            "missing_days": "days without a snapshot (no worker running after SNAPSHOT_HOUR) are left out",
-        },
+        "definition": _history_definition(settings),
     }
     table = Table(_HISTORY_COLUMNS, [[e[c] for c in _HISTORY_COLUMNS] for e in series])
     modified = await history.taken_at_ms(redis, prefix, [e["date"] for e in series])
     return respond(request, body, table=table, filename=f"history-{code}", last_modified_ms=modified)
+
+
+class DayFigures(history.Entry):
+    code: str
+    name: str | None
+    level: str
+
+
+class HistoryDay(TypedDict):
+    code: str
+    name: str | None
+    level: str
+    date: str
+    figures: history.Entry | None
+    children: list[DayFigures]
+    definition: dict[str, Any]
+
+
+_DAY_COLUMNS: Final = ("code", "name", "level", *_HISTORY_COLUMNS)
+
+
+@router.get("/v1/coverage/{code}/history/{day}", response_model=HistoryDay, responses=_ERRORS)
+async def coverage_history_day(
+    request: Request,
+    who: Caller,
+    code: str = PathParam(
+        description=REGION_DOC, examples=["CN", "14", "140322"], json_schema_extra=documented_pattern(REGION_PATTERN)
+    ),
+    day: str = PathParam(description="The day, YYYY-MM-DD", json_schema_extra={"format": "date"}),
+) -> Response:
+    """The region's snapshot of one day with its children's, one level down (townships at most): a map as of
+    that day in one request. ``figures`` is null and ``children`` empty when no snapshot was taken that day;
+    a child without one (added to the registry since) is left out."""
+    code = region_code(code)
+    ensure_in_scope(who, code)
+    when = _day("day", day)
+    settings, redis = settings_of(request), redis_of(request)
+    prefix = settings.redis_key_prefix
+    name = await _region_name(redis, prefix, code)
+    own, found = await history.day_of_children(redis, prefix, code, when)
+    children: list[DayFigures] = [
+        {**entry, "code": c, "name": n, "level": divisions.level_of(c)} for c, n, entry in found
+    ]
+    body: HistoryDay = {
+        "code": code,
+        "name": name,
+        "level": _level_name(code),
+        "date": when.isoformat(),
+        "figures": own,
+        "children": children,
+        "definition": _history_definition(settings),
+    }
+    rows = [] if own is None else [[code, name, body["level"], *(own[c] for c in _HISTORY_COLUMNS)]]
+    rows += [[ch[c] for c in _DAY_COLUMNS] for ch in children]
+    modified = await history.taken_at_ms(redis, prefix, [when.isoformat()])
+    return respond(
+        request, body, table=Table(_DAY_COLUMNS, rows), filename=f"history-{code}-{when}", last_modified_ms=modified
+    )
+
+
+def _history_definition(settings: Settings) -> dict[str, Any]:
+    return {
+        "snapshot": f"the region's figures as the worker saw them when it took the day's snapshot, from "
+        f"{settings.snapshot_hour:02d}:00 China Standard Time (SNAPSHOT_HOUR), once per day",
+        "scope": ALL.describe(),
+        "lapse_window_days": settings.lapse_window_days,
+        "missing_days": "days without a snapshot (no worker running after SNAPSHOT_HOUR) are left out",
+    }
 
 
 def _day(name: str, text: str) -> date:

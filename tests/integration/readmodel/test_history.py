@@ -19,7 +19,7 @@ import redis.asyncio as aioredis
 from coverage_service.readmodel import history
 from lastmile.settings import Settings
 from tests.support.regulator_world import app_for, serving
-from tests.support.reports_world import REGIONS, SUNJIA, County, event, village
+from tests.support.reports_world import REGIONS, SUNJIA, TOWNSHIPS, YUXIAN, County, event, village
 
 pytestmark = pytest.mark.integration
 
@@ -112,6 +112,47 @@ async def test_a_day_is_taken_once_and_days_make_a_series(
     # Another app with its own Redis client reads the same history.
     async with serving(app_for(settings)) as client:
         assert (await client.get(f"/v1/coverage/{SUNJIA}/history")).json()["series"] == [day1, day2]
+
+
+async def test_one_day_with_the_children_for_a_map_as_of_that_day(
+    redis: aioredis.Redis, settings: Settings, tmp_path: Path
+) -> None:
+    county = County(redis, settings)
+    await county.load(tmp_path / "reg")
+    await county.apply(event(village(SUNJIA, 1), REACH, station="S1"))
+    await take(redis, settings, YESTERDAY)
+    await county.apply(event(village(SUNJIA, 2), REACH))  # after yesterday's snapshot: not in it
+    async with serving(app_for(settings)) as client:
+        r = await client.get(f"/v1/coverage/{YUXIAN}/history/{YESTERDAY}")
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert (body["code"], body["name"], body["level"], body["date"]) == (
+            YUXIAN,
+            "盂县",
+            "county",
+            YESTERDAY.isoformat(),
+        )
+        assert (body["figures"]["villages_total"], body["figures"]["villages_reached"]) == (19, 1)
+        townships = {c: t for c, t in TOWNSHIPS.items() if t[1] == YUXIAN}
+        assert [c["code"] for c in body["children"]] == sorted(townships)
+        shown = {
+            c["code"]: (c["name"], c["level"], c["villages_total"], c["villages_reached"]) for c in body["children"]
+        }
+        assert shown == {
+            c: (name, "township", total, 1 if c == SUNJIA else 0) for c, (name, _, total) in townships.items()
+        }
+
+        r = await client.get(f"/v1/coverage/{YUXIAN}/history/{YESTERDAY}", params={"format": "csv"})
+        lines = r.text[1:].splitlines()
+        assert lines[0].startswith("code,name,level,date,villages_total,villages_reached,")
+        assert lines[1].startswith(f"{YUXIAN},盂县,county,{YESTERDAY},19,1,")
+        assert len(lines) == 2 + len(townships)
+
+        r = await client.get(f"/v1/coverage/{YUXIAN}/history/{TODAY}")  # no snapshot taken today
+        assert (r.status_code, r.json()["figures"], r.json()["children"]) == (200, None, [])
+        r = await client.get(f"/v1/coverage/{YUXIAN}/history/2024-02-30")
+        assert (r.status_code, r.json()["detail"]) == (400, "day='2024-02-30' is not a date YYYY-MM-DD")
+        assert (await client.get(f"/v1/coverage/140399/history/{YESTERDAY}")).status_code == 404
 
 
 async def test_history_rejects_bad_dates_and_codes(redis: aioredis.Redis, settings: Settings, tmp_path: Path) -> None:
