@@ -7,6 +7,7 @@ the pace of progress, and a milestone's figures on its deadline day. The layout 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any, Final
@@ -202,25 +203,23 @@ async def entries(redis: aioredis.Redis, prefix: str, code: str, days: list[date
     return {d: decode(label, v) for d, label, v in zip(days, labels, values, strict=True) if v is not None}
 
 
-async def day_of_children(
-    redis: aioredis.Redis, prefix: str, code: str, day: date
+async def day_of_units(
+    redis: aioredis.Redis, prefix: str, code: str, units: Sequence[str], day: date
 ) -> tuple[Entry | None, list[tuple[str, str | None, Entry]]]:
-    """The region's snapshot of ``day`` and its children's one level down (down to townships), as (code, name,
-    entry) in code order: a map as of that day, in two round trips. Children without a snapshot that day (a
-    township's villages, units added since) are left out."""
-    children = sorted(str(c) for c in await redis.smembers(names.key(prefix, names.REG_CHILDREN, code)))
-    children = [c for c in children if len(c) <= TOWNSHIP_LENGTH]
+    """The snapshot of ``day`` of the region and of ``units`` (regions under it), as (code, name, entry) in the
+    order given: a map as of that day, in one round trip. Units without a snapshot that day (villages, units
+    added since) are left out."""
     label = day.isoformat()
     async with redis.pipeline(transaction=False) as pipe:
-        for c in (code, *children):
+        for c in (code, *units):
             pipe.hget(names.key(prefix, names.HISTORY, c), label)
-        for c in children:
+        for c in units:
             pipe.hget(names.key(prefix, names.REG_UNIT, c), names.unit.NAME)
         replies = await pipe.execute()
-    own, values, found = replies[0], replies[1 : len(children) + 1], replies[len(children) + 1 :]
+    own, values, found = replies[0], replies[1 : len(units) + 1], replies[len(units) + 1 :]
     out = [
         (c, None if n is None else str(n), decode(label, v))
-        for c, v, n in zip(children, values, found, strict=True)
+        for c, v, n in zip(units, values, found, strict=True)
         if v is not None
     ]
     return (None if own is None else decode(label, own)), out

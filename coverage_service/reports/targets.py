@@ -282,6 +282,8 @@ class LaggardRow(TypedDict):
     coverage_rate: float | None
     gap: int
     villages_lapsed: int
+    villages_active: int
+    villages_with_station: int
 
 
 LAGGARDS_DEFINITION: Final = {
@@ -317,6 +319,8 @@ def rank_laggards(units: Sequence[Mapping[str, Any]], limit: int) -> tuple[list[
             "coverage_rate": u["coverage_rate"],
             "gap": u["villages_total"] - u["villages_reached"],
             "villages_lapsed": u["villages_lapsed"],
+            "villages_active": u["villages_active"],
+            "villages_with_station": u["villages_with_station"],
         }
         for i, u in enumerate(ranked[:limit], start=1)
     ]

@@ -45,6 +45,7 @@ DEFAULT_RULES_FILE: Final = Path(subsidies.__file__).with_name("subsidy_rules.js
 DEFAULT_HISTORY_DAYS: Final = 90
 MAX_HISTORY_DAYS: Final = 3660
 UNIT_LENGTH: Final = {divisions.PROVINCE: 2, divisions.CITY: 4, divisions.COUNTY: 6, divisions.TOWNSHIP: 9}
+_CHILD_LENGTH: Final = {0: 2, 2: 4, 4: 6, 6: 9}  # by the region's code length (the nation's: 0)
 REGION_DOC: Final = "Division code: CN (the nation), or 2 (province), 4 (city), 6 (county) or 9 (township) digits."
 COUNTY_DOC: Final = "6-digit county (区/县) code."
 
@@ -234,6 +235,8 @@ _LAGGARD_COLUMNS: Final = (
     "coverage_rate",
     "gap",
     "villages_lapsed",
+    "villages_active",
+    "villages_with_station",
 )
 
 
@@ -252,15 +255,11 @@ async def laggards(
     (villages still to reach, more first), then by code. Units without villages are left out and counted."""
     code = region_code(code)
     ensure_in_scope(who, code)
-    here = 0 if code == names.NATIONAL else len(code)
-    if UNIT_LENGTH[level] <= here:
-        below = [lv for lv, n in UNIT_LENGTH.items() if n > here]
-        hint = f"choose one of: {', '.join(below)}" if below else f"for its villages see /v1/coverage/{code}/unreached"
-        raise Problem(400, f"level={level} is not below {code} (a {_level_name(code)}); {hint}", type_="invalid-level")
+    length = _below(code, level)
     settings, redis = settings_of(request), redis_of(request)
     prefix = settings.redis_key_prefix
-    units = (await queries.regions_under(redis, prefix, [code], UNIT_LENGTH[level]))[code]
-    units = [u for u in units if len(u) == UNIT_LENGTH[level]]
+    units = (await queries.regions_under(redis, prefix, [code], length))[code]
+    units = [u for u in units if len(u) == length]
     many = await reader_of(request).figures([code, *units], flt, now_ms=now_ms(), lapse_days=settings.lapse_window_days)
     head = many.get(code)
     if head is None:
@@ -285,6 +284,16 @@ async def laggards(
     }
     table = Table(_LAGGARD_COLUMNS, [[r[c] for c in _LAGGARD_COLUMNS] for r in rows])
     return respond(request, body, table=table, filename=f"laggards-{code}-{level}")
+
+
+def _below(code: str, level: Level) -> int:
+    """The code length of the units at ``level``; 400 unless they are below ``code``."""
+    here = 0 if code == names.NATIONAL else len(code)
+    if UNIT_LENGTH[level] <= here:
+        below = [lv for lv, n in UNIT_LENGTH.items() if n > here]
+        hint = f"choose one of: {', '.join(below)}" if below else f"for its villages see /v1/coverage/{code}/unreached"
+        raise Problem(400, f"level={level} is not below {code} (a {_level_name(code)}); {hint}", type_="invalid-level")
+    return UNIT_LENGTH[level]
 
 
 def _level_name(code: str) -> str:
@@ -400,17 +409,25 @@ async def coverage_history_day(
         description=REGION_DOC, examples=["CN", "14", "140322"], json_schema_extra=documented_pattern(REGION_PATTERN)
     ),
     day: str = PathParam(description="The day, YYYY-MM-DD", json_schema_extra={"format": "date"}),
+    level: Annotated[
+        Level | None, Query(description="Which units under the region to give (default: one level down)")
+    ] = None,
 ) -> Response:
-    """The region's snapshot of one day with its children's, one level down (townships at most): a map as of
-    that day in one request. ``figures`` is null and ``children`` empty when no snapshot was taken that day;
-    a child without one (added to the registry since) is left out."""
+    """The region's snapshot of one day with its units' at ``level`` (default: its children; townships at
+    most): a map as of that day in one request. ``figures`` is null and ``children`` empty when no snapshot
+    was taken that day; a unit without one (added to the registry since) is left out."""
     code = region_code(code)
     ensure_in_scope(who, code)
     when = _day("day", day)
+    here = 0 if code == names.NATIONAL else len(code)
+    length = _below(code, level) if level is not None else _CHILD_LENGTH.get(here)
     settings, redis = settings_of(request), redis_of(request)
     prefix = settings.redis_key_prefix
     name = await _region_name(redis, prefix, code)
-    own, found = await history.day_of_children(redis, prefix, code, when)
+    units: list[str] = []
+    if length is not None:
+        units = [u for u in (await queries.regions_under(redis, prefix, [code], length))[code] if len(u) == length]
+    own, found = await history.day_of_units(redis, prefix, code, units, when)
     children: list[DayFigures] = [
         {**entry, "code": c, "name": n, "level": divisions.level_of(c)} for c, n, entry in found
     ]

@@ -113,6 +113,16 @@ async def test_a_national_token_reads_everything(client: httpx.AsyncClient, path
     assert r.status_code == 200, r.text
 
 
+async def test_me_names_the_region_a_token_reads(client: httpx.AsyncClient) -> None:
+    mine = (await client.get("/v1/me", headers=bearer(YUXIAN_TOKEN))).json()
+    assert (mine["region"], mine["level"]) == (YUXIAN, "county")
+    assert mine["name"].startswith(f"{YUXIAN}#") and YUXIAN_TOKEN not in mine["name"]
+    national = (await client.get("/v1/me", headers=bearer(NATIONAL_TOKEN))).json()
+    assert (national["region"], national["level"]) == ("CN", "national")
+    problem(await client.get("/v1/me"), 401)
+    problem(await client.get("/v1/me", headers=bearer(CARRIER_TOKEN)), 403)
+
+
 @pytest.mark.parametrize(
     ("headers", "invalid"),
     [

@@ -223,14 +223,16 @@ async def test_laggards_rank_units_by_rate_with_ties_broken_by_gap(
                 r["coverage_rate"],
                 r["gap"],
                 r["villages_lapsed"],
+                r["villages_active"],
+                r["villages_with_station"],
             )
             for r in body["laggards"]
         ]
         assert rows == [
-            (1, LIANGJIA, "梁家寨乡", "township", 3, 0, 0.0, 3, 0),
-            (2, LUJIA, "路家村镇", "township", 4, 2, 0.5, 2, 1),  # ties with 孙家庄镇 at 0.5: larger gap first
-            (3, SUNJIA, "孙家庄镇", "township", 2, 1, 0.5, 1, 0),
-            (4, XIUSHUI, "秀水镇", "township", 10, 6, 0.6, 4, 0),
+            (1, LIANGJIA, "梁家寨乡", "township", 3, 0, 0.0, 3, 0, 0, 0),
+            (2, LUJIA, "路家村镇", "township", 4, 2, 0.5, 2, 1, 1, 0),  # ties with 孙家庄镇 at 0.5: larger gap first
+            (3, SUNJIA, "孙家庄镇", "township", 2, 1, 0.5, 1, 0, 1, 0),
+            (4, XIUSHUI, "秀水镇", "township", 10, 6, 0.6, 4, 0, 6, 0),
         ]
 
         top = (await client.get(f"/v1/laggards/{YUXIAN}", params={"limit": 2})).json()  # level defaults to township
@@ -248,8 +250,10 @@ async def test_laggards_rank_units_by_rate_with_ties_broken_by_gap(
             "coverage_rate",
             "gap",
             "villages_lapsed",
+            "villages_active",
+            "villages_with_station",
         ]
-        assert lines[1] == ["2", LUJIA, "路家村镇", "township", "4", "2", "0.5", "2", "1"]
+        assert lines[1] == ["2", LUJIA, "路家村镇", "township", "4", "2", "0.5", "2", "1", "1", "0"]
 
         cities = (await client.get("/v1/laggards/1403", params={"level": "county"})).json()
         assert [

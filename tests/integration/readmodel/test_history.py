@@ -154,6 +154,16 @@ async def test_one_day_with_the_children_for_a_map_as_of_that_day(
         assert (r.status_code, r.json()["detail"]) == (400, "day='2024-02-30' is not a date YYYY-MM-DD")
         assert (await client.get(f"/v1/coverage/140399/history/{YESTERDAY}")).status_code == 404
 
+        r = await client.get(f"/v1/coverage/CN/history/{YESTERDAY}", params={"level": "county"})
+        assert [(c["code"], c["level"], c["villages_total"], c["villages_reached"]) for c in r.json()["children"]] == [
+            ("140321", "county", 2, 0),
+            (YUXIAN, "county", 19, 1),
+        ]
+        r = await client.get(f"/v1/coverage/CN/history/{YESTERDAY}")
+        assert [(c["code"], c["name"]) for c in r.json()["children"]] == [("14", "山西省")]
+        r = await client.get(f"/v1/coverage/{YUXIAN}/history/{YESTERDAY}", params={"level": "city"})
+        assert (r.status_code, r.json()["type"].rsplit("/", 1)[-1]) == (400, "invalid-level")
+
 
 async def test_history_rejects_bad_dates_and_codes(redis: aioredis.Redis, settings: Settings, tmp_path: Path) -> None:
     await County(redis, settings).load(tmp_path / "reg")

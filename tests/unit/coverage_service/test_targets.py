@@ -186,6 +186,7 @@ def unit(code: str, total: int, reached: int, lapsed: int = 0) -> dict[str, Any]
         "coverage_rate": reached / total if total else None,
         "villages_active": reached - lapsed,
         "villages_lapsed": lapsed,
+        "villages_with_station": reached // 2,
     }
 
 
@@ -207,6 +208,6 @@ def test_laggards_rank_by_rate_then_by_gap_then_by_code() -> None:
         (5, "140322100", 4),
     ]
     assert left_out == 1
-    assert rows[1]["villages_lapsed"] == 1
+    assert (rows[1]["villages_lapsed"], rows[1]["villages_active"], rows[1]["villages_with_station"]) == (1, 1, 1)
     rows, left_out = targets.rank_laggards(units, limit=2)
     assert [r["code"] for r in rows] == ["140322104", "140322102"] and left_out == 1
