@@ -22,7 +22,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from coverage_service.api import access, documents, fastpath, metrics, middleware, representation
+from coverage_service.api import access, dashboard, documents, fastpath, metrics, middleware, representation
 from coverage_service.api.params import RETRY_AFTER_S
 from coverage_service.api.routes import caller, figures, reports, stream
 from coverage_service.readmodel import queries, resp
@@ -93,6 +93,7 @@ def create_app(settings: Settings) -> FastAPI:
         redoc_url=None,
     )
     apidocs.install(app)
+    dashboard.install(app)
     app.state.settings = settings
     app.state.access = access.Access.from_settings(settings)  # SettingsError for unusable tokens
     app.state.streams = stream.Streams.from_settings(settings)
