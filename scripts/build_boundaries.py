@@ -53,7 +53,36 @@ def topology(features: list[dict[str, Any]], name: str, tolerance: float) -> dic
         toposimplify=tolerance,
         topology=True,
     )
-    return dict(json.loads(topo.to_json()))
+    return wound(dict(json.loads(topo.to_json())))
+
+
+def wound(topo: dict[str, Any]) -> dict[str, Any]:
+    """``topo`` with every outer ring clockwise and every hole anticlockwise (longitude right, latitude up), as
+    d3-geo draws them: it takes a ring the other way round for the rest of the globe. A ring is turned by
+    reversing its arcs (arc ``i`` becomes ``~i``), so shared borders stay shared."""
+    points: list[list[tuple[int, int]]] = []
+    for arc in topo["arcs"]:
+        x = y = 0
+        line = []
+        for dx, dy in arc:
+            x, y = x + dx, y + dy
+            line.append((x, y))
+        points.append(line)
+
+    def area(ring: list[int]) -> float:
+        line = [p for i in ring for p in (points[i] if i >= 0 else points[~i][::-1])]
+        return sum(x0 * y1 - x1 * y0 for (x0, y0), (x1, y1) in zip(line, line[1:] + line[:1], strict=True)) / 2
+
+    def polygon(rings: list[list[int]]) -> list[list[int]]:
+        return [r if (area(r) < 0) == (n == 0) else [~i for i in reversed(r)] for n, r in enumerate(rings)]
+
+    for collection in topo["objects"].values():
+        for geom in collection.get("geometries", []):
+            if geom["type"] == "Polygon":
+                geom["arcs"] = polygon(geom["arcs"])
+            elif geom["type"] == "MultiPolygon":
+                geom["arcs"] = [polygon(p) for p in geom["arcs"]]
+    return topo
 
 
 def write(path: Path, data: dict[str, Any], budget: int) -> int:

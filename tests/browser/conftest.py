@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -17,19 +16,16 @@ import pytest
 import pytest_asyncio
 from playwright.async_api import Browser, ConsoleMessage, Error, Page, async_playwright
 
+from lastmile_dev import devstack
 from tests.support import REPO
-
-CHROMIUM_FALLBACK = Path("/usr/bin/chromium")
 
 
 def chromium_executable() -> str:
     """The system chromium; fails (never skips) when it is absent."""
-    found = shutil.which("chromium")
-    if found:
-        return found
-    if os.access(CHROMIUM_FALLBACK, os.X_OK):
-        return str(CHROMIUM_FALLBACK)
-    pytest.fail("chromium is not installed: run `bash scripts/bootstrap` (as root on Debian it installs it)")
+    found = devstack.chromium()
+    if found is None:
+        pytest.fail("chromium is not installed: run `bash scripts/bootstrap` (as root on Debian it installs it)")
+    return found
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

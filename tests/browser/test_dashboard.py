@@ -202,6 +202,11 @@ async def test_a_national_bureau_drills_from_china_to_the_village_grid(
         rate = province["villages_reached"] / province["villages_total"] if province["villages_total"] else None
         assert shown[province["code"]] == colour(rate), province
     assert shown["11"] == NO_DATA  # 北京 is not in the sample registry
+    # No area covers the whole map (what a ring wound the wrong way round draws): each is smaller than China.
+    widest = await page.eval_on_selector_all(
+        "#map path.area", "nodes => Math.max(...nodes.map(n => n.getBBox().width))"
+    )
+    assert widest < 0.5 * await page.eval_on_selector("#map svg", "svg => svg.viewBox.baseVal.width")
     headline = await page.inner_text("[data-figure=coverage_rate]")
     assert f"{nation['villages_reached']} / {nation['villages_total']:,}" in headline
     assert await serious_violations(page) == []

@@ -303,6 +303,14 @@ def _redis_pong(host: str, port: int) -> bool:
         return False
 
 
+def chromium() -> str | None:
+    """Debian's chromium (scripts/bootstrap installs it), which Playwright drives: its own download is unused."""
+    found = shutil.which("chromium")
+    if found:
+        return found
+    return "/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None
+
+
 def lastmile_command(*args: str) -> list[str]:
     """argv running the `lastmile` CLI with this interpreter (works without the venv on PATH)."""
     return [sys.executable, "-m", "lastmile.cli", *args]

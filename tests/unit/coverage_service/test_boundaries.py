@@ -68,3 +68,32 @@ def test_each_file_is_within_its_budget() -> None:
     sizes = {p.name: len(gzip.compress(p.read_bytes(), 9)) for p in BOUNDARIES.glob("*.topo.json")}
     assert sizes.pop("CN.topo.json") <= 300_000
     assert sizes and max(sizes.values()) <= 250_000
+
+
+def _signed_areas(data: dict[str, Any]) -> list[tuple[str, int, float]]:
+    """(unit, ring number, signed planar area in quantized units) of every ring: positive is anticlockwise."""
+    arcs = []
+    for arc in data["arcs"]:
+        x = y = 0
+        line = []
+        for dx, dy in arc:
+            x, y = x + dx, y + dy
+            line.append((x, y))
+        arcs.append(line)
+    out = []
+    for collection in data["objects"].values():
+        for geom in collection.get("geometries", []):
+            polygons = [geom["arcs"]] if geom["type"] == "Polygon" else geom.get("arcs", [])
+            for polygon in polygons if geom["type"] in ("Polygon", "MultiPolygon") else []:
+                for n, ring in enumerate(polygon):
+                    pts = [p for i in ring for p in (arcs[i] if i >= 0 else arcs[~i][::-1])]
+                    twice = sum(a[0] * b[1] - b[0] * a[1] for a, b in zip(pts, pts[1:] + pts[:1], strict=True))
+                    out.append((str(geom.get("id")), n, twice / 2))
+    return out
+
+
+@pytest.mark.parametrize("name", ["CN", "14", "51", "65"])
+def test_outer_rings_are_clockwise_and_holes_anticlockwise_as_d3_draws_them(name: str) -> None:
+    # d3-geo takes a ring wound the other way for the rest of the globe: the map would be one flat colour.
+    wrong = [(unit, n) for unit, n, area in _signed_areas(topo(name)) if (area < 0) != (n == 0) and area != 0]
+    assert wrong == []

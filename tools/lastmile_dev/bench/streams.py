@@ -64,7 +64,7 @@ async def run(ctx: Context) -> Result:
     n_streams, n_probes = (STREAMS_QUICK, PROBES_QUICK) if quick else (STREAMS, PROBES)
     prefix = stack.settings.redis_key_prefix
     redis = aioredis.from_url(stack.settings.redis_url, decode_responses=True)
-    county, villages = await _probe_county(redis, prefix, gen.villages(), n_probes)
+    county, villages = await probe_county(redis, prefix, gen.villages(), n_probes)
     paths = [
         f"/v1/stream?carrier={PROBE_CARRIER}",
         f"/v1/stream/{county[:2]}?carrier={PROBE_CARRIER}",
@@ -171,7 +171,7 @@ async def run(ctx: Context) -> Result:
     return result
 
 
-async def _probe_county(redis: aioredis.Redis, prefix: str, villages: list[str], wanted: int) -> tuple[str, list[str]]:
+async def probe_county(redis: aioredis.Redis, prefix: str, villages: list[str], wanted: int) -> tuple[str, list[str]]:
     """The largest county with villages the probe carrier has not reached (earlier scenarios probe too), and up to
     ``wanted`` of those villages: each probe then adds one to the carrier's reached count."""
     by_county: dict[str, list[str]] = {}

@@ -15,7 +15,7 @@ const WORDS = {
   lapsed: ["已回退的村", "Lapsed villages"], breakdown: ["分企业与合作模式", "By carrier and cooperation model"],
   foot: ["边界数据仅供工作参考，公开发布须使用经审核的标准地图（审图号）。",
     "Boundaries are for working use; a public deployment needs an approved standard map (审图号)."],
-  api_docs: ["API 文档", "API docs"],
+  api_docs: ["API 文档", "API docs"], table: ["表格（可排序）", "Table (sortable)"], status: ["状态", "Status"],
   national: ["全国", "China"], province: ["省", "province"], city: ["市", "city"], county: ["县", "county"], township: ["乡镇", "township"],
   map_of: ["{name}：各{level}{metric}", "{name}: {metric} by {level}"], grid_of: ["{name}：各村通达情况", "{name}: villages"],
   villages_total: ["行政村", "Villages"], villages_reached: ["已通达", "Reached"], coverage_rate: ["通达率", "Coverage rate"],

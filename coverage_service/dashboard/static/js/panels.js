@@ -35,7 +35,7 @@ export function targets(root, report) {
     el("td", {}, m.deadline), el("td", {}, percent(m.min_rate)), el("td", {}, t(m.status)), el("td", {}, count(m.gap)),
     el("td", {}, m.days_left === null || m.days_left === undefined ? "—" : count(m.days_left)),
     el("td", {}, m.needed_villages_per_day === null || m.needed_villages_per_day === undefined ? "—" : String(m.needed_villages_per_day))));
-  const head = el("tr", {}, ...["deadline", "coverage_rate", "level", "gap", "days_left", "per_day"].map((k) => el("th", { scope: "col" }, t(k === "level" ? "definition" : k))));
+  const head = el("tr", {}, ...["deadline", "coverage_rate", "level", "gap", "days_left", "per_day"].map((k) => el("th", { scope: "col" }, t(k === "level" ? "status" : k))));
   const perDay = report.pace?.villages_per_day;
   const pace = el("p", { class: "note" }, `${t("pace")}: ${perDay === null || perDay === undefined ? "—" : perDay}`);
   root.replaceChildren(el("div", { class: "tablewrap", tabindex: "0" }, el("table", {}, el("thead", {}, head), el("tbody", {}, ...rows))), pace);
