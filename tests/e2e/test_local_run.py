@@ -109,6 +109,9 @@ def test_local_run_serves_the_readme_example_survives_a_killed_worker_and_stops_
         assert token in out.read_text()
         regulator = (tmp_path / "data" / "regulator-token").read_text().strip()
         assert regulator in out.read_text()
+        assert f"{coverage}/dashboard/" in out.read_text()  # the link make run prints opens the dashboard
+        page = httpx.get(f"{coverage}/dashboard/")
+        assert page.status_code == 200 and "快递进村" in page.text
         services = children(run.pid)
         assert sorted(cmd.split()[-1] for cmd in services.values() if "lastmile.cli" in cmd) == [
             "coverage",

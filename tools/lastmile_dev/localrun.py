@@ -148,6 +148,7 @@ def run_stack(settings: Settings, *, registry: Path, data_dir: Path) -> int:
 lastmile-coverage is running.
   ingest API    {ingest_url}   (OpenAPI: {ingest_url}/docs)
   coverage API  {coverage_url}   (OpenAPI: {coverage_url}/docs)
+  dashboard     {coverage_url}/dashboard/   (sign in with a regulator token)
   broker        {settings.kafka_bootstrap_servers}
   redis         {settings.redis_url}  (data in {data_dir / "redis"})
   logs          {logs_dir}/

@@ -30,8 +30,21 @@ export function csv(columns, rows, chinese, name) {
   download(new Blob(["\ufeff", text], { type: "text/csv;charset=utf-8" }), `${name}.csv`);
 }
 
-export function xlsx(columns, rows, name, title) {
-  const XLSX = window.XLSX;
+// SheetJS is loaded on the first XLSX export only: most visits never need its 250 KB.
+let sheetjs = null;
+function loadSheetJS() {
+  sheetjs ??= new Promise((resolve, reject) => {
+    const script = document.createElement("script");
+    script.src = "vendor/xlsx-0.18.5.mini.min.js";
+    script.onload = () => resolve(window.XLSX);
+    script.onerror = reject;
+    document.head.append(script);
+  });
+  return sheetjs;
+}
+
+export async function xlsx(columns, rows, name, title) {
+  const XLSX = await loadSheetJS();
   const sheet = XLSX.utils.aoa_to_sheet(matrix(columns, rows, true));
   const book = XLSX.utils.book_new();
   XLSX.utils.book_append_sheet(book, sheet, title.slice(0, 31).replace(/[\\/?*[\]:]/g, " "));

@@ -15,6 +15,7 @@ const SIDE_REFRESH_MS = 30000; // targets, laggards and lapsed lists follow more
 const state = { me: null, code: null, metric: "rate", carrier: "", model: "", pop: false, day: null };
 const names = new Map([["CN", null]]);
 const topo = new Map();
+const townshipCache = new Map(); // township code -> {mark, report}: see villageGrid
 let view = null; // what is drawn: {title, rows, columns, svg, asOf}
 let stopStream = null;
 let history = [];
@@ -115,11 +116,21 @@ async function mapUnits(code, level, report) {
 
 async function villageGrid(report) {
   const townships = report.level === "township" ? [report] : report.children.filter((c) => c.villages_total > 0);
+  // A township is asked again only when its row in the county's figures changed: a live refresh of a county
+  // costs one request plus one per township that moved.
+  const scope = JSON.stringify(filters());
+  const fetchOne = async (ts) => {
+    if (ts === report) return report;
+    const mark = JSON.stringify([scope, ts.villages_reached, ts.villages_active, ts.villages_total, ts.as_of]);
+    const kept = townshipCache.get(ts.code);
+    if (kept && kept.mark === mark) return kept.report;
+    const fresh = await api.get(`/v1/coverage/${ts.code}`, filters());
+    townshipCache.set(ts.code, { mark, report: fresh });
+    return fresh;
+  };
   const out = [];
   for (let i = 0; i < townships.length; i += 6) { // six at a time: a county's townships within the burst
-    const part = await Promise.all(townships.slice(i, i + 6).map((ts) =>
-      (ts === report ? Promise.resolve(report) : api.get(`/v1/coverage/${ts.code}`, filters()))));
-    out.push(...part);
+    out.push(...(await Promise.all(townships.slice(i, i + 6).map(fetchOne))));
   }
   return out.map((ts) => ({
     code: ts.code,
@@ -230,6 +241,7 @@ async function render() {
   const code = state.code;
   const level = levelOf(code);
   document.body.dataset.state = "loading";
+  if (level !== "county" && level !== "township") boundaries(level === "national" ? "CN" : code.slice(0, 2)); // meanwhile
   try {
     const report = await api.get(regionPath(code), filters());
     names.set(code, code === "CN" ? t("national") : report.name);
