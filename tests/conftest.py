@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 from lastmile.registry import BUNDLED
 from lastmile.settings import Settings
 from lastmile_dev import devstack
+from tests.support import isolated
 
 SAMPLE_REGISTRY = BUNDLED["sample"]
 
@@ -82,16 +83,7 @@ def unique() -> str:
 @pytest.fixture
 def settings(broker_url: str, redis_url: str, unique: str) -> Settings:
     """Settings for one test: its own topics, consumer group and Redis key prefix."""
-    return Settings(
-        kafka_bootstrap_servers=broker_url,
-        redis_url=redis_url,
-        redis_key_prefix=f"t{unique}",
-        scan_topic=f"scans-{unique}",
-        dead_letter_topic=f"scans-{unique}-deadletter",
-        consumer_group=f"group-{unique}",
-        scan_topic_partitions=4,
-        log_format="console",
-    )
+    return isolated.settings(broker_url, redis_url, f"t{unique}")
 
 
 @pytest.fixture

@@ -24,8 +24,8 @@ import openpyxl
 import pytest
 from playwright.async_api import Page
 
-from lastmile.settings import Settings
 from lastmile_dev import devstack
+from tests.support import isolated
 from tests.support.services import (
     load_sample_registry,
     sample_villages,
@@ -105,15 +105,7 @@ def wait_reached(coverage: str, code: str, reached: int) -> None:
 @pytest.fixture(scope="module")
 def stack(broker_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     unique = f"b{int(time.time() * 1000) % 10**9}"
-    settings = Settings(
-        kafka_bootstrap_servers=broker_url,
-        redis_url=redis_url,
-        redis_key_prefix=unique,
-        scan_topic=f"scans-{unique}",
-        dead_letter_topic=f"scans-{unique}-deadletter",
-        consumer_group=f"group-{unique}",
-        scan_topic_partitions=2,
-    )
+    settings = isolated.settings(broker_url, redis_url, unique, scan_topic_partitions=2)
     logs = tmp_path_factory.mktemp("stack")
     ingest_port, coverage_port = devstack.free_port(), devstack.free_port()
     env = service_env(
@@ -373,7 +365,7 @@ async def test_exports_download_and_open(page: Page, console_errors: list[str], 
     image = (await (await png_download.value).path()).read_bytes()
     assert image[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", image[16:24])
-    assert (width, height) == (1600, 2 * (640 + 60))  # the national map at twice its size, with its title
+    assert (width, height) == (1600, 2 * (640 + 84))  # the national map at twice its size, title and legend above
     (artefacts / "map.png").write_bytes(image)
     assert console_errors == []
 

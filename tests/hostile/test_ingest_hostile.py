@@ -27,7 +27,7 @@ from fastapi import FastAPI
 from lastmile.settings import Settings
 from lastmile_dev import devstack
 from lastmile_dev.devstack import Proc
-from tests.support import ingest_world
+from tests.support import ingest_world, isolated
 from tests.support.ingest_world import Ingest, running_ingest, topic_records
 from tests.support.services import service_env, start, wait_ready
 
@@ -348,16 +348,7 @@ async def test_nothing_invalid_reaches_the_topic(ingest: Ingest) -> None:
 def run_ingest(broker_url: str, redis_url: str, logs: Path, **env: str) -> Iterator[tuple[str, Proc, Settings]]:
     """`lastmile ingest` as a process on its own topic and key prefix: its address, process and settings."""
     unique = os.urandom(5).hex()
-    settings = hostile_settings(
-        Settings(
-            kafka_bootstrap_servers=broker_url,
-            redis_url=redis_url,
-            redis_key_prefix=f"t{unique}",
-            scan_topic=f"scans-{unique}",
-            dead_letter_topic=f"scans-{unique}-dl",
-            scan_topic_partitions=2,
-        )
-    )
+    settings = hostile_settings(isolated.settings(broker_url, redis_url, f"t{unique}", scan_topic_partitions=2))
 
     async def load() -> None:
         client = aioredis.from_url(redis_url)

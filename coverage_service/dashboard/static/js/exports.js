@@ -53,9 +53,9 @@ export async function xlsx(columns, rows, name, title) {
 }
 
 // The map's SVG drawn on a canvas at twice its size, with the title and the as-of line above it.
-export async function png(svg, title, asOf, name) {
+export async function png(svg, title, asOf, name, legend = []) {
   const box = svg.viewBox.baseVal;
-  const scale = 2, top = 60;
+  const scale = 2, top = 60 + (legend.length ? 24 : 0);
   const clone = svg.cloneNode(true);
   clone.setAttribute("width", box.width);
   clone.setAttribute("height", box.height);
@@ -78,6 +78,16 @@ export async function png(svg, title, asOf, name) {
   g.fillText(title, 12, 28);
   g.font = "13px 'WenQuanYi Micro Hei', 'Noto Sans CJK SC', sans-serif";
   g.fillText(`${t("as_of")} ${asOf}`, 12, 50);
+  let x = 12;
+  for (const [colour, label] of legend) { // the legend, so the colours read on their own in a slide
+    g.fillStyle = colour;
+    g.fillRect(x, 64, 14, 12);
+    g.strokeStyle = "#999999";
+    g.strokeRect(x, 64, 14, 12);
+    g.fillStyle = "#1b1b1b";
+    g.fillText(label, x + 18, 75);
+    x += 26 + g.measureText(label).width;
+  }
   g.drawImage(image, 0, top, box.width, box.height);
   URL.revokeObjectURL(url);
   const blob = await new Promise((resolve) => canvas.toBlob(resolve, "image/png"));

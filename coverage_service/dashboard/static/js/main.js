@@ -232,12 +232,16 @@ async function loadHistory(code) {
   panels.chart($("chart"), history, state.day);
 }
 
-async function show() {
-  loading = loading.then(render, render);
+// Views and live refreshes run one after another, so a refresh never draws over the view that replaced it.
+function queue(step) {
+  loading = loading.then(step, step);
   return loading;
 }
 
+const show = () => queue(render);
+
 async function render() {
+  if (!state.me) return; // signed out meanwhile
   const code = state.code;
   const level = levelOf(code);
   document.body.dataset.state = "loading";
@@ -279,7 +283,7 @@ function follow(code) {
     $("as-of").textContent = `${t("as_of")} ${beijing(f.as_of)} · ${t("updated")} ${new Date().toLocaleTimeString("zh-CN", { timeZone: "Asia/Shanghai", hour12: false })}`;
     if (state.day || state.code !== code) return;
     clearTimeout(timer);
-    timer = setTimeout(() => refresh(code), Math.max(0, lastMap + LIVE_REFRESH_MS - Date.now()));
+    timer = setTimeout(() => queue(() => refresh(code)), Math.max(0, lastMap + LIVE_REFRESH_MS - Date.now()));
   }, (on) => {
     const live = $("live");
     live.className = `live ${on ? "on" : "off"}`;
@@ -288,19 +292,26 @@ function follow(code) {
 }
 
 async function refresh(code) {
-  if (state.day || state.code !== code) return;
+  if (state.day || state.code !== code || !state.me) return;
   lastMap = Date.now();
   const level = levelOf(code);
-  const report = await api.get(regionPath(code), filters());
-  await drawMap(code, level, report);
-  panels.headline($("headline"), report, report.definition, report.definition?.lapse_window_days ?? 30, "");
-  panels.breakdown($("breakdown"), report.breakdown);
-  document.body.dataset.refreshed = String(Date.now());
-  if (Date.now() - lastSide > SIDE_REFRESH_MS) await sidePanels(code, level);
+  try {
+    const report = await api.get(regionPath(code), filters());
+    await drawMap(code, level, report);
+    panels.headline($("headline"), report, report.definition, report.definition?.lapse_window_days ?? 30, "");
+    panels.breakdown($("breakdown"), report.breakdown);
+    document.body.dataset.refreshed = String(Date.now());
+    if (Date.now() - lastSide > SIDE_REFRESH_MS) await sidePanels(code, level);
+  } catch (exc) {
+    // What is drawn stays; the next change of the stream tries again.
+    console.warn("live refresh failed", exc);
+  }
 }
 
 function signOut(message = "") {
   api.forgetToken();
+  clearTimeout(timer);
+  state.me = null;
   if (stopStream) stopStream();
   streaming = null;
   $("board").hidden = true;
@@ -351,7 +362,8 @@ function wire() {
   const stem = () => `coverage-${state.code}${state.day ? `-${state.day}` : ""}`;
   $("export-csv").addEventListener("click", () => view && exports.csv(view.columns, view.rows, $("csv-zh").checked, stem()));
   $("export-xlsx").addEventListener("click", () => view && exports.xlsx(view.columns, view.rows, stem(), view.title));
-  $("export-png").addEventListener("click", () => view?.svg && exports.png(view.svg, view.title, view.asOf, stem()));
+  const legendItems = () => [...$("legend").children].map((item) => [item.firstChild.style.backgroundColor, item.textContent]);
+  $("export-png").addEventListener("click", () => view?.svg && exports.png(view.svg, view.title, view.asOf, stem(), legendItems()));
   // A hash outside the token's region (typed, or from a forwarded link) is replaced by the region's own.
   window.addEventListener("hashchange", () => { if (state.me) { readHash(); writeHash(); } });
 }
