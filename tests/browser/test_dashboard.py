@@ -235,6 +235,12 @@ async def test_a_national_bureau_drills_from_china_to_the_village_grid(
         "#map rect.cell", "nodes => Object.fromEntries(nodes.map(n => [n.dataset.code, n.dataset.status]))"
     )
     assert cells == in_township
+    # A cell opens the village's detail in the page (a tab of its own would have no token).
+    await page.click(f"#map rect.cell[data-code='{stack.villages[0]}']")
+    await page.wait_for_selector(f"#village-card[data-code='{stack.villages[0]}']:not([hidden])")
+    detail = await page.inner_text("#village")
+    assert stack.villages[0] in detail and "已通达·活跃" in detail and "YX-1" in detail  # its scan's station
+    await page.screenshot(path=artefacts / "5-village-detail.png", full_page=True)
     requests = await page.evaluate("window.lastmileStats.requests")
     assert requests < 100  # the whole drill-down fits in one token's burst
     assert console_errors == []

@@ -151,7 +151,7 @@ async function drawMap(code, level, report) {
   if (!state.day && (level === "county" || level === "township")) {
     title.textContent = t("grid_of", { name: place });
     const grid = await villageGrid(report);
-    svg = draw.drawGrid($("map"), { townships: grid, onPick: (v) => window.open(`../v1/villages/${v}`, "_blank", "noopener"), onTownship: go, tip, label: title.textContent });
+    svg = draw.drawGrid($("map"), { townships: grid, onPick: openVillage, onTownship: go, tip, label: title.textContent });
     draw.legend($("legend"), "grid");
     const villages = grid.flatMap((ts) => ts.villages.map((v) => ({ ...v, township: ts.name, status_text: t(`s_${v.status}`) })));
     view = {
@@ -177,7 +177,8 @@ async function drawMap(code, level, report) {
         keep: (id) => level !== "city" || id.startsWith(code), figures: byCode, onPick: go, tip,
         inset: level === "national", label: title.textContent,
       });
-      const missing = (await missingCounties()).filter((m) => m.code.startsWith(code === "CN" ? "" : code) && code !== "CN");
+      // Counties of this registry without a boundary: in the table, named here since the map cannot show them.
+      const missing = (await missingCounties()).filter((m) => byCode.has(m.code));
       $("missing").textContent = missing.length ? t("missing") + missing.map((m) => `${m.name} ${m.code}`).join("、") : "";
     }
     draw.legend($("legend"), "areas");
@@ -216,7 +217,21 @@ async function sidePanels(code, level) {
   ]);
   if (targets) panels.targets($("targets"), targets);
   panels.laggards($("laggards"), laggards, go);
-  panels.lapsed($("lapsed"), lapsed, level === "county" || level === "township");
+  panels.lapsed($("lapsed"), lapsed, level === "county" || level === "township", openVillage);
+}
+
+// A village's detail needs the token too, so it opens in the page, not in a tab of its own.
+async function openVillage(code) {
+  const card = $("village-card");
+  try {
+    panels.village($("village"), await api.get(`/v1/villages/${code}`));
+  } catch (exc) {
+    $("village").textContent = t("failed") + exc.message;
+  }
+  card.hidden = false;
+  card.dataset.code = code;
+  card.scrollIntoView({ block: "nearest" });
+  $("village-close").focus();
 }
 
 async function loadHistory(code) {
@@ -343,6 +358,7 @@ function wire() {
     signIn();
   });
   $("logout").addEventListener("click", () => signOut());
+  $("village-close").addEventListener("click", () => { $("village-card").hidden = true; });
   $("lang").addEventListener("click", () => {
     setLanguage(language() === "zh" ? "en" : "zh");
     $("lang").textContent = language() === "zh" ? "English" : "中文";

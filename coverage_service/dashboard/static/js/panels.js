@@ -51,15 +51,31 @@ export function laggards(root, report, go) {
   root.replaceChildren(el("ol", { class: "rank" }, ...items));
 }
 
-export function lapsed(root, page, levelHasList) {
+export function lapsed(root, page, levelHasList, open) {
   if (!levelHasList) { root.replaceChildren(el("p", { class: "note" }, t("only_lower"))); return; }
   const rows = (page?.items || []).filter((v) => v.status === "lapsed");
   if (!rows.length) { root.replaceChildren(el("p", { class: "note" }, t("none"))); return; }
-  const shown = rows.slice(0, 20).map((v) => el("li", {},
-    el("a", { href: `../v1/villages/${v.code}`, target: "_blank", rel: "noopener" }, `${v.name} ${v.code}`),
-    ` · ${t("last_reach")} ${beijing(v.last_reach_at)}`));
+  const shown = rows.slice(0, 20).map((v) => {
+    const button = el("button", { type: "button", class: "linklike", "data-code": v.code }, `${v.name} ${v.code}`);
+    button.addEventListener("click", () => open(v.code));
+    return el("li", {}, button, ` · ${t("last_reach")} ${beijing(v.last_reach_at)}`);
+  });
   const more = rows.length > 20 ? el("p", { class: "note" }, t("more", { n: rows.length - 20 })) : null;
   root.replaceChildren(el("ul", {}, ...shown), more);
+}
+
+// One village, as /v1/villages/{code} gives it: status, reaches, stations and parcel counts.
+export function village(root, v) {
+  const status = v.active ? "s_active" : v.reached ? "s_lapsed" : "s_unreached";
+  const rows = [
+    [t("code"), v.code], [t("status"), t(status)], [t("population"), count(v.population)],
+    [t("first_reach"), beijing(v.first_reach_at)], [t("last_reach"), beijing(v.last_reach_at)],
+    [t("stations"), v.stations.length ? v.stations.join("、") : t("none")],
+    [t("parcels_in"), count(v.counts.inbound)], [t("parcels_out"), count(v.counts.outbound)],
+    ...Object.entries(v.reach_by_carrier).map(([carrier, at]) => [`${t("by_carrier_reach")} · ${carrier}`, beijing(at)]),
+  ];
+  root.replaceChildren(el("p", {}, el("strong", {}, v.name || v.code), ` ${v.names?.township || ""} ${v.names?.county || ""}`),
+    el("table", {}, el("tbody", {}, ...rows.map(([k, val]) => el("tr", {}, el("th", { scope: "row" }, k), el("td", {}, String(val)))))));
 }
 
 export function breakdown(root, b) {
