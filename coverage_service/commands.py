@@ -7,7 +7,7 @@ import asyncio
 import sys
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Final
 
 from lastmile.cli import SERVICE, TOOL, command
 from lastmile.divisions import KIND_COMMUNITY, KIND_OTHER, KIND_VILLAGE
@@ -34,6 +34,14 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         f"{', '.join(BUNDLED)} (the national 2023 edition)",
     )
     load.add_argument("--no-progress", action="store_true", help="no progress bar")
+    load.add_argument("--edition", default="", help="the edition's name, recorded with it (e.g. 2023)")
+    load.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print what changes from the loaded edition (added, removed, renamed, reclassified units; counties "
+        "added and removed) and write nothing",
+    )
+    load.add_argument("--yes", action="store_true", help="apply a changed edition without asking")
 
     snapshot = command(
         sub,
@@ -95,13 +103,20 @@ def _coverage(_: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# What applying an edition does not do yet (issue 13): said with every change list, so nobody assumes it.
+REMOVED_NOTE: Final = (
+    "  note: applying adds and renames units and moves reclassified ones with their coverage; removed units stay in "
+    "the read model with their coverage until removal is supported (docs/registry.md#editions)"
+)
+
+
 def _registry(args: argparse.Namespace, settings: Settings) -> int:
     """Read and check the whole registry first, then write it, with a progress bar."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from coverage_service.readmodel.registry_store import LayoutMismatch, load_registry
-    from lastmile import redis_client
+    from coverage_service.readmodel.registry_store import LayoutMismatch, load_registry, loaded_edition
+    from lastmile import editions, redis_client
     from lastmile.registry import RegistryError, locate, read_registry
 
     directory = locate(args.directory)
@@ -110,6 +125,23 @@ def _registry(args: argparse.Namespace, settings: Settings) -> int:
     except RegistryError as exc:
         print(f"lastmile registry load: {exc}", file=sys.stderr)
         return 1
+
+    async def changes() -> tuple[str, bool] | None:
+        """(the change list from the loaded edition, whether it alters loaded units), or None when there is nothing
+        to compare with or no change."""
+        client = redis_client.connect(settings)
+        try:
+            loaded = await loaded_edition(client, settings.redis_key_prefix)
+        finally:
+            await client.aclose()
+        if loaded is None:
+            return None
+        new = editions.records(registry)
+        found = editions.compare(loaded.units, new)
+        if found.empty:
+            return None
+        name = f"{loaded.edition or 'the loaded edition'} → {args.edition or directory}"
+        return editions.summary(found, loaded.units, new, name), found.alters
 
     async def load() -> LoadReport:
         client = redis_client.connect(settings)
@@ -129,10 +161,29 @@ def _registry(args: argparse.Namespace, settings: Settings) -> int:
                     registry,
                     progress=lambda done, total: bar.update(task, completed=done, total=total),
                     population_tiers=settings.population_tiers,
+                    edition=args.edition,
                 )
         finally:
             await client.aclose()
 
+    listed = asyncio.run(changes())
+    if listed is not None:
+        print(listed[0])
+        print(REMOVED_NOTE)
+    if args.dry_run:
+        print("dry run: nothing written" if listed is not None else "dry run: no change from the loaded edition")
+        return 0
+    if listed is not None and listed[1] and not args.yes:
+        if not sys.stdin.isatty():
+            print(
+                "lastmile registry load: the edition removes, renames or reclassifies units (above); pass --yes to "
+                "apply",
+                file=sys.stderr,
+            )
+            return 2
+        if input("apply these changes? [y/N] ").strip().lower() not in ("y", "yes"):
+            print("not applied")
+            return 1
     try:
         report = asyncio.run(load())
     except LayoutMismatch as exc:

@@ -34,6 +34,9 @@ REG_META: Final = "reg:meta"
 # A token every registry write replaces: the worker decides a batch on the registry of one generation. Each shard
 # holds a copy ("{37}:reg:generation"), which its apply calls check.
 REG_GENERATION: Final = "reg:generation"
+# Per shard, the units of the edition loaded last, as a compressed list ("{37}:reg:edition"): what the next
+# edition is compared with before it is applied (lastmile.editions).
+REG_EDITION: Final = "reg:edition"
 # The read model's key layout, written with the registry: 2 since keys carry their province's hash tag.
 LAYOUT: Final = "layout"
 LAYOUT_VERSION: Final = "3"  # 3: the per-day counts of last reaches (LAPSE)
@@ -91,7 +94,7 @@ def topic_partition(offset_field: str) -> tuple[str, int]:
     return topic, int(partition)
 
 
-PER_SHARD: Final = frozenset({DEDUP, OFFSETS, STATS, REG_GENERATION, REG_KIND})
+PER_SHARD: Final = frozenset({DEDUP, OFFSETS, STATS, REG_GENERATION, REG_KIND, REG_EDITION})
 
 
 def shard_key(prefix: str, shard: str, suffix: str) -> str:
@@ -157,6 +160,7 @@ class meta:
 
     LOADED_AT: Final = "loaded_at"
     SOURCE: Final = "source"
+    EDITION: Final = "edition"  # the name `lastmile registry load --edition` gave, e.g. "2023"
     # Comma-separated population thresholds the tier counters are kept for (e.g. "2500").
     POPULATION_TIERS: Final = "population_tiers"
 

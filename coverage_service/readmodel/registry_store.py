@@ -6,8 +6,10 @@ scans, and a load can be repeated or resumed (docs/registry.md).
 
 from __future__ import annotations
 
+import base64
 import time
 import uuid
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,7 +20,7 @@ import redis.asyncio as aioredis
 from redis.typing import EncodableT, FieldT
 
 from coverage_service.readmodel import durable, scripts
-from lastmile import backlog, names
+from lastmile import backlog, editions, names
 from lastmile.registry import NATION_NAME, Registry, Unit
 
 # Redis runs nothing else while a chunk's script runs: 2,000 units take about 20 ms here (5,000 took 60-90 ms),
@@ -45,11 +47,13 @@ async def load_registry(
     registry: Registry,
     progress: Callable[[int, int], None] | None = None,
     population_tiers: Sequence[int] = (),
+    edition: str = "",
 ) -> LoadReport:
     """Write ``registry`` under ``prefix``; ``progress(done, total)`` is called with unit counts after each chunk.
 
     ``population_tiers`` are the thresholds whose tier figures (``?min_population=``) are kept; the tiers in
     force are recorded in ``reg:meta``, and a load with other tiers moves every village to the new ones.
+    ``edition`` names it there (``--edition 2023``); its units are kept per shard for the next edition's change list.
     """
     started = time.perf_counter()
     script = redis.register_script(scripts.source("registry.lua", prefix, prelude=True))
@@ -83,7 +87,13 @@ async def load_registry(
                 progress(done, total)
     # Last, so that registry_loaded turns true only once a whole edition is in. Units absent from this edition
     # are left as they are: removing one would mean unwinding its reach flags and parcel counters.
-    await _write_meta(redis, prefix, registry, new_tiers, f"{load}:meta")
+    async with redis.pipeline(transaction=False) as pipe:
+        for province, units in by_province.items():
+            listed = orjson.dumps([(u.code, u.name, u.kind) for u in units])
+            # Text (base64), so that clients decoding replies as UTF-8 read it too.
+            pipe.set(names.shard_key(prefix, province, names.REG_EDITION), base64.b64encode(zlib.compress(listed, 6)))
+        await pipe.execute()
+    await _write_meta(redis, prefix, registry, new_tiers, f"{load}:meta", edition)
     # A registry is not derived from the scan topic: a restart must not roll it back to an older save.
     await durable.saved(redis)
     return LoadReport(
@@ -93,6 +103,33 @@ async def load_registry(
         reclassified=reclassified,
         elapsed_seconds=time.perf_counter() - started,
     )
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """The edition in the read model: its name (``""`` when the load gave none) and its units."""
+
+    edition: str
+    units: dict[str, editions.Record]
+
+
+async def loaded_edition(redis: aioredis.Redis, prefix: str) -> Loaded | None:
+    """The edition loaded last, or None when none was, or it was loaded before editions were recorded."""
+    if not await registry_loaded(redis, prefix):
+        return None
+    provinces = sorted(str(p) for p in await redis.smembers(names.key(prefix, names.REG_CHILDREN, names.NATIONAL)))
+    async with redis.pipeline(transaction=False) as pipe:
+        pipe.hget(names.key(prefix, names.REG_META), names.meta.EDITION)
+        for province in provinces:
+            pipe.get(names.shard_key(prefix, province, names.REG_EDITION))
+        name, *blobs = await pipe.execute()
+    if any(b is None for b in blobs):
+        return None
+    units: dict[str, editions.Record] = {}
+    for blob in blobs:
+        listed = orjson.loads(zlib.decompress(base64.b64decode(blob)))
+        units.update((code, (unit_name, kind)) for code, unit_name, kind in listed)
+    return Loaded("" if name is None else str(name), units)
 
 
 async def registry_loaded(redis: aioredis.Redis, prefix: str) -> bool:
@@ -111,7 +148,9 @@ def format_tiers(tiers: Sequence[int]) -> str:
     return ",".join(str(t) for t in sorted(set(tiers)))
 
 
-async def _write_meta(redis: aioredis.Redis, prefix: str, registry: Registry, tiers: str, generation: str) -> None:
+async def _write_meta(
+    redis: aioredis.Redis, prefix: str, registry: Registry, tiers: str, generation: str, edition: str
+) -> None:
     """The nation's unit, the load record, then every shard's copy of the registry generation (the nation has no
     region hash: its figures are its provinces' summed). Keys of several hash slots, so in this order: the record
     (with the population tiers) before the copies, which a shard's batches are checked against; on a first load the
@@ -121,6 +160,7 @@ async def _write_meta(redis: aioredis.Redis, prefix: str, registry: Registry, ti
         names.meta.LOADED_AT: datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"),
         names.meta.SOURCE: str(registry.source),
         names.meta.POPULATION_TIERS: tiers,
+        names.meta.EDITION: edition,
     }
     meta.update(registry.level_counts)
     meta.update(registry.kind_counts)
