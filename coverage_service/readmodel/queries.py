@@ -58,6 +58,7 @@ class Definition(TypedDict):
     villages_with_station: str
     as_of: str
     scope: FilterDoc
+    registry_edition: str | None
 
 
 class Figures(TypedDict):
@@ -153,7 +154,7 @@ class CoverageReport(Coverage):
     breakdown: Breakdown
 
 
-def definition(flt: Filter, lapse_days: int) -> Definition:
+def definition(flt: Filter, lapse_days: int, edition: str | None = None) -> Definition:
     """What the figures of a response mean, with the lapse window and the scope they were computed in.
 
     Nothing in it depends on the moment of the request, so an unchanged read model gives an unchanged body
@@ -181,6 +182,8 @@ def definition(flt: Filter, lapse_days: int) -> Definition:
         "as_of": "The newest occurred_at of any event applied in that region (any carrier, any unit); null "
         "before the first one.",
         "scope": cast(FilterDoc, flt.describe()),
+        # The registry edition the figures were computed on (lastmile registry load --edition); null if unnamed.
+        "registry_edition": edition,
     }
 
 
@@ -500,7 +503,7 @@ def report(
     return {
         **head,
         "children": children,
-        "definition": definition(flt, lapse_days),
+        "definition": definition(flt, lapse_days, _none(raw.get("edition")) or None),
         "breakdown": region_breakdown(region, flt, active_of),
     }
 
@@ -624,8 +627,13 @@ class Reader:
         value = await self._command(*command)
         return value.decode() if isinstance(value, bytes) else None if value is None else str(value)
 
-    async def _loaded_at(self) -> str | None:
-        return await self._text("HGET", names.key(self._prefix, names.REG_META), names.meta.LOADED_AT)
+    async def _loaded(self) -> tuple[str | None, str | None]:
+        """When the registry was loaded, and its edition's name."""
+        reply = await self._command(
+            "HMGET", names.key(self._prefix, names.REG_META), names.meta.LOADED_AT, names.meta.EDITION
+        )
+        loaded_at, edition = (v.decode() if isinstance(v, bytes) else None if v is None else str(v) for v in reply)
+        return loaded_at, edition
 
     async def _provinces(self) -> list[str]:
         members = await self._command("SMEMBERS", names.key(self._prefix, names.REG_CHILDREN, names.NATIONAL))
@@ -634,20 +642,20 @@ class Reader:
     async def _timed(self, reply: Awaitable[Any]) -> Any:
         """A shard's reply with the registry load's time beside its shard's last apply (read in the same round
         trip: the load record is no shard's)."""
-        raw, loaded_at = await asyncio.gather(reply, self._loaded_at())
-        raw["loaded_at"] = loaded_at
+        raw, (raw_loaded_at, edition) = await asyncio.gather(reply, self._loaded())
+        raw["loaded_at"], raw["edition"] = raw_loaded_at, edition
         return raw
 
     async def nation(self, window: fold.LapseWindow, flt: Filter) -> Nation:
         """The nation's hash summed from its provinces', with their rows, active counts and the read model's times."""
-        provinces, loaded_at, name = await asyncio.gather(
+        provinces, (loaded_at, edition), name = await asyncio.gather(
             self._provinces(),
-            self._loaded_at(),
+            self._loaded(),
             self._text("HGET", names.key(self._prefix, names.REG_UNIT, names.NATIONAL), names.unit.NAME),
         )
         scope = (flt.dim, flt.tier, _want_dims(flt))
         replies = await asyncio.gather(*(self._json(p, "provinces", *_window(window), *scope, p) for p in provinces))
-        return Nation.of(name, loaded_at, replies)
+        return Nation.of(name, loaded_at, edition, replies)
 
     async def region(self, code: str, window: fold.LapseWindow, flt: Filter) -> Any:
         """A region's hash, name, kind, active counts and children rows."""
@@ -743,13 +751,16 @@ class Nation:
 
     name: str | None
     loaded_at: str | None
+    edition: str | None
     applied_at: int | None
     summed: dict[str, int]
     counts: dict[str, int]  # dimension -> active villages, in the scope's tier
     provinces: list[tuple[str, Any, Any, dict[str, str], dict[str, int]]]  # (code, kind, name, hash, counts)
 
     @classmethod
-    def of(cls, name: str | None, loaded_at: str | None, replies: Sequence[Mapping[str, Any]]) -> Nation:
+    def of(
+        cls, name: str | None, loaded_at: str | None, edition: str | None, replies: Sequence[Mapping[str, Any]]
+    ) -> Nation:
         summed: dict[str, int] = {}
         counts: dict[str, int] = {}
         provinces = []
@@ -764,7 +775,7 @@ class Nation:
                 for d, n in active.items():
                     counts[d] = counts.get(d, 0) + n
         applied = [int(a) for r in replies if (a := _none(r.get("applied_at"))) is not None]
-        return cls(name, loaded_at, max(applied, default=None), summed, counts, provinces)
+        return cls(name, loaded_at, edition, max(applied, default=None), summed, counts, provinces)
 
     def _fields(self, flt: Filter) -> tuple[str, str, str, str]:
         return (flt.total_field, flt.reached_field, fld.AS_OF_MS, flt.station_field)
@@ -785,6 +796,7 @@ class Nation:
             "children": children,
             "applied_at": self.applied_at,
             "loaded_at": self.loaded_at,
+            "edition": self.edition,
         }
 
     def row(self, flt: Filter) -> list[Any]:

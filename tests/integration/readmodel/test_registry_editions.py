@@ -23,6 +23,7 @@ from lastmile.registry import read_registry
 from lastmile.settings import Settings
 from lastmile_dev import devstack
 from tests.support import REPO
+from tests.support.regulator_world import app_for, serving
 from tests.support.services import is_administrative_village
 
 pytestmark = pytest.mark.integration
@@ -101,3 +102,6 @@ async def test_the_2023_edition_is_listed_before_it_is_applied(redis: aioredis.R
     assert await redis.hget(names.key(p, names.REG_UNIT, renamed), names.unit.NAME) == new[renamed][0]
     again = await asyncio.to_thread(run, "--dry-run")
     assert "dry run: no change from the loaded edition" in again.stdout
+    async with serving(app_for(settings)) as client:  # every coverage document names the edition
+        for path in ("/v1/coverage", "/v1/coverage/14", f"/v1/coverage/{renamed[:6]}"):
+            assert (await client.get(path)).json()["definition"]["registry_edition"] == "2023", path

@@ -146,6 +146,7 @@ async def test_sample_totals_units_children_and_meta(
     assert meta == {
         names.meta.SOURCE: str(SAMPLE),
         names.meta.POPULATION_TIERS: "",
+        names.meta.EDITION: "",  # no --edition given
         **{k: str(v) for k, v in report.regions.items()},
         **{k: str(v) for k, v in report.kinds.items()},
     }
