@@ -7,7 +7,7 @@ import asyncio
 import sys
 from datetime import date
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING
 
 from lastmile.cli import SERVICE, TOOL, command
 from lastmile.divisions import KIND_COMMUNITY, KIND_OTHER, KIND_VILLAGE
@@ -103,13 +103,6 @@ def _coverage(_: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-# What applying an edition does not do yet (issue 13): said with every change list, so nobody assumes it.
-REMOVED_NOTE: Final = (
-    "  note: applying adds and renames units and moves reclassified ones with their coverage; removed units stay in "
-    "the read model with their coverage until removal is supported (docs/registry.md#editions)"
-)
-
-
 def _registry(args: argparse.Namespace, settings: Settings) -> int:
     """Read and check the whole registry first, then write it, with a progress bar."""
     from rich.console import Console
@@ -117,7 +110,7 @@ def _registry(args: argparse.Namespace, settings: Settings) -> int:
 
     from coverage_service.readmodel.registry_store import LayoutMismatch, load_registry, loaded_edition
     from lastmile import editions, redis_client
-    from lastmile.registry import RegistryError, locate, read_registry
+    from lastmile.registry import RegistryError, Unit, locate, read_registry
 
     directory = locate(args.directory)
     try:
@@ -125,6 +118,8 @@ def _registry(args: argparse.Namespace, settings: Settings) -> int:
     except RegistryError as exc:
         print(f"lastmile registry load: {exc}", file=sys.stderr)
         return 1
+
+    removed: list[Unit] = []  # the loaded edition's units this one removes: they leave every figure
 
     async def changes() -> tuple[str, bool] | None:
         """(the change list from the loaded edition, whether it alters loaded units), or None when there is nothing
@@ -140,6 +135,7 @@ def _registry(args: argparse.Namespace, settings: Settings) -> int:
         found = editions.compare(loaded.units, new)
         if found.empty:
             return None
+        removed.extend(Unit(c, *loaded.units[c]) for c in found.removed)
         name = f"{loaded.edition or 'the loaded edition'} → {args.edition or directory}"
         return editions.summary(found, loaded.units, new, name), found.alters
 
@@ -162,6 +158,7 @@ def _registry(args: argparse.Namespace, settings: Settings) -> int:
                     progress=lambda done, total: bar.update(task, completed=done, total=total),
                     population_tiers=settings.population_tiers,
                     edition=args.edition,
+                    removed=removed,
                 )
         finally:
             await client.aclose()
@@ -169,7 +166,6 @@ def _registry(args: argparse.Namespace, settings: Settings) -> int:
     listed = asyncio.run(changes())
     if listed is not None:
         print(listed[0])
-        print(REMOVED_NOTE)
     if args.dry_run:
         print("dry run: nothing written" if listed is not None else "dry run: no change from the loaded edition")
         return 0

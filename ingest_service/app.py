@@ -24,7 +24,7 @@ from ingest_service import server
 from ingest_service.auth import CarrierTokens
 from ingest_service.backpressure import Backpressure
 from ingest_service.publisher import BrokerUnavailable, Publisher
-from lastmile import apidocs, backlog, logs, problem, redis_client, registry_index, scan
+from lastmile import apidocs, backlog, divisions, logs, names, problem, redis_client, registry_index, scan
 from lastmile.broker import Broker
 from lastmile.problem import Problem
 from lastmile.settings import Settings
@@ -221,7 +221,7 @@ def create_app(settings: Settings) -> FastAPI:
         accepted: list[scan.ScanEvent] = []
         for i, event in valid:
             if event.location_code in unknown:
-                errors = [f"location_code: {event.location_code} is not in the division registry"]
+                errors = [f"location_code: {event.location_code} {unknown[event.location_code]}"]
                 rejected.append(_rejection(i, event.event_id, errors))
             else:
                 accepted.append(event)
@@ -259,12 +259,17 @@ def create_app(settings: Settings) -> FastAPI:
             orjson.dumps(content), status_code=202, media_type="application/json", headers={"X-Request-ID": request_id}
         )
 
-    async def _unknown_codes(request: Request, codes: set[str]) -> set[str]:
+    async def _unknown_codes(request: Request, codes: set[str]) -> dict[str, str]:
+        """The codes events may not be at, each with why: not in the registry, or removed by its current edition."""
         if not codes:
-            return set()
+            return {}
         ordered = sorted(codes)
+        prefix = settings.redis_key_prefix
         try:
-            kinds = await request.app.state.kinds(request.app.state.redis, settings.redis_key_prefix, ordered)
+            kinds = await request.app.state.kinds(request.app.state.redis, prefix, ordered)
+            edition = None
+            if divisions.KIND_REMOVED in kinds:
+                edition = await request.app.state.redis.hget(names.key(prefix, names.REG_META), names.meta.EDITION)
         except aioredis.RedisError as exc:
             log.warning("registry lookup failed; answering 503", extra={"error": logs.describe(exc)})
             raise Problem(
@@ -273,7 +278,12 @@ def create_app(settings: Settings) -> FastAPI:
                 type_="registry-unavailable",
                 headers=retry_after,
             ) from None
-        return {code for code, kind in zip(ordered, kinds, strict=True) if kind is None}
+        removed = f"was removed from the division registry by its current edition ({edition or 'unnamed'})"
+        return {
+            code: "is not in the division registry" if kind is None else removed
+            for code, kind in zip(ordered, kinds, strict=True)
+            if kind is None or kind == divisions.KIND_REMOVED
+        }
 
     @app.get("/healthz", summary="The process is up")
     async def healthz() -> dict[str, str]:

@@ -22,6 +22,9 @@ KIND_VILLAGE: Final = "village"
 KIND_COMMUNITY: Final = "community"
 KIND_OTHER: Final = "other"
 VILLAGE_LEVEL_KINDS: Final = (KIND_VILLAGE, KIND_COMMUNITY, KIND_OTHER)
+# A unit of an earlier edition that the edition loaded since removed, at any level: it counts in no figure, is in
+# no children list, and ingest refuses events at it (docs/registry.md#editions).
+KIND_REMOVED: Final = "removed"
 
 LEVEL_BY_LENGTH: Final = {2: PROVINCE, 4: CITY, 6: COUNTY, 9: TOWNSHIP}
 REGION_LENGTHS: Final = (2, 4, 6, 9)

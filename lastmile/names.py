@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from lastmile.divisions import KIND_VILLAGE
+from lastmile.divisions import KIND_REMOVED, KIND_VILLAGE
 
 # -- Kafka -----------------------------------------------------------------------------------------
 
@@ -190,6 +190,7 @@ def lua_names(prefix: str) -> dict[str, str]:
         "stats": STATS,
         "national": NATIONAL,
         "kind_village": KIND_VILLAGE,
+        "kind_removed": KIND_REMOVED,
         "villages_total": field.VILLAGES_TOTAL,
         "villages_reached": field.VILLAGES_REACHED,
         "as_of_ms": field.AS_OF_MS,

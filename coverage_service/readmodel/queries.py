@@ -439,7 +439,9 @@ def _want_dims(flt: Filter) -> str:
 
 
 def _known(code: str, raw: Mapping[str, Any]) -> bool:
-    return bool(_none(raw.get("kind"))) or code == names.NATIONAL
+    """In the registry's current edition: present, and not removed by it."""
+    kind = _none(raw.get("kind"))
+    return (bool(kind) and kind != divisions.KIND_REMOVED) or code == names.NATIONAL
 
 
 def region_rows(rows: Sequence[Sequence[Any]]) -> list[Figures]:
@@ -666,7 +668,7 @@ class Reader:
     async def village(self, code: str, *, now_ms: int, lapse_days: int) -> tuple[Village | None, int | None]:
         """One 12-digit unit's detail (None if the registry does not hold it) and the read model's last change."""
         raw = await self._timed(self._json(code, "village", code))
-        if not _none(raw.get("kind")):
+        if not _known(code, raw):
             return None, data_time_of(raw)
         name, population = (_none(v) for v in raw["unit"])
         detail = village_document(

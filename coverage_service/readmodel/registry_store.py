@@ -21,6 +21,7 @@ from redis.typing import EncodableT, FieldT
 
 from coverage_service.readmodel import durable, scripts
 from lastmile import backlog, editions, names
+from lastmile.divisions import KIND_REMOVED
 from lastmile.registry import NATION_NAME, Registry, Unit
 
 # Redis runs nothing else while a chunk's script runs: 2,000 units take about 20 ms here (5,000 took 60-90 ms),
@@ -48,12 +49,14 @@ async def load_registry(
     progress: Callable[[int, int], None] | None = None,
     population_tiers: Sequence[int] = (),
     edition: str = "",
+    removed: Sequence[Unit] = (),
 ) -> LoadReport:
     """Write ``registry`` under ``prefix``; ``progress(done, total)`` is called with unit counts after each chunk.
 
     ``population_tiers`` are the thresholds whose tier figures (``?min_population=``) are kept; the tiers in
     force are recorded in ``reg:meta``, and a load with other tiers moves every village to the new ones.
     ``edition`` names it there (``--edition 2023``); its units are kept per shard for the next edition's change list.
+    ``removed`` are the loaded edition's units this one does not hold: they leave every figure and list.
     """
     started = time.perf_counter()
     script = redis.register_script(scripts.source("registry.lua", prefix, prelude=True))
@@ -68,6 +71,9 @@ async def load_registry(
     by_province: dict[str, list[Unit]] = {}
     for u in registry.units():  # parents before their children
         by_province.setdefault(u.code[:2], []).append(u)
+    kept = {p: len(units) for p, units in by_province.items()}  # this edition's units, before the removed ones
+    for u in removed:
+        by_province.setdefault(u.code[:2], []).append(Unit(u.code, u.name, KIND_REMOVED))
     total = sum(len(units) for units in by_province.values())
     await redis.sadd(names.key(prefix, names.REG_CHILDREN, names.NATIONAL), *(p.code for p in registry.provinces))
     load = uuid.uuid4().hex  # generations of this load: unlike a counter, never equal to an earlier load's
@@ -85,11 +91,14 @@ async def load_registry(
             done += len(chunk)
             if progress is not None:
                 progress(done, total)
-    # Last, so that registry_loaded turns true only once a whole edition is in. Units absent from this edition
-    # are left as they are: removing one would mean unwinding its reach flags and parcel counters.
+    gone = [u.code for u in removed if len(u.code) == 2]  # the nation's list is written here, not by the script
+    if gone:
+        await redis.srem(names.key(prefix, names.REG_CHILDREN, names.NATIONAL), *gone)
+    # Last, so that registry_loaded turns true only once a whole edition is in. Units of an earlier edition are
+    # removed only when named in ``removed`` (the CLI names those the loaded edition has and this one has not).
     async with redis.pipeline(transaction=False) as pipe:
         for province, units in by_province.items():
-            listed = orjson.dumps([(u.code, u.name, u.kind) for u in units])
+            listed = orjson.dumps([(u.code, u.name, u.kind) for u in units[: kept.get(province, 0)]])
             # Text (base64), so that clients decoding replies as UTF-8 read it too.
             pipe.set(names.shard_key(prefix, province, names.REG_EDITION), base64.b64encode(zlib.compress(listed, 6)))
         await pipe.execute()

@@ -8,7 +8,8 @@
 -- worker already set on it, villages_with_station, and its place in the lapse indexes. The kind and the
 -- figures change in this one atomic step, as the apply script reads the kind in its own.
 --
--- ARGV[1] (JSON): [[code, name, kind, population or ''], ...], parents before their children.
+-- ARGV[1] (JSON): [[code, name, kind, population or ''], ...], parents before their children; kind 'removed' for
+-- a unit of the loaded edition the new one does not hold.
 -- ARGV[2], ARGV[3]: the population tiers before and after this load, comma-separated.
 -- ARGV[4]: this chunk's registry generation, for the shard's copy if it has one, so that no part of a batch the worker
 -- decided before it applies. (A shard's first copy is written with reg:meta, at the end.)
@@ -62,8 +63,13 @@ for _, u in ipairs(units) do
     redis.call('HSET', unit, '${unit_population}', population)
   end
   local plen = parent_length[#code]
-  if plen > 0 then redis.call('SADD', children_key(string.sub(code, 1, plen)), code) end
-  if #code < 12 then redis.call('HSETNX', region_key(code), '${villages_total}', 0) end
+  if kind == '${kind_removed}' then
+    -- Gone from this edition: out of its parent's list (its villages' figures moved out above, as theirs come).
+    if plen > 0 then redis.call('SREM', children_key(string.sub(code, 1, plen)), code) end
+  else
+    if plen > 0 then redis.call('SADD', children_key(string.sub(code, 1, plen)), code) end
+    if #code < 12 then redis.call('HSETNX', region_key(code), '${villages_total}', 0) end
+  end
 end
 
 flush_increments()

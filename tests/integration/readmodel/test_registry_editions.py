@@ -10,9 +10,12 @@ from __future__ import annotations
 import asyncio
 import csv
 import gzip
+import json
 import os
 import re
 import subprocess
+from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -23,13 +26,27 @@ from lastmile.registry import read_registry
 from lastmile.settings import Settings
 from lastmile_dev import devstack
 from tests.support import REPO
+from tests.support.ingest_world import auth, running_ingest, scan_event
 from tests.support.regulator_world import app_for, serving
+from tests.support.reports_world import (
+    GUANSHAN,
+    LIANGJIA,
+    PINGDING,
+    SUNJIA,
+    XIUSHUI,
+    YUXIAN,
+    County,
+    event,
+    village,
+    write_registry,
+)
 from tests.support.services import is_administrative_village
 
 pytestmark = pytest.mark.integration
 
 EDITIONS = REPO.parent / "shared" / "data"
 STEMS = ("provinces", "cities", "areas", "streets", "villages")
+NOW = datetime.now(UTC).replace(microsecond=0)
 
 
 def units(edition: str) -> dict[str, tuple[str, bool]]:
@@ -105,3 +122,81 @@ async def test_the_2023_edition_is_listed_before_it_is_applied(redis: aioredis.R
     async with serving(app_for(settings)) as client:  # every coverage document names the edition
         for path in ("/v1/coverage", "/v1/coverage/14", f"/v1/coverage/{renamed[:6]}"):
             assert (await client.get(path)).json()["definition"]["registry_edition"] == "2023", path
+
+
+def edition_b(first: Path, second: Path, village_gone: str, renames: dict[str, str]) -> set[str]:
+    """Edition A's folder less ``village_gone`` and township LIANGJIA, with ``renames``; the codes removed."""
+    second.mkdir()
+    gone: set[str] = set()
+    for path in first.iterdir():
+        with open(path, encoding="utf-8", newline="") as f:
+            header, *rows = list(csv.reader(f))
+        kept = [r for r in rows if r[0] != village_gone and not r[0].startswith(LIANGJIA)]
+        gone |= {r[0] for r in rows} - {r[0] for r in kept}
+        for r in kept:
+            r[1] = renames.get(r[0], r[1])
+        with open(second / path.name, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows([header, *kept])
+    return gone
+
+
+def administrative_villages(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "villages.csv", encoding="utf-8", newline="") as f:
+        return [r for r in csv.DictReader(f) if is_administrative_village(r["name"])]
+
+
+async def test_applying_an_edition_takes_removed_units_out_of_every_figure(
+    redis: aioredis.Redis, settings: Settings, tmp_path: Path
+) -> None:
+    """reports_world's county as edition A, with coverage; edition B removes a reached village and a whole township
+    with a reached village, renames one and turns one into a community. Every figure is recounted from B's CSVs."""
+    p = settings.redis_key_prefix
+    first = write_registry(tmp_path / "A")
+    await load_registry(redis, p, read_registry(first), edition="A")
+    county = County(redis, settings)
+    removed_village, renamed, to_community = village(XIUSHUI, 2), village(SUNJIA, 1), village(XIUSHUI, 3)
+    reached = [village(XIUSHUI, 1), removed_village, to_community, village(LIANGJIA, 1), renamed, village(GUANSHAN, 1)]
+    await county.apply(*(event(v, NOW, station="S" if v == renamed else None) for v in reached))
+
+    gone = edition_b(first, tmp_path / "B", removed_village, {renamed: "孙家新村委会", to_community: "秀水三社区"})
+    second = tmp_path / "B"
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "REDIS_KEY_PREFIX": p}
+    command = [*devstack.lastmile_command("registry", "load"), str(second), "--edition", "B", "--no-progress", "--yes"]
+    done = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert f"removed       {len(gone):>7}  ({sum(1 for c in gone if len(c) == 12)} village-level)" in done.stdout
+
+    # The recount: B's administrative villages per region, reached ones among those the events reached.
+    rows = administrative_villages(second)
+    regions = {"CN", "14", "1403", YUXIAN, PINGDING} | {r["streetCode"] for r in rows}
+    expected = {
+        code: (
+            sum(1 for r in rows if code == "CN" or r["code"].startswith(code)),
+            sum(1 for r in rows if (code == "CN" or r["code"].startswith(code)) and r["code"] in reached),
+            sum(1 for r in rows if (code == "CN" or r["code"].startswith(code)) and r["code"] == renamed),
+        )
+        for code in regions
+    }
+    async with serving(app_for(settings)) as client:
+        shown = {}
+        for code in regions:
+            body = (await client.get(f"/v1/coverage/{code}")).json()
+            shown[code] = (body["villages_total"], body["villages_reached"], body["villages_with_station"])
+        assert shown == expected
+        assert (await client.get(f"/v1/coverage/{LIANGJIA}")).status_code == 404
+        assert (await client.get(f"/v1/villages/{removed_village}")).status_code == 404
+        yuxian = (await client.get(f"/v1/coverage/{YUXIAN}")).json()
+        assert LIANGJIA not in [c["code"] for c in yuxian["children"]]
+        assert yuxian["definition"]["registry_edition"] == "B"
+        names_shown = {c["code"]: c["name"] for c in (await client.get(f"/v1/coverage/{SUNJIA}")).json()["children"]}
+        assert names_shown[renamed] == "孙家新村委会"
+
+    ingest_settings = settings.replace(carrier_tokens=json.dumps({"sf-token-0123456789abcdef": "sf"}))
+    async with running_ingest(ingest_settings, redis) as ingest:
+        r = await ingest.http.post(
+            "/v1/scans",
+            json={"events": [scan_event(0, "rm", location_code=removed_village)]},
+            headers=auth("sf-token-0123456789abcdef"),
+        )
+    assert r.status_code == 422, r.text
+    assert f"{removed_village} was removed from the division registry by its current edition (B)" in r.text
