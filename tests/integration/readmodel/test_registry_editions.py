@@ -1,5 +1,6 @@
-"""Registry editions on the real national registry (../shared/data): the 2022 edition loaded, then the 2023 one
-shown (--dry-run), refused without --yes when nobody can be asked, and applied with it.
+"""Registry editions: the real national registry's 2021, 2022 and 2023 editions (../shared/data) loaded in turn with
+coverage present, the 2023 change list shown (--dry-run), refused without --yes when nobody can be asked, then
+applied; and a hand-made edition removing a reached village and a township.
 
 The expected change list is computed here from the two editions' CSV files with the csv module and the
 classification rule written out again (tests/support/services.py), never with lastmile.editions.
@@ -12,6 +13,7 @@ import csv
 import gzip
 import json
 import os
+import random
 import re
 import subprocess
 from datetime import UTC, datetime
@@ -20,7 +22,9 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from coverage_service import fold
 from coverage_service.readmodel.registry_store import load_registry
+from coverage_service.readmodel.writer import ReadModelWriter
 from lastmile import names
 from lastmile.registry import read_registry
 from lastmile.settings import Settings
@@ -66,10 +70,69 @@ def printed(text: str, what: str) -> int:
     return int(found.group(1).replace(",", ""))
 
 
-async def test_the_2023_edition_is_listed_before_it_is_applied(redis: aioredis.Redis, settings: Settings) -> None:
-    if not (EDITIONS / "cn-divisions-2022").is_dir():
+async def recount_differs(
+    redis: aioredis.Redis, prefix: str, edition: dict[str, tuple[str, bool]], reached: set[str]
+) -> list[tuple[str, tuple[int, int], tuple[int, int]]]:
+    """(region, as shown, as counted) for every province, city and county of ``edition`` whose villages_total or
+    villages_reached in Redis differ from a count of the edition's administrative villages and ``reached``."""
+    villages = [c for c, (_, admin) in edition.items() if admin]
+    regions = sorted(c for c in edition if len(c) in (2, 4, 6))
+    counted = {r: [0, 0] for r in regions}
+    for v in villages:
+        for r in (v[:2], v[:4], v[:6]):
+            if r in counted:
+                counted[r][0] += 1
+                counted[r][1] += v in reached
+    async with redis.pipeline(transaction=False) as pipe:
+        for r in regions:
+            pipe.hmget(names.key(prefix, names.REGION, r), [names.field.VILLAGES_TOTAL, names.field.VILLAGES_REACHED])
+        shown = await pipe.execute()
+    out = []
+    for r, (total, got) in zip(regions, shown, strict=True):
+        seen = (int(total or 0), int(got or 0))
+        if seen != tuple(counted[r]):
+            out.append((r, seen, (counted[r][0], counted[r][1])))
+    return out
+
+
+async def test_three_editions_in_turn_keep_every_figure_exact_and_show_their_changes(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    if not (EDITIONS / "cn-divisions-2021").is_dir():
         pytest.skip(f"the registry editions are not at {EDITIONS} (../shared beside the clone)")
-    old, new = units("2022"), units("2023")
+    e2021, old, new = units("2021"), units("2022"), units("2023")
+    p = settings.redis_key_prefix
+    await load_registry(
+        redis, p, await asyncio.to_thread(read_registry, EDITIONS / "cn-divisions-2021"), edition="2021"
+    )
+    # Coverage present before the changes: villages of 2021 at random, and every one a later edition removes or
+    # moves across the village rule.
+    admin = sorted(c for c, (_, a) in e2021.items() if a)
+    touched = [c for c in admin if c not in new or c not in old or not old[c][1] or not new[c][1]]
+    reached = set(random.Random(13).sample(admin, 400)) | set(touched)
+    writer, ordered = ReadModelWriter(redis, p, 3600), sorted(reached)
+    for offset, start in enumerate(range(0, len(ordered), 500)):
+        batch = [event(v, NOW) for v in ordered[start : start + 500]]
+        await writer.apply([fold.Record("t", 0, offset, batch)])
+    assert await recount_differs(redis, p, e2021, reached) == []
+
+    env = {**os.environ, "REDIS_URL": settings.redis_url, "REDIS_KEY_PREFIX": p}
+
+    def run(edition: str, *extra: str) -> subprocess.CompletedProcess[str]:
+        folder = str(EDITIONS / f"cn-divisions-{edition}")
+        return subprocess.run(
+            [*devstack.lastmile_command("registry", "load"), folder, "--edition", edition, "--no-progress", *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            stdin=subprocess.DEVNULL,
+        )
+
+    to_2022 = await asyncio.to_thread(run, "2022", "--yes")
+    assert to_2022.returncode == 0, to_2022.stderr
+    assert await recount_differs(redis, p, old, reached) == []
+
     kept = old.keys() & new.keys()
     expected = {
         "added": len(new.keys() - old.keys()),
@@ -79,25 +142,7 @@ async def test_the_2023_edition_is_listed_before_it_is_applied(redis: aioredis.R
     }
     counties_added = sorted(c for c in new.keys() - old.keys() if len(c) == 6)
     counties_removed = sorted(c for c in old.keys() - new.keys() if len(c) == 6)
-
-    p = settings.redis_key_prefix
-    await load_registry(
-        redis, p, await asyncio.to_thread(read_registry, EDITIONS / "cn-divisions-2022"), edition="2022"
-    )
-    env = {**os.environ, "REDIS_URL": settings.redis_url, "REDIS_KEY_PREFIX": p}
-    command = [*devstack.lastmile_command("registry", "load"), str(EDITIONS / "cn-divisions-2023"), "--edition", "2023"]
-
-    def run(*extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*command, "--no-progress", *extra],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            stdin=subprocess.DEVNULL,
-        )
-
-    shown = await asyncio.to_thread(run, "--dry-run")
+    shown = await asyncio.to_thread(run, "2023", "--dry-run")
     assert shown.returncode == 0, shown.stderr
     out = shown.stdout
     assert out.startswith("registry changes, 2022 → 2023:"), out
@@ -107,21 +152,24 @@ async def test_the_2023_edition_is_listed_before_it_is_applied(redis: aioredis.R
     assert "dry run: nothing written" in out
     assert await redis.hget(names.key(p, names.REG_META), names.meta.EDITION) == "2022"
 
-    refused = await asyncio.to_thread(run)  # nobody to ask, no --yes
+    refused = await asyncio.to_thread(run, "2023")  # nobody to ask, no --yes
     assert refused.returncode == 2 and "pass --yes to apply" in refused.stderr
     assert await redis.hget(names.key(p, names.REG_META), names.meta.EDITION) == "2022"
     renamed = next(c for c in sorted(kept) if len(c) == 12 and old[c][0] != new[c][0])
     assert await redis.hget(names.key(p, names.REG_UNIT, renamed), names.unit.NAME) == old[renamed][0]
 
-    applied = await asyncio.to_thread(run, "--yes")
+    applied = await asyncio.to_thread(run, "2023", "--yes")
     assert applied.returncode == 0, applied.stderr
     assert await redis.hget(names.key(p, names.REG_META), names.meta.EDITION) == "2023"
     assert await redis.hget(names.key(p, names.REG_UNIT, renamed), names.unit.NAME) == new[renamed][0]
-    again = await asyncio.to_thread(run, "--dry-run")
+    assert await recount_differs(redis, p, new, reached) == []
+    again = await asyncio.to_thread(run, "2023", "--dry-run")
     assert "dry run: no change from the loaded edition" in again.stdout
     async with serving(app_for(settings)) as client:  # every coverage document names the edition
         for path in ("/v1/coverage", "/v1/coverage/14", f"/v1/coverage/{renamed[:6]}"):
             assert (await client.get(path)).json()["definition"]["registry_edition"] == "2023", path
+        for county in counties_removed:
+            assert (await client.get(f"/v1/coverage/{county}")).status_code == 404, county
 
 
 def edition_b(first: Path, second: Path, village_gone: str, renames: dict[str, str]) -> set[str]:
