@@ -24,7 +24,8 @@ from lastmile.settings import Settings, SettingsError
 
 log = logging.getLogger("lastmile.history")
 
-# An entry is a compact JSON array in this order; villages_lapsed and coverage_rate are derived when read.
+# An entry is a compact JSON array in this order, then the registry edition it was taken on (absent in entries taken
+# before editions were recorded); villages_lapsed and coverage_rate are derived when read.
 ENTRY_FIELDS: Final = ("villages_total", "villages_reached", "villages_active", "villages_with_station", "as_of")
 CHUNK: Final = 2000  # regions per figures_many call (one MULTI/EXEC each)
 CHECK_INTERVAL_S: Final = 60.0  # how often the worker looks at the clock
@@ -40,6 +41,7 @@ class Entry(TypedDict):
     villages_with_station: int
     coverage_rate: float | None
     as_of: str | None
+    registry_edition: str | None  # the edition the figures were computed on: a change shows in a series
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,12 +72,14 @@ def due(now: datetime, hour: int) -> date | None:
     return local.date() if local.hour >= hour else None
 
 
-def encode(figures: queries.Figures) -> str:
-    return orjson.dumps([figures[f] for f in ENTRY_FIELDS]).decode()
+def encode(figures: queries.Figures, edition: str | None = None) -> str:
+    return orjson.dumps([*(figures[f] for f in ENTRY_FIELDS), edition]).decode()
 
 
 def decode(day: str, text: str) -> Entry:
-    total, reached, active, stations, as_of = orjson.loads(text)[: len(ENTRY_FIELDS)]
+    values = orjson.loads(text)
+    total, reached, active, stations, as_of = values[: len(ENTRY_FIELDS)]
+    edition = values[len(ENTRY_FIELDS)] if len(values) > len(ENTRY_FIELDS) else None
     return {
         "date": day,
         "villages_total": total,
@@ -85,6 +89,7 @@ def decode(day: str, text: str) -> Entry:
         "villages_with_station": stations,
         "coverage_rate": queries.coverage_rate(reached, total),
         "as_of": as_of,
+        "registry_edition": edition or None,
     }
 
 
@@ -124,13 +129,15 @@ async def take(
     if marker is not None:
         return Taken(day, int(orjson.loads(marker).get("regions", 0)), 0, already=True)
     codes = await region_codes(redis, prefix)
+    named = await redis.hget(names.key(prefix, names.REG_META), names.meta.EDITION)
+    edition = (named.decode() if isinstance(named, bytes) else named) or None
     reader = queries.Reader.on(redis, prefix)
     written = 0
     for i in range(0, len(codes), chunk):
         figures = await reader.figures(codes[i : i + chunk], ALL, now_ms=now_ms, lapse_days=lapse_days)
         async with redis.pipeline(transaction=False) as pipe:
             for code, f in figures.items():
-                pipe.hsetnx(names.key(prefix, names.HISTORY, code), label, encode(f))
+                pipe.hsetnx(names.key(prefix, names.HISTORY, code), label, encode(f, edition))
             written += sum(int(r) for r in await pipe.execute())
     done = {"taken_at_ms": now_ms, "regions": len(codes)}
     await redis.hsetnx(days_key, label, orjson.dumps(done).decode())

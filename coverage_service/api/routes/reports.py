@@ -326,6 +326,7 @@ _HISTORY_COLUMNS: Final = (
     "villages_with_station",
     "coverage_rate",
     "as_of",
+    "registry_edition",
 )
 
 

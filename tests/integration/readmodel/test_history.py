@@ -17,9 +17,11 @@ import pytest
 import redis.asyncio as aioredis
 
 from coverage_service.readmodel import history
+from coverage_service.readmodel.registry_store import load_registry
+from lastmile.registry import read_registry
 from lastmile.settings import Settings
 from tests.support.regulator_world import app_for, serving
-from tests.support.reports_world import REGIONS, SUNJIA, TOWNSHIPS, YUXIAN, County, event, village
+from tests.support.reports_world import REGIONS, SUNJIA, TOWNSHIPS, YUXIAN, County, event, village, write_registry
 
 pytestmark = pytest.mark.integration
 
@@ -68,6 +70,7 @@ async def test_a_day_is_taken_once_and_days_make_a_series(
         "villages_with_station": 1,
         "coverage_rate": 0.5,
         "as_of": REACH_TEXT,
+        "registry_edition": None,  # loaded without --edition
     }
     day2 = {
         "date": TODAY.isoformat(),
@@ -78,6 +81,7 @@ async def test_a_day_is_taken_once_and_days_make_a_series(
         "villages_with_station": 1,
         "coverage_rate": 1.0,
         "as_of": REACH_TEXT,
+        "registry_edition": None,  # loaded without --edition
     }
     async with serving(app_for(settings)) as client:
         r = await client.get(f"/v1/coverage/{SUNJIA}/history")  # the last 90 days by default
@@ -105,9 +109,9 @@ async def test_a_day_is_taken_once_and_days_make_a_series(
         lines = r.text[1:].splitlines()
         assert (
             lines[0] == "date,villages_total,villages_reached,villages_active,villages_lapsed,"
-            "villages_with_station,coverage_rate,as_of"
+            "villages_with_station,coverage_rate,as_of,registry_edition"
         )
-        assert lines[2] == f"{TODAY.isoformat()},2,2,1,1,1,1.0,{REACH_TEXT}"
+        assert lines[2] == f"{TODAY.isoformat()},2,2,1,1,1,1.0,{REACH_TEXT},"
 
     # Another app with its own Redis client reads the same history.
     async with serving(app_for(settings)) as client:
@@ -165,6 +169,25 @@ async def test_one_day_with_the_children_for_a_map_as_of_that_day(
         assert (r.status_code, r.json()["type"].rsplit("/", 1)[-1]) == (400, "invalid-level")
 
 
+async def test_each_snapshot_keeps_the_edition_it_was_taken_on(
+    redis: aioredis.Redis, settings: Settings, tmp_path: Path
+) -> None:
+    folder = write_registry(tmp_path / "reg")
+    p = settings.redis_key_prefix
+    await load_registry(redis, p, read_registry(folder), edition="2022")
+    await take(redis, settings, YESTERDAY)
+    await load_registry(redis, p, read_registry(folder), edition="2023")
+    await take(redis, settings, TODAY)
+    async with serving(app_for(settings)) as client:
+        series = (await client.get(f"/v1/coverage/{SUNJIA}/history")).json()["series"]
+        assert [(e["date"], e["registry_edition"]) for e in series] == [
+            (YESTERDAY.isoformat(), "2022"),
+            (TODAY.isoformat(), "2023"),
+        ]
+        day = (await client.get(f"/v1/coverage/CN/history/{YESTERDAY}")).json()
+        assert day["figures"]["registry_edition"] == "2022"
+
+
 async def test_history_rejects_bad_dates_and_codes(redis: aioredis.Redis, settings: Settings, tmp_path: Path) -> None:
     await County(redis, settings).load(tmp_path / "reg")
     async with serving(app_for(settings)) as client:
@@ -214,6 +237,6 @@ async def test_the_snapshot_command(redis: aioredis.Redis, settings: Settings, t
         0,
         f"snapshot 2024-05-01 was already taken ({REGIONS} regions); nothing changed\n",
     )
-    assert await redis.hget(f"{settings.redis_key_prefix}:history:{SUNJIA}", "2024-05-01") == "[2,0,0,0,null]"
+    assert await redis.hget(f"{settings.redis_key_prefix}:history:{SUNJIA}", "2024-05-01") == "[2,0,0,0,null,null]"
     late = await run(*command[:-1], (TODAY + timedelta(days=2)).isoformat())
     assert late.returncode == 2 and "is after today" in late.stderr

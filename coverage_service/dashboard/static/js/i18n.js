@@ -15,7 +15,7 @@ const WORDS = {
   lapsed: ["已回退的村", "Lapsed villages"], breakdown: ["分企业与合作模式", "By carrier and cooperation model"],
   foot: ["边界数据仅供工作参考，公开发布须使用经审核的标准地图（审图号）。",
     "Boundaries are for working use; a public deployment needs an approved standard map (审图号)."],
-  api_docs: ["API 文档", "API docs"], close: ["关闭", "Close"], population: ["人口", "Population"],
+  api_docs: ["API 文档", "API docs"], edition: ["名录版本", "registry edition"], close: ["关闭", "Close"], population: ["人口", "Population"],
   first_reach: ["首次通达", "First reached"], stations: ["站点", "Stations"], parcels_in: ["进村件量", "Inbound"],
   parcels_out: ["出村件量", "Outbound"], by_carrier_reach: ["各企业最近通达", "Last reach by carrier"], table: ["表格（可排序）", "Table (sortable)"], status: ["状态", "Status"],
   national: ["全国", "China"], province: ["省", "province"], city: ["市", "city"], county: ["县", "county"], township: ["乡镇", "township"],

@@ -128,6 +128,13 @@ export function chart(root, series, chosen) {
   svg.append("path").attr("class", "active").attr("d", d3.line((e) => x(new Date(e.date)), (e) => y(active(e)))(series));
   svg.selectAll("circle").data(series).join("circle").attr("r", 2.5).attr("fill", "#0072b2")
     .attr("cx", (e) => x(new Date(e.date))).attr("cy", (e) => y(rate(e)));
+  // A new registry edition changes the denominator: the day it happened is marked, not left as a silent jump.
+  const changes = series.filter((e, i) => i > 0 && e.registry_edition !== series[i - 1].registry_edition);
+  for (const e of changes) {
+    const at = x(new Date(e.date));
+    svg.append("line").attr("class", "edition").attr("x1", at).attr("x2", at).attr("y1", m.t).attr("y2", H - m.b);
+    svg.append("text").attr("class", "edition").attr("x", at + 3).attr("y", m.t + 10).text(`${t("edition")} ${e.registry_edition ?? "—"}`);
+  }
   if (chosen) svg.append("line").attr("class", "marker").attr("x1", x(new Date(chosen))).attr("x2", x(new Date(chosen))).attr("y1", m.t).attr("y2", H - m.b);
   root.replaceChildren(svg.node());
 }
