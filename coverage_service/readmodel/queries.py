@@ -338,6 +338,12 @@ def format_ms(ms: int) -> str:
     return scan.format_ms(ms)
 
 
+async def registry_edition(redis: aioredis.Redis, prefix: str) -> str | None:
+    """The name of the registry edition loaded last (``lastmile registry load --edition``); None if unnamed."""
+    value = await redis.hget(names.key(prefix, names.REG_META), names.meta.EDITION)
+    return (value.decode() if isinstance(value, bytes) else value) or None
+
+
 async def population_tiers(redis: aioredis.Redis, prefix: str) -> tuple[int, ...]:
     """The population thresholds the read model keeps tier figures for (``?min_population=``)."""
     text = str(await redis.hget(names.key(prefix, names.REG_META), names.meta.POPULATION_TIERS) or "")

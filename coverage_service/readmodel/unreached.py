@@ -62,6 +62,7 @@ class Page(TypedDict):
     level: str
     scope: queries.FilterDoc
     lapse_window_days: int
+    registry_edition: str | None
     items: list[Row]
     next_cursor: str | None
     count: int  # rows in this page
@@ -118,7 +119,7 @@ async def unreached(
         pipe.hget(names.shard_key(prefix, code, names.REG_KIND), code)
         pipe.hget(names.key(prefix, names.REG_UNIT, code), unit.NAME)
         kind, name = await pipe.execute()
-    if kind is None:
+    if kind is None or kind == divisions.KIND_REMOVED:
         return None
     townships = (await queries.regions_under(redis, prefix, [code], 9))[code]
     if after is not None:
@@ -131,6 +132,7 @@ async def unreached(
         "level": divisions.level_of(code),
         "scope": cast(queries.FilterDoc, flt.describe()),
         "lapse_window_days": lapse_days,
+        "registry_edition": await queries.registry_edition(redis, prefix),
         "items": items,
         "next_cursor": encode_cursor(items[-1]["code"]) if more and items else None,
         "count": len(items),

@@ -183,7 +183,10 @@ async def coverage_targets(
             "villages": None if pace is None else pace.villages,
         },
         "milestones": rows,
-        "definition": {**queries.definition(flt, settings.lapse_window_days), **targets.DEFINITION},
+        "definition": {
+            **queries.definition(flt, settings.lapse_window_days, await queries.registry_edition(redis, prefix)),
+            **targets.DEFINITION,
+        },
     }
     table = Table(_TARGET_COLUMNS, [[code, *(r[c] for c in _TARGET_COLUMNS[1:])] for r in rows])
     return respond(request, body, table=table, filename=f"targets-{code}")
@@ -280,6 +283,7 @@ async def laggards(
             **targets.LAGGARDS_DEFINITION,
             "scope": flt.describe(),
             "lapse_window_days": settings.lapse_window_days,
+            "registry_edition": await queries.registry_edition(redis, prefix),
         },
     }
     table = Table(_LAGGARD_COLUMNS, [[r[c] for c in _LAGGARD_COLUMNS] for r in rows])
@@ -503,7 +507,7 @@ class SubsidyReport(TypedDict):
     rules_description: str
     rules: list[subsidies.RuleResult]
     total_yuan: int
-    definition: dict[str, str]
+    definition: dict[str, str | None]
 
 
 _SUBSIDY_COLUMNS: Final = ("rule_id", "rule_name", "level", "code", "name", "eligible", "amount_yuan", "reason")
@@ -549,7 +553,10 @@ async def subsidy_report(
         "rules_description": rules.description,
         "rules": results,
         "total_yuan": sum(r["total_yuan"] for r in results),
-        "definition": SUBSIDY_DEFINITION,
+        "definition": {
+            **SUBSIDY_DEFINITION,
+            "registry_edition": await queries.registry_edition(redis, settings.redis_key_prefix),
+        },
     }
     table = Table(
         _SUBSIDY_COLUMNS,

@@ -501,6 +501,7 @@ async def test_unreached_and_lapsed(client: httpx.AsyncClient) -> None:
         "level": "county",
         "scope": {"carrier": None, "cooperation_model": None, "min_population": None},
         "lapse_window_days": LAPSE_DAYS,
+        "registry_edition": None,  # loaded without --edition
         "items": [
             row("140322100204", "unreached", None),
             row("140322205202", "unreached", None),

@@ -236,6 +236,16 @@ async def test_applying_an_edition_takes_removed_units_out_of_every_figure(
         yuxian = (await client.get(f"/v1/coverage/{YUXIAN}")).json()
         assert LIANGJIA not in [c["code"] for c in yuxian["children"]]
         assert yuxian["definition"]["registry_edition"] == "B"
+        # Every coverage document names the edition its figures were computed on.
+        for path in (
+            f"/v1/coverage/{YUXIAN}/targets",
+            f"/v1/laggards/{YUXIAN}",
+            f"/v1/reports/{YUXIAN}/subsidies?year=2026",
+        ):
+            body = (await client.get(path)).json()
+            assert body["definition"]["registry_edition"] == "B", (path, body)
+        assert (await client.get(f"/v1/coverage/{YUXIAN}/unreached")).json()["registry_edition"] == "B"
+        assert (await client.get(f"/v1/coverage/{LIANGJIA}/unreached")).status_code == 404
         names_shown = {c["code"]: c["name"] for c in (await client.get(f"/v1/coverage/{SUNJIA}")).json()["children"]}
         assert names_shown[renamed] == "孙家新村委会"
 
