@@ -129,8 +129,7 @@ async def take(
     if marker is not None:
         return Taken(day, int(orjson.loads(marker).get("regions", 0)), 0, already=True)
     codes = await region_codes(redis, prefix)
-    named = await redis.hget(names.key(prefix, names.REG_META), names.meta.EDITION)
-    edition = (named.decode() if isinstance(named, bytes) else named) or None
+    edition = await queries.registry_edition(redis, prefix)
     reader = queries.Reader.on(redis, prefix)
     written = 0
     for i in range(0, len(codes), chunk):

@@ -45,7 +45,6 @@ DEFAULT_RULES_FILE: Final = Path(subsidies.__file__).with_name("subsidy_rules.js
 DEFAULT_HISTORY_DAYS: Final = 90
 MAX_HISTORY_DAYS: Final = 3660
 UNIT_LENGTH: Final = {divisions.PROVINCE: 2, divisions.CITY: 4, divisions.COUNTY: 6, divisions.TOWNSHIP: 9}
-TOWNSHIP_CHILDREN: Final = divisions.CHILD_LENGTH[9]  # villages: no history of their own
 REGION_DOC: Final = "Division code: CN (the nation), or 2 (province), 4 (city), 6 (county) or 9 (township) digits."
 COUNTY_DOC: Final = "6-digit county (区/县) code."
 
@@ -424,9 +423,10 @@ async def coverage_history_day(
     code = region_code(code)
     ensure_in_scope(who, code)
     when = _day("day", day)
+    # By default one level down; a township's villages have no snapshots of their own.
     here = 0 if code == names.NATIONAL else len(code)
-    below = divisions.CHILD_LENGTH.get(here)
-    length = _below(code, level) if level is not None else below if below != TOWNSHIP_CHILDREN else None
+    default = divisions.CHILD_LENGTH[here] if here < UNIT_LENGTH[divisions.TOWNSHIP] else None
+    length = _below(code, level) if level is not None else default
     settings, redis = settings_of(request), redis_of(request)
     prefix = settings.redis_key_prefix
     name = await _region_name(redis, prefix, code)
