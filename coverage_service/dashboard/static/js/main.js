@@ -77,8 +77,8 @@ function crumbs() {
   }));
 }
 
-function unitColumns(withLevel) {
-  const cols = [
+function unitColumns() {
+  return [
     { key: "code", label: t("code"), zh: "代码" },
     { key: "name", label: t("name"), zh: "名称" },
     { key: "villages_total", label: t("villages_total"), zh: "行政村数", format: count },
@@ -89,13 +89,13 @@ function unitColumns(withLevel) {
     { key: "villages_with_station", label: t("villages_with_station"), zh: "有站点村数", format: count },
     { key: "as_of", label: t("as_of"), zh: "数据截至（北京时间）", format: beijing, time: true },
   ];
-  return withLevel ? cols : cols.filter((c) => c.key !== "as_of");
 }
 
-function rowsOf(units, link) {
+// Every source of units (reports' children, laggard rows, snapshots) gives the same figures; rows link downwards.
+function rowsOf(units) {
   return units.map((u) => {
     names.set(u.code, u.name);
-    return { ...u, villages_lapsed: u.villages_lapsed ?? u.villages_reached - u.villages_active, link };
+    return { ...u, link: true };
   });
 }
 
@@ -164,7 +164,7 @@ async function drawMap(code, level, report) {
   } else {
     const mapLevel = level === "national" ? "province" : "county";
     title.textContent = t("map_of", { name: place, level: t(level === "county" || level === "township" ? "township" : mapLevel), metric: metricName });
-    const rows = rowsOf(units, true);
+    const rows = rowsOf(units);
     if (level === "county" || level === "township") {
       $("map").replaceChildren();
       svg = null;
@@ -182,7 +182,7 @@ async function drawMap(code, level, report) {
       $("missing").textContent = missing.length ? t("missing") + missing.map((m) => `${m.name} ${m.code}`).join("、") : "";
     }
     draw.legend($("legend"), "areas");
-    view = { title: title.textContent, svg, asOf: state.day || beijing(figures?.as_of), columns: unitColumns(true), rows };
+    view = { title: title.textContent, svg, asOf: state.day || beijing(figures?.as_of), columns: unitColumns(), rows };
   }
   panels.sortable($("table"), view.columns, view.rows, go);
   performance.mark("map-drawn"); // the bench times the first one from navigation start
