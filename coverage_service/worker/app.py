@@ -111,16 +111,35 @@ def create_app(settings: Settings) -> faust.App:
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     heartbeat_key = names.key(settings.redis_key_prefix, names.WORKER_HEARTBEAT, worker_id)
 
+    # The lock orders the last beat before the goodbye, so no beat lands after the key was deleted.
+    beating = asyncio.Lock()
+    stopping = False
+
     @app.task  # type: ignore[misc, untyped-decorator, unused-ignore]
     async def heartbeat() -> None:
         # A task, not a timer: the first beat goes out as the worker starts, before it folds anything.
         while True:
-            body = orjson.dumps({"worker": worker_id, "group": settings.consumer_group, **folder.totals})
-            try:
-                await folder.redis.set(heartbeat_key, body, ex=int(HEARTBEAT_TTL_SECONDS))
-            except Exception as exc:
-                log.warning("heartbeat failed", extra={"error": logs.describe(exc)})
+            async with beating:
+                if stopping:
+                    return
+                body = orjson.dumps({"worker": worker_id, "group": settings.consumer_group, **folder.totals})
+                try:
+                    await folder.redis.set(heartbeat_key, body, ex=int(HEARTBEAT_TTL_SECONDS))
+                except Exception as exc:
+                    log.warning("heartbeat failed", extra={"error": logs.describe(exc)})
             await asyncio.sleep(HEARTBEAT_SECONDS)
+
+    @app.on_before_shutdown.connect  # type: ignore[arg-type, misc, untyped-decorator, unused-ignore]
+    async def say_goodbye(sender: faust.App, **_: Any) -> None:
+        # A clean stop (the consumer has just left) takes its heartbeat with it, so `lastmile rebuild --wipe`
+        # can start at once; a killed worker's heartbeat still expires after its TTL.
+        nonlocal stopping
+        async with beating:
+            stopping = True
+            try:
+                await folder.redis.delete(heartbeat_key)
+            except Exception as exc:
+                log.warning("removing the heartbeat failed; it expires by itself", extra={"error": logs.describe(exc)})
 
     return app
 

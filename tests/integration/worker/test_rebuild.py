@@ -133,6 +133,8 @@ async def test_rebuild_after_a_wipe_reproduces_the_worker_figures_exactly(
         assert await applied(redis, prefix) == 600
     finally:
         worker.stop()
+    # A worker stopped cleanly takes its heartbeat with it, so the wipe below need not wait for it to expire.
+    assert [k async for k in redis.scan_iter(match=heartbeats)] == [], worker.log_tail()
     before = await read_model(redis, prefix)
     assert len(before) > 50
 
