@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 
 from coverage_service import dedup
-from lastmile import names, scan
+from lastmile import correction, names, scan
 from lastmile.names import field
 
 # Parcel volume is counted by calendar year in China Standard Time, the year regulators report in.
@@ -61,6 +61,7 @@ class Entry:
     counters: tuple[str, ...]
     dimensions: tuple[str, ...]
     station_id: str = ""
+    fingerprint: bytes = b""  # of what counted: a withdrawal must repeat it (lastmile.correction)
 
 
 def entry(event: scan.ScanEvent) -> Entry:
@@ -75,7 +76,20 @@ def entry(event: scan.ScanEvent) -> Entry:
         counters=counters,
         dimensions=dimensions,
         station_id=event.station_id or "" if event.is_village else "",
+        fingerprint=correction.fingerprint(event),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Withdrawal:
+    """One correction of a record: the event it withdraws (as an entry, to take out exactly what counted), why,
+    and its replacement's id."""
+
+    index: int  # in its record
+    event: scan.ScanEvent
+    entry: Entry
+    reason: str
+    replacement_id: str | None
 
 
 @functools.lru_cache(maxsize=4_096)
@@ -111,12 +125,15 @@ class Rejected:
 class Decoded:
     events: list[scan.ScanEvent]
     rejected: list[Rejected]
+    received_ms: int | None = None  # when ingest accepted the record
+    withdrawals: tuple[Withdrawal, ...] = ()
 
 
 def decode_record(value: bytes | None, *, now: datetime) -> Decoded:
     """A topic record's events, each validated again: the topic accepts anything its writers send.
 
-    A record holds one event object or a batch ``{"events": [...]}`` (what ingest publishes).
+    A record holds one event object, a batch ``{"events": [...]}`` (what ingest publishes) or a batch of corrections
+    ``{"corrections": [...]}``.
     """
     if value is None:
         return Decoded([], [Rejected(None, "record has no value", None)])
@@ -124,17 +141,19 @@ def decode_record(value: bytes | None, *, now: datetime) -> Decoded:
     if batch is not None:
         events: list[scan.ScanEvent] = []
         rejected: list[Rejected] = []
-        for i, event in enumerate(batch):
+        for i, event in enumerate(batch.events):
             errors = scan.rules(event, now=now)
             if errors:
                 rejected.append(Rejected(i, "; ".join(errors), event.to_json()))
             else:
                 events.append(event)
-        return Decoded(events, rejected)
+        return Decoded(events, rejected, _received_ms(batch.received_at))
     try:
         body = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
         return Decoded([], [Rejected(None, f"not JSON: {exc}", value.decode("utf-8", "replace")[:2000])])
+    if isinstance(body, dict) and correction.CORRECTIONS in body:
+        return _corrections(body, now=now)
     if isinstance(body, dict) and "events" in body:
         items = body["events"]
         if not isinstance(items, list):
@@ -148,7 +167,33 @@ def decode_record(value: bytes | None, *, now: datetime) -> Decoded:
             events.append(result)
         else:
             rejected.append(Rejected(i, "; ".join(result), raw))
-    return Decoded(events, rejected)
+    received = body.get("received_at") if isinstance(body, dict) and "events" in body else None
+    return Decoded(events, rejected, _received_ms(received if isinstance(received, str) else None))
+
+
+def _corrections(body: dict[str, Any], *, now: datetime) -> Decoded:
+    items = body[correction.CORRECTIONS]
+    if not isinstance(items, list):
+        return Decoded([], [Rejected(None, "'corrections' must be an array", body)])
+    withdrawals, rejected = [], []
+    for i, raw in enumerate(items):
+        result = correction.validate(raw, now=now)
+        if isinstance(result, correction.Correction):
+            replacement = None if result.replacement is None else result.replacement.event_id
+            withdrawals.append(Withdrawal(i, result.event, entry(result.event), result.reason, replacement))
+        else:
+            rejected.append(Rejected(i, "; ".join(result), raw))
+    received = body.get("received_at")
+    return Decoded([], rejected, _received_ms(received if isinstance(received, str) else None), tuple(withdrawals))
+
+
+def _received_ms(text: str | None) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(datetime.fromisoformat(text).timestamp() * 1000)
+    except ValueError:
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +206,8 @@ class Record:
     entries: list[Entry]
     dead_letters: int = 0  # what of it went to the dead-letter topic, counted once when it is applied
     duplicates: int = 0  # repeats the writer took out of ``entries``, counted once when it is applied
+    accepted_day: int | None = None  # the CST day ingest accepted it on (None: not said; the day it is applied)
+    withdrawals: tuple[Withdrawal, ...] = ()
 
     @property
     def offset_field(self) -> str:

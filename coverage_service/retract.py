@@ -1,124 +1,22 @@
-"""Withdrawing an applied event: the ledger that keeps a location's withdrawable events, and the read-model changes a
-withdrawal makes (the reverse of :func:`coverage_service.changes.resolve`). Pure; no I/O. docs/corrections.md.
+"""What withdrawing an applied event writes: the reverse of :func:`coverage_service.changes.resolve`. Pure; no I/O.
 
 Sums are taken back by subtraction; the figures that are not sums (first and last reach, reach flags, stations) are
-recomputed from the ledger's events and its floor, what the events no longer withdrawable left.
+the location's reach before and after, from its ledger (:mod:`coverage_service.ledger`). docs/corrections.md.
 """
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from coverage_service.changes import LAPSE_DIGITS, PARENT_DIGITS, TOWNSHIP_DIGITS, VILLAGE_DIGITS, Unit
-from coverage_service.fold import Entry, cst_day
+from coverage_service.fold import cst_day
+from coverage_service.ledger import Reach, Trace
 from lastmile import names
 from lastmile.divisions import KIND_VILLAGE
 
 f = names.field
-
-
-@dataclass(frozen=True, slots=True)
-class Trace:
-    """What one applied event left at its location, kept while it is withdrawable."""
-
-    digest: bytes  # of (carrier, event_id)
-    fingerprint: bytes  # of what counted (lastmile.correction.fingerprint)
-    applied_hour: int
-    occurred_ms: int
-    reaches: bool
-    dimensions: tuple[str, ...]
-    station_id: str
-    counters: tuple[str, ...]
-
-    @classmethod
-    def of(cls, e: Entry, fingerprint: bytes, applied_hour: int) -> Trace:
-        return cls(
-            e.digest, fingerprint, applied_hour, e.occurred_ms, e.reaches, e.dimensions, e.station_id, e.counters
-        )
-
-    def suffixes(self) -> tuple[str, ...]:
-        """The reach flags it raised: '' and one per dimension; none unless it reaches."""
-        return ("", *(f.DIM_SEP + d for d in self.dimensions)) if self.reaches else ()
-
-
-@dataclass(frozen=True, slots=True)
-class Reach:
-    """A location's figures that are not sums."""
-
-    first_reach_ms: int | None
-    last_reach: dict[str, int]  # reach flag suffix -> latest reach ms
-    stations: frozenset[str]
-
-
-@dataclass(slots=True)
-class Floor:
-    """What a location's settled events (no longer withdrawable) left: settled events are never taken back, so their
-    first and last reaches and their stations only ever grow."""
-
-    first_reach_ms: int | None = None
-    last_reach: dict[str, int] = field(default_factory=dict)
-    stations: set[str] = field(default_factory=set)
-
-    def take(self, trace: Trace) -> None:
-        if trace.station_id:
-            self.stations.add(trace.station_id)
-        ms = trace.occurred_ms
-        for s in trace.suffixes():
-            if self.last_reach.get(s, -1) < ms:
-                self.last_reach[s] = ms
-        if trace.reaches and (self.first_reach_ms is None or ms < self.first_reach_ms):
-            self.first_reach_ms = ms
-
-
-class Outcome(enum.StrEnum):
-    WITHDRAWN = "withdrawn"  # its effect is taken out now
-    PENDING = "pending"  # not (yet) applied here: held, and an original arriving later is not counted
-    ALREADY_WITHDRAWN = "already_withdrawn"
-    MISMATCH = "mismatch"  # the event sent is not the one accepted under that id
-
-
-@dataclass(slots=True)
-class Ledger:
-    """One location's withdrawable events, its floor, and its withdrawals (kept as long as the events are)."""
-
-    floor: Floor = field(default_factory=Floor)
-    traces: dict[bytes, Trace] = field(default_factory=dict)
-    withdrawn: dict[bytes, int] = field(default_factory=dict)  # digest -> hour withdrawn
-
-    def record(self, trace: Trace) -> bool:
-        """Keep an event being applied; False when it was withdrawn before it came (then it is not applied)."""
-        if trace.digest in self.withdrawn:
-            return False
-        self.traces[trace.digest] = trace
-        return True
-
-    def withdraw(self, digest: bytes, fingerprint: bytes, hour: int) -> tuple[Outcome, Trace | None]:
-        if digest in self.withdrawn:
-            return Outcome.ALREADY_WITHDRAWN, None
-        trace = self.traces.get(digest)
-        if trace is not None and trace.fingerprint != fingerprint:
-            return Outcome.MISMATCH, None
-        self.withdrawn[digest] = hour
-        if trace is None:
-            return Outcome.PENDING, None
-        del self.traces[digest]
-        return Outcome.WITHDRAWN, trace
-
-    def settle(self, before_hour: int) -> None:
-        """Events applied and withdrawals made before ``before_hour`` are no longer withdrawable or pending."""
-        for digest in [d for d, t in self.traces.items() if t.applied_hour < before_hour]:
-            self.floor.take(self.traces.pop(digest))
-        for digest in [d for d, h in self.withdrawn.items() if h < before_hour]:
-            del self.withdrawn[digest]
-
-    def reach(self) -> Reach:
-        floor = Floor(self.floor.first_reach_ms, dict(self.floor.last_reach), set(self.floor.stations))
-        for trace in self.traces.values():
-            floor.take(trace)
-        return Reach(floor.first_reach_ms, floor.last_reach, frozenset(floor.stations))
 
 
 @dataclass(slots=True)

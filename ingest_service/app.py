@@ -193,8 +193,9 @@ def create_app(settings: Settings) -> FastAPI:
             else:
                 valid.append((i, event))
 
-        events = scan.decode_batch(body)  # the whole batch in one pass when every event is well formed
-        if events is not None:
+        batch = scan.decode_batch(body)  # the whole batch in one pass when every event is well formed
+        if batch is not None:
+            events = batch.events
             total = _check_count(len(events), settings.ingest_max_events)
             for i, event in enumerate(events):
                 errors = scan.rules(event, now=now, carrier=carrier)

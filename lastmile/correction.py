@@ -8,16 +8,18 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 import msgspec
 from msgspec import Meta
 
 from lastmile import scan
 
+CORRECTIONS: Final = "corrections"
 EVENT: Final = "event"
 REASON: Final = "reason"
 REPLACEMENT: Final = "replacement"
+_FIELDS: Final = (EVENT, REASON, REPLACEMENT)
 FINGERPRINT_BYTES: Final = 8
 
 Reason = Annotated[
@@ -38,6 +40,45 @@ class Correction(msgspec.Struct, frozen=True, forbid_unknown_fields=True, omit_d
     event: scan.ScanEvent
     reason: Reason
     replacement: scan.ScanEvent | None = None
+
+
+class Batch(msgspec.Struct, forbid_unknown_fields=True):
+    """What ``POST /v1/scans/corrections`` takes, and what a scan-topic record of corrections holds (with the time
+    ingest received it)."""
+
+    corrections: Annotated[list[Correction], Meta(min_length=1)]
+    received_at: str | None = None
+
+
+def decode_batch(body: bytes) -> Batch | None:
+    """A batch whose every correction is well formed, in one pass; None when any is not (then :func:`validate` each)."""
+    try:
+        return msgspec.json.decode(body, type=Batch)
+    except msgspec.DecodeError:
+        return None
+
+
+def validate(raw: Any, *, now: datetime, carrier: str | None = None) -> Correction | list[str]:
+    """The correction, or every rule it breaks, each message starting with the path of its field."""
+    if not isinstance(raw, dict):
+        return ["correction: must be a JSON object"]
+    errors = [f"{name}: unknown field" for name in raw if name not in _FIELDS]
+    for name in (EVENT, REPLACEMENT):
+        value = raw.get(name)
+        if value is None:
+            if name == EVENT:
+                errors.append(f"{EVENT}: required (the event withdrawn, as it was accepted)")
+            continue
+        result = scan.validate(value, now=now, carrier=carrier)
+        if isinstance(result, list):
+            errors += [f"{name}.{e}" for e in result]
+    reason = raw.get(REASON)
+    if not isinstance(reason, str) or not 1 <= len(reason) <= 200 or any(ord(c) < 32 or ord(c) == 127 for c in reason):
+        errors.append(f"{REASON}: required, 1-200 characters without control characters")
+    if errors:
+        return errors
+    correction = msgspec.convert(raw, Correction)
+    return rules(correction, now=now, carrier=carrier) or correction
 
 
 def rules(correction: Correction, *, now: datetime, carrier: str | None = None) -> list[str]:

@@ -39,7 +39,7 @@ REG_GENERATION: Final = "reg:generation"
 REG_EDITION: Final = "reg:edition"
 # The read model's key layout, written with the registry: 2 since keys carry their province's hash tag.
 LAYOUT: Final = "layout"
-LAYOUT_VERSION: Final = "3"  # 3: the per-day counts of last reaches (LAPSE)
+LAYOUT_VERSION: Final = "4"  # 3: the per-day counts of last reaches (LAPSE); 4: the withdrawal ledger (LEDGER)
 REGION: Final = "region:"
 LOCATION: Final = "loc:"
 # Per shard, the write path's own keys (shard_key): dedup digests per partition (offset field) and hour,
@@ -51,6 +51,15 @@ REACH_INDEX: Final = "reach:"
 # ("{37}:lapse:3701:20500", field "villages_reached|carrier:sf@p2500"): active villages are the window's days summed.
 LAPSE: Final = "lapse:"
 STATIONS: Final = "stations:"
+# Per location, what withdrawals need (docs/corrections.md): its withdrawable events, the floor its settled events
+# left, and its withdrawals (fields in the ``ledger`` class). Per shard and CST day of acceptance, the locations with
+# events accepted that day ("{37}:ledger-day:20500"), settled once the day leaves the correction window.
+LEDGER: Final = "ledger:"
+LEDGER_DAY: Final = "ledger-day:"
+# Per shard, every correction as the worker decided it ("{37}:corrections", field: its position in the topic ->
+# JSON), and those waiting for their original ("{37}:corrections-pending", position -> location code).
+CORRECTIONS: Final = "corrections"
+CORRECTIONS_PENDING: Final = "corrections-pending"
 OFFSETS: Final = "offsets"
 STATS: Final = "stats"
 WORKER_HEARTBEAT: Final = "worker:"
@@ -60,7 +69,7 @@ HISTORY_DAYS: Final = "history-days"
 
 # The keys of a province's units carry its code as a Redis Cluster hash tag, "lastmile:{37}:loc:370102001001", so
 # that one province's keys share a hash slot (docs/sharding.md); the registry's too (the nation's stay untagged).
-SHARDED: Final = frozenset({REGION, LOCATION, REACH_INDEX, LAPSE, STATIONS, REG_UNIT, REG_CHILDREN})
+SHARDED: Final = frozenset({REGION, LOCATION, REACH_INDEX, LAPSE, STATIONS, LEDGER, REG_UNIT, REG_CHILDREN})
 
 
 def key(prefix: str, suffix: str, code: str = "") -> str:
@@ -94,7 +103,9 @@ def topic_partition(offset_field: str) -> tuple[str, int]:
     return topic, int(partition)
 
 
-PER_SHARD: Final = frozenset({DEDUP, OFFSETS, STATS, REG_GENERATION, REG_KIND, REG_EDITION})
+PER_SHARD: Final = frozenset(
+    {DEDUP, OFFSETS, STATS, REG_GENERATION, REG_KIND, REG_EDITION, LEDGER_DAY, CORRECTIONS, CORRECTIONS_PENDING}
+)
 
 
 def shard_key(prefix: str, shard: str, suffix: str) -> str:
@@ -133,6 +144,18 @@ class field:
     DIM_SEP: Final = "|"
     # Population tier suffix: "villages_total@p2500" counts villages of 2,500 people or more.
     TIER_SEP: Final = "@p"
+
+
+class ledger:
+    """Fields of the ``ledger:`` hashes: ``t:<day>:<digest>`` a withdrawable event accepted on CST day <day>;
+    ``w:<digest>`` a withdrawal ("<day>|<position>"); the floor: ``f`` first reach, ``l<suffix>`` last reach per
+    reach flag, ``s:<station>`` a station."""
+
+    TRACE: Final = "t:"
+    WITHDRAWN: Final = "w:"
+    FIRST_REACH: Final = "f"
+    LAST_REACH: Final = "l"
+    STATION: Final = "s:"
 
 
 class stat:
@@ -178,6 +201,14 @@ def lua_names(prefix: str) -> dict[str, str]:
         "reach_index": REACH_INDEX,
         "lapse": LAPSE,
         "stations": STATIONS,
+        "ledger": LEDGER,
+        "ledger_day": LEDGER_DAY,
+        "corrections": CORRECTIONS,
+        "corrections_pending": CORRECTIONS_PENDING,
+        "ledger_first": ledger.FIRST_REACH,
+        "ledger_last": ledger.LAST_REACH,
+        "ledger_station": ledger.STATION,
+        "ledger_withdrawn": ledger.WITHDRAWN,
         "reg_meta": key(prefix, REG_META),
         "reg_generation": key(prefix, REG_GENERATION),
         "shard_generation": REG_GENERATION,

@@ -209,13 +209,13 @@ def validate(raw: Any, *, now: datetime, carrier: str | None = None) -> ScanEven
     return rules(event, now=now, carrier=carrier) or event
 
 
-def decode_batch(body: bytes) -> list[ScanEvent] | None:
-    """The events of a batch whose every event is well formed, decoded in one compiled pass; None when any is not
-    (then :func:`validate` each, to learn which and why: each error message names its field)."""
+def decode_batch(body: bytes) -> Batch | None:
+    """A batch whose every event is well formed, decoded in one compiled pass; None when any is not (then
+    :func:`validate` each, to learn which and why: each error message names its field)."""
     if _UNKNOWN_OFFSET in body:  # a time with offset -00:00, which msgspec reads as UTC: checked event by event
         return None
     try:
-        return msgspec.json.decode(body, type=Batch).events
+        return msgspec.json.decode(body, type=Batch)
     except msgspec.DecodeError:
         return None
 

@@ -5,6 +5,7 @@ original) and settling. The expected read model is computed here from the surviv
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -14,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from coverage_service import changes, fold, retract
+from coverage_service import ledger as kept
 from coverage_service.readmodel.villages import Village
 from lastmile import correction, names, scan
 
@@ -199,75 +201,92 @@ def histories(draw: st.DrawFn) -> tuple[list[scan.ScanEvent], list[tuple[str, An
     return evs, ops
 
 
+def as_hash(ledger: kept.Ledger) -> dict[str, str]:
+    """The ledger as its Redis hash would hold it."""
+    out = {t.field: t.value for t in ledger.traces.values()}
+    out.update(ledger.floor.fields())
+    out.update({names.ledger.WITHDRAWN + kept.b64(d): f"{day}|{pos}" for d, (day, pos) in ledger.withdrawn.items()})
+    return out
+
+
 @settings(max_examples=400, deadline=None)
 @given(histories())
 def test_withdrawing_equals_folding_only_the_surviving_events(history: tuple[list[scan.ScanEvent], list[Any]]) -> None:
     evs, ops = history
     model = Model()
-    ledgers: dict[str, retract.Ledger] = {}
+    ledgers: dict[str, kept.Ledger] = {}
     applied: set[int] = set()  # what the dedup memory would drop as a repeat
     counted: set[int] = set()
-    for hour, (op, arg) in enumerate(ops):
+    pending: dict[int, str] = {}  # event -> the position of the withdrawal waiting for it
+
+    def withdraw(i: int, day: int, position: str) -> kept.Outcome:
+        e = evs[i]
+        # Each time from the ledger's stored form, as the worker reads it.
+        ledger = ledgers[e.location_code] = kept.Ledger.of(as_hash(ledgers.get(e.location_code, kept.Ledger())))
+        before = ledger.reach()
+        outcome, trace = ledger.withdraw(fold.entry(e).digest, correction.fingerprint(e), day, position)
+        if outcome is kept.Outcome.WITHDRAWN:
+            assert trace is not None and i in counted
+            counted.discard(i)
+            unit = UNITS[e.location_code]
+            assert unit is not None
+            trace = dataclasses.replace(trace, counters=fold.entry(e).counters)
+            model.withdraw(retract.retraction(e.location_code, unit, trace, before, ledger.reach()), e.location_code)
+        return outcome
+
+    for day, (op, arg) in enumerate(ops):
         if op == "apply":
             entries = []
             for i in arg:
-                if i in applied:
-                    continue
-                applied.add(i)
-                e = fold.entry(evs[i])
-                trace = retract.Trace.of(e, correction.fingerprint(evs[i]), hour)
-                if ledgers.setdefault(e.location_code, retract.Ledger()).record(trace):
+                if i not in applied:
+                    applied.add(i)
+                    e = fold.entry(evs[i])
+                    ledgers.setdefault(e.location_code, kept.Ledger()).record(kept.Trace.of(e, day))
                     entries.append(e)
                     counted.add(i)
             model.apply(entries)
         elif op == "withdraw":
-            e = evs[arg]
-            ledger = ledgers.setdefault(e.location_code, retract.Ledger())
-            before = ledger.reach()
-            outcome, trace = ledger.withdraw(fold.entry(e).digest, correction.fingerprint(e), hour)
-            if outcome is retract.Outcome.WITHDRAWN:
-                assert trace is not None and arg in counted
-                counted.discard(arg)
-                unit = UNITS[e.location_code]
-                assert unit is not None
-                model.withdraw(
-                    retract.retraction(e.location_code, unit, trace, before, ledger.reach()), e.location_code
-                )
-            elif outcome is retract.Outcome.PENDING:
-                assert arg not in counted or arg in applied  # settled: no longer withdrawable, stays counted
+            if withdraw(arg, day, f"p{day}") is kept.Outcome.PENDING:
+                pending[arg] = f"p{day}"
         else:
             for ledger in ledgers.values():
-                ledger.settle(hour - arg)
+                ledger.settle(day - arg)
+        for i, position in list(pending.items()):  # the worker's resolver, after every step
+            if withdraw(i, day, position) is kept.Outcome.WITHDRAWN:
+                del pending[i]
     assert model.figures() == expected([evs[i] for i in sorted(counted)])
 
 
 def test_a_second_withdrawal_is_refused_and_one_that_changes_the_event_is_a_mismatch() -> None:
     ev = scan_event(1, V1, "delivered", "sf", None, None, 1)
     other = scan_event(1, V1, "delivered", "sf", None, None, 2)  # same id, another time
-    ledger = retract.Ledger()
+    ledger = kept.Ledger()
     e = fold.entry(ev)
-    assert ledger.record(retract.Trace.of(e, correction.fingerprint(ev), 0))
-    assert ledger.withdraw(e.digest, correction.fingerprint(other), 1) == (retract.Outcome.MISMATCH, None)
-    assert ledger.withdraw(e.digest, correction.fingerprint(ev), 1)[0] is retract.Outcome.WITHDRAWN
-    assert ledger.withdraw(e.digest, correction.fingerprint(ev), 2) == (retract.Outcome.ALREADY_WITHDRAWN, None)
+    ledger.record(kept.Trace.of(e, 0))
+    assert ledger.withdraw(e.digest, correction.fingerprint(other), 1, "a") == (kept.Outcome.MISMATCH, None)
+    assert ledger.withdraw(e.digest, correction.fingerprint(ev), 1, "a")[0] is kept.Outcome.WITHDRAWN
+    assert ledger.withdraw(e.digest, correction.fingerprint(ev), 1, "a") == (kept.Outcome.UNCHANGED, None)
+    assert ledger.withdraw(e.digest, correction.fingerprint(ev), 2, "b") == (kept.Outcome.ALREADY_WITHDRAWN, None)
 
 
-def test_an_original_arriving_after_its_withdrawal_is_not_counted() -> None:
+def test_a_withdrawal_before_its_original_waits_for_it() -> None:
     ev = scan_event(1, V2, "delivered", "sf", None, "s1", 1)
     e = fold.entry(ev)
-    ledger = retract.Ledger()
-    assert ledger.withdraw(e.digest, correction.fingerprint(ev), 0) == (retract.Outcome.PENDING, None)
-    assert not ledger.record(retract.Trace.of(e, correction.fingerprint(ev), 1))
-    assert ledger.reach() == retract.Reach(None, {}, frozenset())
+    ledger = kept.Ledger()
+    assert ledger.withdraw(e.digest, e.fingerprint, 0, "a") == (kept.Outcome.PENDING, None)
+    assert ledger.withdraw(e.digest, e.fingerprint, 0, "a") == (kept.Outcome.UNCHANGED, None)
+    ledger.record(kept.Trace.of(e, 1))
+    assert ledger.withdraw(e.digest, e.fingerprint, 1, "a")[0] is kept.Outcome.WITHDRAWN
+    assert ledger.reach() == kept.Reach(None, {}, frozenset())
 
 
 def test_the_only_reach_of_a_village_withdrawn_leaves_it_unreached_at_every_level() -> None:
     ev = scan_event(1, V2, "delivered", "sf", "own_station", "s1", 1)
     e = fold.entry(ev)
-    ledger = retract.Ledger()
-    ledger.record(retract.Trace.of(e, correction.fingerprint(ev), 0))
+    ledger = kept.Ledger()
+    ledger.record(kept.Trace.of(e, 0))
     before = ledger.reach()
-    _, trace = ledger.withdraw(e.digest, correction.fingerprint(ev), 1)
+    _, trace = ledger.withdraw(e.digest, e.fingerprint, 1, "a")
     assert trace is not None
     r = retract.retraction(V2, changes.Unit("village", ("",)), trace, before, ledger.reach())
     assert r.unreached == 1
@@ -287,13 +306,13 @@ def test_withdrawing_the_latest_reach_moves_the_village_back_to_its_previous_rea
         scan_event(1, V2, "delivered", "sf", None, None, 75),
         scan_event(2, V2, "picked_up", "sf", None, None, 1),
     )
-    model, ledger = Model(), retract.Ledger()
+    model, ledger = Model(), kept.Ledger()
     entries = [fold.entry(earlier), fold.entry(later)]
-    for ev, e in zip((earlier, later), entries, strict=True):
-        ledger.record(retract.Trace.of(e, correction.fingerprint(ev), 0))
+    for e in entries:
+        ledger.record(kept.Trace.of(e, 0))
     model.apply(entries)
     before = ledger.reach()
-    _, trace = ledger.withdraw(entries[1].digest, correction.fingerprint(later), 1)
+    _, trace = ledger.withdraw(entries[1].digest, correction.fingerprint(later), 1, "a")
     assert trace is not None
     model.withdraw(retract.retraction(V2, changes.Unit("village", ("",)), trace, before, ledger.reach()), V2)
     assert model.figures() == expected([earlier])

@@ -47,9 +47,9 @@ def test_a_valid_event_parses_with_its_offset() -> None:
 
 def test_a_well_formed_batch_decodes_in_one_pass_and_any_flaw_sends_it_event_by_event() -> None:
     good = orjson.dumps({"events": [event(), event(event_id="sf-0002")]})
-    decoded = scan.decode_batch(good)
-    assert decoded is not None and [e.event_id for e in decoded] == ["sf-0001", "sf-0002"]
-    assert decoded[0] == scan.validate(event(), now=NOW)
+    batch = scan.decode_batch(good)
+    assert batch is not None and [e.event_id for e in batch.events] == ["sf-0001", "sf-0002"]
+    assert batch.events[0] == scan.validate(event(), now=NOW)
     for flawed in (
         {"events": [event(), event(waybill="")]},
         {"events": [event(extra=1)]},
