@@ -16,6 +16,7 @@ from typing import Any, Protocol
 import msgspec.msgpack as msgpack
 
 from coverage_service.fold import Record, cst_day
+from coverage_service.ledger import Floor, Trace
 from lastmile import names
 from lastmile.divisions import KIND_VILLAGE
 
@@ -62,6 +63,11 @@ class Gathered:
     dead_letters: int = 0
     records_applied: int = 0
     records_replayed: int = 0
+    # The ledger (docs/corrections.md): per location, its events accepted within the correction window, as
+    # [field, value, ...], and the floor older ones raise; per CST day of acceptance, the locations given events.
+    ledger: dict[str, list[str]] = field(default_factory=dict)
+    floors: dict[str, Floor] = field(default_factory=dict)
+    ledger_days: dict[int, set[str]] = field(default_factory=dict)
 
     def villages(self) -> dict[str, Location]:
         """The village-level locations (12 digits), whose ``loc:`` hashes the decisions read."""
@@ -90,11 +96,19 @@ class Changes:
     newly_reached: int = 0
 
 
-def gather(records: Iterable[Record], units: Mapping[str, Unit | None], positions: Mapping[str, int]) -> Gathered:
+def gather(
+    records: Iterable[Record],
+    units: Mapping[str, Unit | None],
+    positions: Mapping[str, int],
+    window: tuple[int, int] = (0, 0),
+) -> Gathered:
     """Sum the records not yet applied (offset above ``positions``, the offsets Redis holds) per location; entries
-    at codes the registry does not hold are counted as unknown, not applied, and their digests not kept."""
+    at codes the registry does not hold are counted as unknown, not applied, and their digests not kept. ``window``:
+    the correction window's first CST day, and today's (the day a record that does not say when it was accepted
+    counts as accepted on)."""
     g = Gathered()
     locations = g.locations
+    first_day, today = window
     for r in sorted(records, key=lambda r: (r.topic, r.partition, r.offset)):
         ofield = r.offset_field
         if r.offset <= g.offsets.get(ofield, positions[ofield]):
@@ -105,6 +119,8 @@ def gather(records: Iterable[Record], units: Mapping[str, Unit | None], position
         g.dead_letters += r.dead_letters
         g.duplicate += r.duplicates
         kept = g.digests.setdefault(ofield, [])
+        day = today if r.accepted_day is None else r.accepted_day
+        withdrawable = day >= first_day
         for e in r.entries:
             code = e.location_code
             if units.get(code) is None:
@@ -112,6 +128,15 @@ def gather(records: Iterable[Record], units: Mapping[str, Unit | None], position
                 continue
             kept.append(e.digest)
             g.applied += 1
+            trace = Trace.of(e, day)
+            if withdrawable:
+                g.ledger.setdefault(code, []).extend((trace.field, trace.value))
+                g.ledger_days.setdefault(day, set()).add(code)
+            else:
+                floor = g.floors.get(code)
+                if floor is None:
+                    floor = g.floors[code] = Floor()
+                floor.take(trace)
             loc = locations.get(code)
             if loc is None:
                 loc = locations[code] = Location(ofield)
@@ -261,6 +286,9 @@ def payload(
             "indexes": _flat(ch.indexes.items()),
             "lapses": [x for (code, day), fields in ch.lapses.items() for x in (code, day, fields)],
             "stations": _flat(ch.stations.items()),
+            "ledger": _flat(g.ledger.items()),
+            "floors": [x for code, floor in g.floors.items() for x in (code, _flat(floor.fields().items()))],
+            "ledger_days": [x for day, codes in g.ledger_days.items() for x in (day, sorted(codes))],
             "offsets": _flat(g.offsets.items()),
             "digests": [ofield for ofield, _ in digests],
             "stats": [

@@ -122,6 +122,13 @@ class Settings(BaseSettings):
     dedup_window_hours: Positive = _env(
         "DEDUP_WINDOW_HOURS", 72.0, "How long a (carrier, event_id) is remembered to drop repeats"
     )
+    correction_window_days: int = _env(
+        "CORRECTION_WINDOW_DAYS",
+        30,
+        "Days after the day it was accepted (China Standard Time) that a carrier may withdraw an event; the ledger "
+        "this needs in Redis grows with it (docs/corrections.md)",
+        ge=1,
+    )
     worker_village_cache: int = _env(
         "WORKER_VILLAGE_CACHE",
         200_000,

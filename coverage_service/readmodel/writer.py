@@ -15,7 +15,7 @@ from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.typing import EncodableT
 
 from coverage_service import changes, dedup
-from coverage_service.fold import Entry, Record
+from coverage_service.fold import Entry, Record, cst_day
 from coverage_service.readmodel import registry_store, scripts, villages
 from lastmile import backlog, names
 from lastmile.divisions import KIND_VILLAGE
@@ -65,11 +65,17 @@ NOTHING = Applied(0, 0, 0, 0, 0, 0)
 
 class ReadModelWriter:
     def __init__(
-        self, redis: aioredis.Redis, prefix: str, dedup_window_seconds: int, village_cache: int = 200_000
+        self,
+        redis: aioredis.Redis,
+        prefix: str,
+        dedup_window_seconds: int,
+        village_cache: int = 200_000,
+        correction_window_days: int = 30,
     ) -> None:
         self.redis = redis
         self.prefix = prefix
         self.window_ms = dedup_window_seconds * 1000
+        self.correction_window_days = correction_window_days
         self._apply = redis.register_script(scripts.source("apply.lua", prefix, prelude=True))
         self._units_script = redis.register_script(scripts.source("units.lua", prefix, prelude=True))
         self._villages_script = redis.register_script(scripts.source("villages.lua", prefix, prelude=True))
@@ -189,8 +195,10 @@ class ReadModelWriter:
                 continue
             first = self.shards[0]
             parts: dict[str, changes.Gathered] = {}
+            window = self.correction_window(now)
             for shard, part in self._parts(kept).items():
-                g = parts[shard] = changes.gather(part, units, {f: self.positions[f][shard] for f in fields})
+                positions = {f: self.positions[f][shard] for f in fields}
+                g = parts[shard] = changes.gather(part, units, positions, window)
                 if shard != first:  # records count in the first shard's part
                     g.records_applied = g.records_replayed = 0
             held = await self._held({code: loc for g in parts.values() for code, loc in g.villages().items()})
@@ -241,6 +249,11 @@ class ReadModelWriter:
             if word == REGISTRY_MISSING:
                 raise RegistryMissing(str(failure)) from failure
             raise failure
+
+    def correction_window(self, now_ms: int) -> tuple[int, int]:
+        """The first CST day whose accepted events are still withdrawable, and today's (docs/corrections.md)."""
+        today = cst_day(now_ms)
+        return today - self.correction_window_days + 1, today
 
     def _parts(self, records: list[Record]) -> dict[str, list[Record]]:
         """Each shard's part of a batch: every record, with its events at the shard's codes (codes of no shard go

@@ -80,7 +80,11 @@ class Folder:
         self.settings = settings
         self.redis = redis_client.connect(settings)
         self.writer = ReadModelWriter(
-            self.redis, settings.redis_key_prefix, settings.dedup_window_seconds, settings.worker_village_cache
+            self.redis,
+            settings.redis_key_prefix,
+            settings.dedup_window_seconds,
+            settings.worker_village_cache,
+            settings.correction_window_days,
         )
         self.send_dead_letter = send_dead_letter
         self.totals = {"events_applied": 0, "events_duplicate": 0, "records_replayed": 0, "dead_letters": 0}

@@ -75,7 +75,11 @@ async def rebuild(
                 population_tiers=settings.population_tiers,
             )
         writer = ReadModelWriter(
-            redis, settings.redis_key_prefix, settings.dedup_window_seconds, settings.worker_village_cache
+            redis,
+            settings.redis_key_prefix,
+            settings.dedup_window_seconds,
+            settings.worker_village_cache,
+            settings.correction_window_days,
         )
         await _fold_topic(settings, writer, report, progress)
     finally:

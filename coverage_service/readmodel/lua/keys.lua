@@ -14,6 +14,7 @@ local function index_key(name) return shard(name) .. '${reach_index}' .. name en
 -- A city's or province's counts of last reaches on one CST day (days since 1970-01-01): '{37}:lapse:3701:20500'.
 local function lapse_key(code, day) return shard(code) .. '${lapse}' .. code .. ':' .. string.format('%d', day) end
 local function stations_key(code) return shard(code) .. '${stations}' .. code end
+local function ledger_key(code) return shard(code) .. '${ledger}' .. code end
 
 -- The registry index: each province's part in its shard (kinds in one hash), the nation's untagged.
 local function kind_key(code) return shard(code) .. '${reg_kind}' end

@@ -167,3 +167,19 @@ local function move_segment(code, q, delta, state)
     end
   end
 end
+
+-- Raises a ledger's floor (docs/corrections.md) by ``fields`` ([field, value, ...]): the first reach to the lower,
+-- each last reach to the higher, stations added. The floor only grows, so merging twice changes nothing.
+local function merge_floor(key, fields)
+  for i = 1, #fields, 2 do
+    local name, value = fields[i], fields[i + 1]
+    local first = name == '${ledger_first}'
+    if first or string.sub(name, 1, #'${ledger_last}') == '${ledger_last}' then
+      local held = tonumber(redis.call('HGET', key, name))
+      local v = tonumber(value)
+      if held == nil or (first and v < held) or (not first and v > held) then redis.call('HSET', key, name, value) end
+    else
+      redis.call('HSET', key, name, value)
+    end
+  end
+end
