@@ -119,7 +119,7 @@ def gather(
         g.dead_letters += r.dead_letters
         g.duplicate += r.duplicates
         kept = g.digests.setdefault(ofield, [])
-        day = today if r.accepted_day is None else r.accepted_day
+        day = today if r.received_ms is None else cst_day(r.received_ms)
         withdrawable = day >= first_day
         for e in r.entries:
             code = e.location_code

@@ -6,15 +6,15 @@ partition and hour, in the worker as sorted arrays searched a whole batch at a t
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from typing import Final, cast
 
 import numpy as np
 import numpy.typing as npt
 
-# 120 bits: the odds that two of a billion events (a national window) share a digest are below 10^-18.
-DIGEST_BYTES: Final = 15
+from lastmile import correction
+
+DIGEST_BYTES: Final = correction.IDENTITY_BYTES
 # Redis holds the digests in strings of exactly this many bytes, allocated once (SET) and filled in place
 # (SETRANGE): APPEND would over-allocate as it grows. With its 10-byte header the string is a 64 KiB allocation.
 CHUNK_BYTES: Final = 4368 * DIGEST_BYTES
@@ -25,8 +25,8 @@ Words = npt.NDArray[np.uint64]
 
 
 def digest(carrier: str, event_id: str) -> bytes:
-    """The dedup identity of an event: 120 bits of BLAKE2b over carrier and event_id."""
-    return hashlib.blake2b(f"{carrier}\x1f{event_id}".encode(), digest_size=DIGEST_BYTES).digest()
+    """The dedup identity of an event: 120 bits of BLAKE2b over carrier and event_id (lastmile.correction)."""
+    return correction.identity(carrier, event_id)
 
 
 def hour_of(ms: int) -> int:

@@ -206,7 +206,7 @@ class Record:
     entries: list[Entry]
     dead_letters: int = 0  # what of it went to the dead-letter topic, counted once when it is applied
     duplicates: int = 0  # repeats the writer took out of ``entries``, counted once when it is applied
-    accepted_day: int | None = None  # the CST day ingest accepted it on (None: not said; the day it is applied)
+    received_ms: int | None = None  # when ingest accepted it (None: not said; taken as when it is applied)
     withdrawals: tuple[Withdrawal, ...] = ()
 
     @property

@@ -7,13 +7,13 @@ the floor, which only grows (first reach the lowest, last reach the highest, sta
 
 from __future__ import annotations
 
-import base64
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from coverage_service.fold import Entry
 from lastmile import names
+from lastmile.correction import b64, unb64
 
 f = names.field
 L = names.ledger
@@ -49,14 +49,6 @@ class Trace:
         # The station goes last: it is the one part that may hold the separator.
         dims = ",".join(self.dimensions)
         return f"{b64(self.fingerprint)}|{self.occurred_ms}|{int(self.reaches)}|{dims}|{self.station_id}"
-
-
-def b64(digest: bytes) -> str:
-    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
-
-
-def unb64(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
 def _trace(name: str, value: str) -> Trace:

@@ -24,7 +24,19 @@ from ingest_service import server
 from ingest_service.auth import CarrierTokens
 from ingest_service.backpressure import Backpressure
 from ingest_service.publisher import BrokerUnavailable, Publisher
-from lastmile import apidocs, backlog, divisions, logs, names, problem, redis_client, registry_index, scan
+from lastmile import (
+    apidocs,
+    backlog,
+    correction,
+    corrections,
+    divisions,
+    logs,
+    names,
+    problem,
+    redis_client,
+    registry_index,
+    scan,
+)
 from lastmile.broker import Broker
 from lastmile.problem import Problem
 from lastmile.settings import Settings
@@ -170,13 +182,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     async def _post_scans(request: Request) -> Response:
         carrier = tokens.carrier_for(request.headers.get("authorization"))
-        media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-        if media_type != "application/json":
-            raise Problem(
-                415,
-                f"send Content-Type: application/json, not {media_type or 'nothing'!r}",
-                type_="unsupported-media-type",
-            )
+        _require_json(request)
         refusal = request.app.state.backpressure.refusal
         if refusal is not None:
             raise Problem(503, refusal, type_="backlog", headers=retry_after)
@@ -259,6 +265,147 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(
             orjson.dumps(content), status_code=202, media_type="application/json", headers={"X-Request-ID": request_id}
         )
+
+    corrections_schema, correction_components = correction.json_schema(settings.ingest_max_events)
+    components.update(correction_components)
+
+    @app.post(
+        "/v1/scans/corrections",
+        status_code=202,
+        summary="Withdraw accepted events, optionally replacing them (1-1000 corrections)",
+        description=(
+            "Each correction repeats the event withdrawn as it was accepted, gives a reason and may carry a "
+            "replacement (a new event, new event_id). Answers 202 once every accepted correction is acknowledged by "
+            "the broker; the worker then takes the event out of every figure, or holds the correction until the "
+            "event arrives, or rejects it with a reason: see GET /v1/scans/corrections and docs/corrections.md."
+        ),
+        dependencies=[Depends(CARRIER_TOKEN)],
+        openapi_extra={
+            "requestBody": {"required": True, "content": {"application/json": {"schema": corrections_schema}}},
+        },
+        responses={
+            202: {"description": "Accepted", "content": {"application/json": {"schema": RESULT_SCHEMA}}},
+            **problem.openapi_responses(400, 401, 413, 415, 422, 503),
+        },
+    )
+    async def post_corrections(request: Request) -> Response:
+        carrier = tokens.carrier_for(request.headers.get("authorization"))
+        _require_json(request)
+        refusal = request.app.state.backpressure.refusal
+        if refusal is not None:
+            raise Problem(503, refusal, type_="backlog", headers=retry_after)
+        body = await _read_body(request, settings.ingest_max_body_bytes)
+        now = datetime.now(UTC)
+        rejected: list[dict[str, Any]] = []
+        valid: list[tuple[int, correction.Correction]] = []
+        batch = correction.decode_batch(body)
+        if batch is not None:
+            total = _check_count(len(batch.corrections), settings.ingest_max_events)
+            for i, c in enumerate(batch.corrections):
+                errors = correction.rules(c, now=now, carrier=carrier)
+                if errors:
+                    rejected.append(_rejection(i, c.event.event_id, errors))
+                else:
+                    valid.append((i, c))
+        else:
+            try:
+                data = orjson.loads(body)
+            except orjson.JSONDecodeError as exc:
+                raise Problem(400, f"the body is not valid JSON: {exc}", type_="malformed-json") from None
+            items = _items_of(data, correction.CORRECTIONS, settings.ingest_max_events)
+            total = len(items)
+            for i, raw in enumerate(items):
+                result = correction.validate(raw, now=now, carrier=carrier)
+                if isinstance(result, list):
+                    event = raw.get(correction.EVENT) if isinstance(raw, dict) else None
+                    event_id = event.get(scan.EVENT_ID) if isinstance(event, dict) else None
+                    rejected.append(_rejection(i, event_id if isinstance(event_id, str) else None, result))
+                else:
+                    valid.append((i, result))
+        codes = {c.event.location_code for _, c in valid} | {
+            c.replacement.location_code for _, c in valid if c.replacement is not None
+        }
+        unknown = await _unknown_codes(request, codes)
+        withdrawn = await _withdrawn_already(request, [c.event for _, c in valid])
+        accepted: list[correction.Correction] = []
+        first_index: dict[str, int] = {}
+        for i, c in valid:
+            errors = [
+                f"{path}.location_code: {e.location_code} {unknown[e.location_code]}"
+                for path, e in ((correction.EVENT, c.event), (correction.REPLACEMENT, c.replacement))
+                if e is not None and e.location_code in unknown
+            ]
+            if c.event.event_id in withdrawn:
+                errors.append(
+                    f"event.event_id: {c.event.event_id} is withdrawn already ({withdrawn[c.event.event_id]})"
+                )
+            first = first_index.setdefault(c.event.event_id, i)
+            if first != i:
+                errors.append(f"event.event_id: repeats the correction at index {first}")
+            if errors:
+                rejected.append(_rejection(i, c.event.event_id, errors))
+            else:
+                accepted.append(c)
+        rejected.sort(key=lambda r: r["index"])
+        if not accepted:
+            raise Problem(
+                422,
+                f"none of the {total} corrections is valid",
+                type_="no-valid-corrections",
+                accepted=0,
+                rejected=rejected,
+            )
+        request_id = uuid.uuid4().hex
+        replacements = [c.replacement for c in accepted if c.replacement is not None]
+        try:
+            await request.app.state.publisher.publish_corrections(carrier, request_id, accepted, replacements)
+        except BrokerUnavailable as exc:
+            log.warning("broker unavailable; answering 503", extra={"carrier": carrier, "error": str(exc)})
+            raise Problem(
+                503,
+                "the broker cannot take writes now; retry the same corrections later (it is safe)",
+                type_="broker-unavailable",
+                headers=retry_after,
+            ) from None
+        log.info(
+            "corrections accepted",
+            extra={"carrier": carrier, "request_id": request_id, "accepted": len(accepted), "rejected": len(rejected)},
+        )
+        content = {"accepted": len(accepted), "rejected": rejected, "request_id": request_id}
+        return Response(
+            orjson.dumps(content), status_code=202, media_type="application/json", headers={"X-Request-ID": request_id}
+        )
+
+    @app.get(
+        "/v1/scans/corrections",
+        summary="This carrier's corrections and what became of each",
+        description="Newest first: withdrawn, pending (waiting for its event) or rejected, with the reason.",
+        dependencies=[Depends(CARRIER_TOKEN)],
+        responses=problem.openapi_responses(401, 503),
+    )
+    async def list_corrections(request: Request) -> dict[str, Any]:
+        carrier = tokens.carrier_for(request.headers.get("authorization"))
+        try:
+            docs = await corrections.read(request.app.state.redis, settings.redis_key_prefix, carrier=carrier)
+        except aioredis.RedisError as exc:
+            log.warning("corrections unreadable; answering 503", extra={"error": logs.describe(exc)})
+            raise Problem(503, "the corrections cannot be read now; retry later", type_="redis-unavailable") from None
+        return {"carrier": carrier, "corrections": docs}
+
+    async def _withdrawn_already(request: Request, events: list[scan.ScanEvent]) -> dict[str, str]:
+        """The events whose withdrawal the read model holds already: event_id -> the withdrawal's position."""
+        if not events:
+            return {}
+        prefix = settings.redis_key_prefix
+        try:
+            async with request.app.state.redis.pipeline(transaction=False) as pipe:
+                for e in events:
+                    pipe.hget(names.key(prefix, names.LEDGER, e.location_code), correction.withdrawn_field(e))
+                held = await pipe.execute()
+        except aioredis.RedisError as exc:
+            log.warning("ledger lookup failed; answering 503", extra={"error": logs.describe(exc)})
+            raise Problem(503, "the read model cannot be read now; retry later", type_="redis-unavailable") from None
+        return {e.event_id: str(h).split("|", 1)[1] for e, h in zip(events, held, strict=True) if h is not None}
 
     async def _unknown_codes(request: Request, codes: set[str]) -> dict[str, str]:
         """The codes events may not be at, each with why: not in the registry, or removed by its current edition."""
@@ -360,6 +507,29 @@ async def _read_body(request: Request, limit: int) -> bytes:
     except ClientDisconnect:  # the client left, or took longer than the server's read timeout: nothing to publish
         raise Problem(400, "the connection closed before the body arrived whole", type_="incomplete-body") from None
     return b"".join(chunks)
+
+
+def _require_json(request: Request) -> None:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise Problem(
+            415, f"send Content-Type: application/json, not {media_type or 'nothing'!r}", type_="unsupported-media-type"
+        )
+
+
+def _items_of(data: Any, name: str, max_items: int) -> list[Any]:
+    if not isinstance(data, dict):
+        raise Problem(400, f'the body must be a JSON object {{"{name}": [...]}}', type_="invalid-body")
+    extra = sorted(set(data) - {name})
+    if extra:
+        raise Problem(400, f"unknown top-level field(s): {', '.join(extra)}", type_="invalid-body")
+    items = data.get(name)
+    if not isinstance(items, list):
+        raise Problem(400, f"'{name}' must be an array", type_="invalid-body")
+    if not items:
+        raise Problem(400, f"'{name}' is empty; send 1 to {max_items}", type_="invalid-body")
+    _check_count(len(items), max_items)
+    return items
 
 
 def _events_of(data: Any, max_events: int) -> list[Any]:

@@ -12,7 +12,7 @@ import msgspec
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from lastmile import logs, names, scan
+from lastmile import correction, logs, names, scan
 from lastmile.settings import Settings
 from lastmile.topics import Partitioner
 
@@ -82,13 +82,29 @@ class Publisher:
 
     async def publish(self, carrier: str, request_id: str, events: Sequence[scan.ScanEvent]) -> None:
         """Return once every event is acknowledged by the broker, or raise BrokerUnavailable."""
+        await self.publish_corrections(carrier, request_id, [], events)
+
+    async def publish_corrections(
+        self,
+        carrier: str,
+        request_id: str,
+        corrections: Sequence[correction.Correction],
+        events: Sequence[scan.ScanEvent] = (),
+    ) -> None:
+        """Publish corrections, each to its withdrawn event's partition (where the worker that counted it reads it),
+        and events (replacements); return once all are acknowledged, or raise BrokerUnavailable."""
         producer, partition_of = self._producer, self._partition_of
         if producer is None or partition_of is None:
             raise BrokerUnavailable("not connected to the broker")
-        by_partition: dict[int, list[scan.ScanEvent]] = defaultdict(list)
-        for event in events:
-            by_partition[partition_of(event.location_code)].append(event)
         received_at = scan.format_time(datetime.now(UTC))
+        events_of: dict[int, list[scan.ScanEvent]] = defaultdict(list)
+        for event in events:
+            events_of[partition_of(event.location_code)].append(event)
+        corrections_of: dict[int, list[correction.Correction]] = defaultdict(list)
+        for c in corrections:
+            corrections_of[partition_of(c.event.location_code)].append(c)
+        bodies = [(p, msgspec.json.encode(scan.Batch(batch, received_at))) for p, batch in events_of.items()]
+        bodies += [(p, msgspec.json.encode(correction.Batch(b, received_at))) for p, b in corrections_of.items()]
         headers = [
             (names.HEADER_SCHEMA, names.SCHEMA_BATCH_V1.encode()),
             (names.HEADER_CARRIER, carrier.encode()),
@@ -97,14 +113,8 @@ class Publisher:
 
         async def send_all() -> None:
             futures = [
-                await producer.send(
-                    self.topic,
-                    msgspec.json.encode(scan.Batch(batch, received_at)),
-                    key=request_id.encode(),
-                    partition=partition,
-                    headers=headers,
-                )
-                for partition, batch in by_partition.items()
+                await producer.send(self.topic, body, key=request_id.encode(), partition=partition, headers=headers)
+                for partition, body in bodies
             ]
             await asyncio.gather(*futures)
 

@@ -6,6 +6,7 @@ the original's partition and takes out exactly what was counted. The design is o
 
 from __future__ import annotations
 
+import base64
 import hashlib
 from datetime import datetime
 from typing import Annotated, Any, Final
@@ -13,7 +14,7 @@ from typing import Annotated, Any, Final
 import msgspec
 from msgspec import Meta
 
-from lastmile import scan
+from lastmile import names, scan
 
 CORRECTIONS: Final = "corrections"
 EVENT: Final = "event"
@@ -21,6 +22,8 @@ REASON: Final = "reason"
 REPLACEMENT: Final = "replacement"
 _FIELDS: Final = (EVENT, REASON, REPLACEMENT)
 FINGERPRINT_BYTES: Final = 8
+# 120 bits: the odds that two of a billion events (a national window) share an identity are below 10^-18.
+IDENTITY_BYTES: Final = 15
 
 Reason = Annotated[
     str,
@@ -107,3 +110,31 @@ def fingerprint(event: scan.ScanEvent) -> bytes:
         event.cooperation_model or "",
     )
     return hashlib.blake2b(msgspec.msgpack.encode(counted), digest_size=FINGERPRINT_BYTES).digest()
+
+
+def json_schema(max_items: int) -> tuple[dict[str, Any], dict[str, Any]]:
+    """JSON Schema of a ``POST /v1/scans/corrections`` body, and the component schemas it refers to."""
+    _, components = msgspec.json.schema_components([Batch], ref_template="#/components/schemas/{name}")
+    body = components.pop("Batch")
+    body["properties"][CORRECTIONS]["maxItems"] = max_items
+    del body["properties"]["received_at"]  # set by ingest on the topic, never by a carrier
+    return body, components
+
+
+def identity(carrier: str, event_id: str) -> bytes:
+    """An event's identity, (carrier, event_id) hashed: what repeats are dropped by and withdrawals name."""
+    return hashlib.blake2b(f"{carrier}\x1f{event_id}".encode(), digest_size=IDENTITY_BYTES).digest()
+
+
+def b64(digest: bytes) -> str:
+    """A digest as the ledger's field names hold it."""
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")
+
+
+def unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def withdrawn_field(event: scan.ScanEvent) -> str:
+    """The field of its location's ledger (names.LEDGER) that holds the event's withdrawal, once there is one."""
+    return names.ledger.WITHDRAWN + b64(identity(event.carrier, event.event_id))

@@ -167,6 +167,7 @@ class stat:
     RECORDS_APPLIED: Final = "records_applied"
     RECORDS_REPLAYED: Final = "records_replayed"
     VILLAGES_NEWLY_REACHED: Final = "villages_newly_reached"
+    EVENTS_WITHDRAWN: Final = "events_withdrawn"
     APPLIED_AT_MS: Final = "applied_at_ms"
     DEAD_LETTERS: Final = "dead_letters"
 

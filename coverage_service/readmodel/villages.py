@@ -53,6 +53,11 @@ class Villages:
             if village is not None:
                 village.stations = True
 
+    def drop(self, codes: Iterable[str]) -> None:
+        """Let go of these villages (a correction rewrote them): they are read from Redis again."""
+        for code in codes:
+            self._held.pop(code, None)
+
     def forget(self, offset_fields: Iterable[str]) -> None:
         """Let go of the villages of these partitions: they are read from Redis again."""
         gone = set(offset_fields)

@@ -24,6 +24,8 @@ from coverage_service.worker.folder import (
     HEARTBEAT_SECONDS,
     HEARTBEAT_TTL_SECONDS,
     LOST_CHECK_SECONDS,
+    PENDING_CHECK_SECONDS,
+    SETTLE_CHECK_SECONDS,
     Folder,
     retrying,
 )
@@ -107,6 +109,28 @@ def create_app(settings: Settings) -> faust.App:
             await folder.repair()
         except Exception as exc:
             log.warning("checking for lost records failed; trying again", extra={"error": logs.describe(exc)})
+
+    @app.timer(interval=PENDING_CHECK_SECONDS)  # type: ignore[misc, untyped-decorator, unused-ignore]
+    async def corrections_waiting() -> None:
+        # A correction that came before its original is decided again once the original is applied; only by
+        # the worker holding its partition, which alone writes that partition's locations.
+        owned = [names.offset_field(tp.topic, tp.partition) for tp in app.consumer.assignment()]
+        try:
+            await folder.resolve_pending(owned)
+        except Exception as exc:
+            log.warning("deciding waiting corrections failed; trying again", extra={"error": logs.describe(exc)})
+
+    settled_once = False
+
+    @app.timer(interval=SETTLE_CHECK_SECONDS)  # type: ignore[misc, untyped-decorator, unused-ignore]
+    async def settle_ledgers() -> None:
+        # Events leave the correction window daily; the first pass also finds days a stopped worker left.
+        nonlocal settled_once
+        try:
+            await folder.settle(scan_all=not settled_once)
+            settled_once = True
+        except Exception as exc:
+            log.warning("settling the correction ledgers failed; trying again", extra={"error": logs.describe(exc)})
 
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     heartbeat_key = names.key(settings.redis_key_prefix, names.WORKER_HEARTBEAT, worker_id)

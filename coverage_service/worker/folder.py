@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.types import TP, EventT
 
 from coverage_service.fold import Record, Rejected, decode_record, entry
+from coverage_service.readmodel.withdrawals import Withdrawals
 from coverage_service.readmodel.writer import NOTHING, Applied, ReadModelBehind, ReadModelFull, ReadModelWriter
 from lastmile import logs, names, redis_client
 from lastmile.scan import ScanEvent
@@ -36,6 +37,9 @@ HEARTBEAT_TTL_SECONDS = 3 * HEARTBEAT_SECONDS
 REFOLD_FETCH_TIMEOUT_MS = 1_000
 # How often the worker checks that Redis still holds what it applied (a restart from an older save loses the rest).
 LOST_CHECK_SECONDS = 5.0
+# How often corrections waiting for their original are decided again, and ledger days leaving the window settled.
+PENDING_CHECK_SECONDS = 2.0
+SETTLE_CHECK_SECONDS = 3600.0
 
 
 async def retrying(what: str, action: Callable[[], Awaitable[T]]) -> T:
@@ -59,13 +63,14 @@ async def retrying(what: str, action: Callable[[], Awaitable[T]]) -> T:
 
 def calls(records: list[Record], max_events: int) -> list[list[Record]]:
     """The records in consecutive groups of at most ``max_events`` events, one apply call each (a record is never
-    split: its offset is stored when all of it is applied; a bigger one is a call of its own). An empty list
-    still makes one call, so that its offsets are stored."""
+    split: its offset is stored when all of it is applied; a bigger one is a call of its own; a record of
+    corrections is a call of its own, decided on what the records before it made). An empty list still makes one
+    call, so that its offsets are stored."""
     out: list[list[Record]] = [[]]
     size = 0
     for r in records:
         n = max(1, len(r.entries))
-        if out[-1] and size + n > max_events:
+        if out[-1] and (size + n > max_events or r.withdrawals or out[-1][-1].withdrawals):
             out.append([])
             size = 0
         out[-1].append(r)
@@ -92,6 +97,7 @@ class Folder:
         # Set while Redis refuses writes at maxmemory (the time it began); folding resumes by itself.
         self.full_since: float | None = None
         self._partition_of = Partitioner(settings.scan_topic_partitions)
+        self.withdrawals = Withdrawals(self.writer, self._partition_of)
         # One fold at a time: the stream's batches and the timer's repair share the writer.
         self._lock = asyncio.Lock()
 
@@ -117,9 +123,26 @@ class Folder:
 
         applied = NOTHING
         for chunk in calls(records, self.settings.worker_apply_events):
-            applied += await retrying("apply batch", lambda c=chunk: self._apply(c))  # type: ignore[misc]
+            applied += await self._apply_call(chunk)
         self._account(applied, len(dead))
         return applied
+
+    async def _apply_call(self, chunk: list[Record]) -> Applied:
+        if chunk and chunk[0].withdrawals:  # a record of corrections, alone in its call
+            await retrying("corrections", lambda: self.withdrawals.apply(chunk[0]))
+        return await retrying("apply batch", lambda: self._apply(chunk))
+
+    async def resolve_pending(self, owned: Sequence[str]) -> None:
+        """Decide again the corrections of these partitions that wait for their original (docs/corrections.md)."""
+        async with self._lock:
+            await self.withdrawals.resolve_pending([f for f in owned if f in self.writer.positions])
+
+    async def settle(self, *, scan_all: bool = False) -> None:
+        """Settle the ledger days that left the correction window."""
+        async with self._lock:
+            if not self.writer.shards:
+                return
+            await self.withdrawals.settle(int(time.time() * 1000), scan_all=scan_all)
 
     async def _records(self, messages: Sequence[Any]) -> tuple[list[Record], list[tuple[Any, Rejected]]]:
         """The apply script's records of consumed messages (anything with topic, partition, offset, value),
@@ -144,7 +167,17 @@ class Folder:
             # Every consumed record is passed on, even with nothing left to apply, so that its offset is
             # stored and a replay recognises it; its dead letters are counted with it, once.
             entries = [entry(e) for e in usable]
-            records.append(Record(msg.topic, msg.partition, msg.offset, entries, dead_letters=len(refused)))
+            records.append(
+                Record(
+                    msg.topic,
+                    msg.partition,
+                    msg.offset,
+                    entries,
+                    dead_letters=len(refused),
+                    received_ms=d.received_ms,
+                    withdrawals=d.withdrawals,
+                )
+            )
         return records, dead
 
     def _unusable(self, event: ScanEvent, partition: int, unknown: set[str]) -> str | None:
@@ -227,6 +260,8 @@ class Folder:
                 for i in range(0, len(messages), self.settings.worker_batch_max):
                     records, dead = await self._records(messages[i : i + self.settings.worker_batch_max])
                     for chunk in calls(records, self.settings.worker_apply_events):
+                        if chunk and chunk[0].withdrawals:
+                            await self.withdrawals.apply(chunk[0])
                         self._account(await self._apply(chunk), 0)
                     self._account(NOTHING, len(dead))
         finally:

@@ -18,11 +18,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from coverage_service.fold import Record, decode_record, entry
 from coverage_service.readmodel.registry_store import load_registry, registry_loaded
+from coverage_service.readmodel.withdrawals import Withdrawals
 from coverage_service.readmodel.writer import ReadModelWriter
 from coverage_service.worker.folder import HEARTBEAT_TTL_SECONDS, calls
 from lastmile import names, redis_client
 from lastmile.registry import read_registry
 from lastmile.settings import Settings
+from lastmile.topics import Partitioner
 
 FETCH_TIMEOUT_MS = 1_000
 DELETE_CHUNK = 1_000
@@ -140,6 +142,7 @@ async def _fold_topic(
         max_partition_fetch_bytes=8 * 1024 * 1024,
     )
     await consumer.start()
+    withdrawals = Withdrawals(writer, Partitioner(settings.scan_topic_partitions))
     try:
         await consumer.topics()  # fetches the cluster's metadata
         partitions = consumer.partitions_for_topic(settings.scan_topic)
@@ -177,7 +180,17 @@ async def _fold_topic(
                     decoded = decode_record(msg.value, now=now)
                     # Counted, not republished: the worker dead-lettered them when it first met them.
                     report.events_invalid += len(decoded.rejected)
-                    records.append(Record(tp.topic, tp.partition, msg.offset, [entry(e) for e in decoded.events]))
+                    entries = [entry(e) for e in decoded.events]
+                    records.append(
+                        Record(
+                            tp.topic,
+                            tp.partition,
+                            msg.offset,
+                            entries,
+                            received_ms=decoded.received_ms,
+                            withdrawals=decoded.withdrawals,
+                        )
+                    )
                 last = messages[-1].offset if messages else None
                 if last is not None and last + 1 >= todo[tp]:
                     del todo[tp]
@@ -185,6 +198,8 @@ async def _fold_topic(
             # The worker's own fold and apply script, with partitions and offsets: the stored offsets keep the
             # rebuild exactly-once, whether it is run again or a worker takes over afterwards.
             for chunk in calls(records, settings.worker_apply_events):
+                if chunk and chunk[0].withdrawals:
+                    await withdrawals.apply(chunk[0])
                 result = await writer.apply(chunk)
                 report.events_applied += result.events_applied
                 report.events_duplicate += result.events_duplicate
@@ -194,5 +209,9 @@ async def _fold_topic(
                 done += len(chunk)
                 if progress is not None:
                     progress(done, total)
+        # Corrections that came before their original, decided once the whole log is folded; then the ledger
+        # days the log's age put past the correction window.
+        await withdrawals.resolve_pending()
+        await withdrawals.settle(int(time.time() * 1000), scan_all=True)
     finally:
         await consumer.stop()

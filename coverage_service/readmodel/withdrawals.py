@@ -1,0 +1,273 @@
+"""Carriers' corrections in the read model: each decided from its location's ledger (:mod:`coverage_service.retract`)
+and written with ``withdraw.lua``; the upkeep of withdrawals waiting for their original and of days leaving the
+correction window (``settle.lua``). docs/corrections.md.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import replace
+from datetime import datetime
+from typing import Any, Final
+
+import msgspec
+import msgspec.msgpack as msgpack
+import orjson
+from redis.exceptions import ResponseError
+
+from coverage_service import retract
+from coverage_service.fold import Record, Withdrawal, cst_day, entry
+from coverage_service.ledger import Ledger, Outcome, Trace
+from coverage_service.readmodel import scripts
+from coverage_service.readmodel.writer import READ_MODEL_AHEAD, ReadModelWriter
+from lastmile import names, scan
+from lastmile.correction import b64
+from lastmile.divisions import KIND_REMOVED
+
+log = logging.getLogger("lastmile.worker.corrections")
+
+WITHDRAWN: Final = "withdrawn"
+PENDING: Final = "pending"
+REJECTED: Final = "rejected"
+SETTLE_CHUNK: Final = 200
+# Days before the last settleable one that each settle pass looks at (a worker stopped longer leaves older days
+# for the pass at start-up, which scans for them).
+SETTLE_LOOKBACK_DAYS: Final = 8
+
+
+def position(record: Record, w: Withdrawal) -> str:
+    """A correction's place in the topic: its identity (a replay of it finds its own withdrawal in the ledger)."""
+    return f"{record.offset_field}:{record.offset}:{w.index}"
+
+
+class Withdrawals:
+    """Applies records of corrections through the writer that applies the events (its positions and registry)."""
+
+    def __init__(self, writer: ReadModelWriter, partition_of: Callable[[str], int] | None = None) -> None:
+        self.writer = writer
+        self.redis = writer.redis
+        self.prefix = writer.prefix
+        self.partition_of = partition_of
+        self._withdraw = self.redis.register_script(scripts.source("withdraw.lua", self.prefix, prelude=True))
+        self._settle = self.redis.register_script(scripts.source("settle.lua", self.prefix, prelude=True))
+
+    async def apply(self, record: Record) -> dict[str, int]:
+        """Decide and write each correction of ``record`` not yet applied; the caller stores the record's offset
+        afterwards (a crash in between replays it, and each correction finds itself already decided)."""
+        ofield = record.offset_field
+        if ofield not in self.writer.positions:
+            await self.writer.sync([ofield])
+        counts: dict[str, int] = {}
+        for w in record.withdrawals:
+            status = await self._decide(ofield, record.offset, w, position(record, w), record.received_ms)
+            if status is not None:
+                counts[status] = counts.get(status, 0) + 1
+        return counts
+
+    async def _decide(
+        self, ofield: str, offset: int | None, w: Withdrawal, at: str, received_ms: int | None
+    ) -> str | None:
+        """Decide and write one correction of partition ``ofield`` (``offset``: its record's, skipped when the shard
+        applied it; None: a waiting correction decided again)."""
+        code = w.entry.location_code
+        shard = code[:2]
+        partition = names.topic_partition(ofield)[1]
+        now = int(time.time() * 1000)
+        while True:
+            if ofield not in self.writer.positions:
+                await self.writer.sync([ofield])
+            if offset is not None and offset <= self.writer.positions[ofield].get(shard, -1):
+                return None  # this shard applied the record already
+            units = await self.writer.units({code})
+            unit = units.get(code)
+            doc = _document(w, at, received_ms, now)
+            if unit is None or unit.kind == KIND_REMOVED:
+                return await self._write(ofield, shard, code, doc, REJECTED, "location_code is not in the registry")
+            if self.partition_of is not None and self.partition_of(code) != partition:
+                detail = f"published to partition {partition}, not its location's ({self.partition_of(code)})"
+                return await self._write(ofield, shard, code, doc, REJECTED, detail)
+            held = await self.redis.hgetall(names.key(self.prefix, names.LEDGER, code))
+            ledger = Ledger.of({str(k): str(v) for k, v in held.items()})
+            before = ledger.reach()
+            day = cst_day(received_ms if received_ms is not None else now)
+            outcome, trace = ledger.withdraw(w.entry.digest, w.entry.fingerprint, day, at)
+            first_day, today = self.writer.correction_window(now)
+            try:
+                if outcome is Outcome.WITHDRAWN:
+                    assert trace is not None
+                    if trace.day < first_day:
+                        detail = (
+                            f"accepted on {_day(trace.day)}: past the {self.writer.correction_window_days}-day window"
+                        )
+                        return await self._write(ofield, shard, code, doc, REJECTED, detail)
+                    taken = retract.retraction(
+                        code, unit, replace(trace, counters=w.entry.counters), before, ledger.reach()
+                    )
+                    tomb = ledger.withdrawn[trace.digest]
+                    return await self._write(
+                        ofield, shard, code, doc, WITHDRAWN, "", taken, trace, (w.entry.digest, tomb)
+                    )
+                if outcome is Outcome.PENDING:
+                    detail = "no such event applied yet: waiting for it within the correction window"
+                    return await self._write(
+                        ofield, shard, code, doc, PENDING, detail, tomb=(w.entry.digest, (day, at))
+                    )
+                if outcome is Outcome.UNCHANGED:
+                    tomb_day = ledger.withdrawn[w.entry.digest][0]
+                    if today - tomb_day < self.writer.correction_window_days:
+                        return None
+                    days = self.writer.correction_window_days
+                    detail = f"no event {w.event.event_id} of {w.event.carrier} was accepted within {days} days"
+                    return await self._write(ofield, shard, code, doc, REJECTED, detail, untomb=w.entry.digest)
+                if outcome is Outcome.ALREADY_WITHDRAWN:
+                    by = ledger.withdrawn[w.entry.digest][1]
+                    return await self._write(ofield, shard, code, doc, REJECTED, f"already withdrawn by {by}")
+                detail = "the event sent differs from the one accepted under this event_id in what counted"
+                return await self._write(ofield, shard, code, doc, REJECTED, detail)
+            except ResponseError as exc:
+                if not str(exc).startswith(READ_MODEL_AHEAD):
+                    raise
+                await self.writer.sync([ofield])  # another writer moved on: decide again on what it wrote
+
+    async def _write(
+        self,
+        ofield: str,
+        shard: str,
+        code: str,
+        doc: dict[str, Any],
+        status: str,
+        detail: str,
+        taken: retract.Retraction | None = None,
+        trace: Trace | None = None,
+        tomb: tuple[bytes, tuple[int, str]] | None = None,
+        untomb: bytes | None = None,
+    ) -> str:
+        doc = {**doc, "status": status, "detail": detail}
+        t = taken or retract.Retraction()
+        tomb_fields: list[str] = []
+        if tomb is not None:
+            digest, (day, at) = tomb
+            tomb_fields = [names.ledger.WITHDRAWN + b64(digest), f"{day}|{at}"]
+        deleted = [trace.field] if trace is not None else []
+        if untomb is not None:
+            deleted.append(names.ledger.WITHDRAWN + b64(untomb))
+        payload = {
+            "shard": shard,
+            "expect": {ofield: self.writer.positions[ofield].get(shard, -1)},
+            "code": code,
+            "loc_increments": t.loc_increments,
+            "loc_set": t.loc_set,
+            "loc_delete": t.loc_delete,
+            "regions": [x for r, counts in t.regions.items() for x in (r, counts)],
+            "lapses": [x for (r, day), counts in t.lapses.items() for x in (r, day, counts)],
+            "index_set": [x for name, members in t.index_set.items() for x in (name, members)],
+            "index_remove": [x for name, members in t.index_remove.items() for x in (name, members)],
+            "stations_remove": t.stations_remove,
+            "ledger_delete": deleted,
+            "ledger_set": tomb_fields,
+            "position": doc["position"],
+            "record": orjson.dumps(doc).decode(),
+            "pending": int(status == PENDING),
+            "withdrawn": int(status == WITHDRAWN),
+        }
+        routing = names.shard_key(self.prefix, shard, names.REG_GENERATION)
+        await self._withdraw(keys=[routing], args=[msgpack.encode(payload)])
+        if taken is not None:
+            self.writer.villages.drop([code])
+        log.info("correction decided", extra={"position": doc["position"], "status": status, "detail": detail})
+        return status
+
+    async def resolve_pending(self, owned: Iterable[str] | None = None) -> dict[str, int]:
+        """Decide again the corrections waiting for their original, of the partitions in ``owned`` (None: every
+        one): withdrawn once it has been applied, rejected once the window has passed."""
+        wanted = None if owned is None else set(owned)
+        counts: dict[str, int] = {}
+        for shard in self.writer.shards:
+            waiting = await self.redis.hgetall(names.shard_key(self.prefix, shard, names.CORRECTIONS_PENDING))
+            for at in sorted(str(k) for k in waiting):
+                ofield, _, index = at.rsplit(":", 2)
+                if wanted is not None and ofield not in wanted:
+                    continue
+                raw = await self.redis.hget(names.shard_key(self.prefix, shard, names.CORRECTIONS), at)
+                if raw is None:
+                    continue
+                doc = orjson.loads(raw)
+                event = msgspec.convert(doc["event"], scan.ScanEvent)
+                w = Withdrawal(int(index), event, entry(event), doc["reason"], doc.get("replacement_event_id"))
+                received = doc.get("received_at")
+                received_ms = None if received is None else _ms(received)
+                status = await self._decide(ofield, None, w, at, received_ms)
+                if status is not None:
+                    counts[status] = counts.get(status, 0) + 1
+        return counts
+
+    async def settle(self, now_ms: int, *, scan_all: bool = False) -> int:
+        """Move into the floor every ledger event accepted before the window's margin day; return how many
+        locations were settled. ``scan_all`` finds days older than the usual lookback (at start-up)."""
+        first_day, _ = self.writer.correction_window(now_ms)
+        last = first_day - 2  # the day before the margin: no withdrawal reaches it
+        settled = 0
+        for shard in self.writer.shards:
+            for day in await self._days(shard, last, scan_all):
+                settled += await self._settle_day(shard, day, last + 1)
+        return settled
+
+    async def _days(self, shard: str, last: int, scan_all: bool) -> list[int]:
+        base = names.shard_key(self.prefix, shard, names.LEDGER_DAY)
+        if scan_all:
+            days = [int(str(k).rsplit(":", 1)[1]) async for k in self.redis.scan_iter(match=base + "*", count=1000)]
+            return sorted(d for d in days if d <= last)
+        candidates = range(last - SETTLE_LOOKBACK_DAYS, last + 1)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for day in candidates:
+                pipe.exists(f"{base}{day}")
+            found = await pipe.execute()
+        return [day for day, n in zip(candidates, found, strict=True) if n]
+
+    async def _settle_day(self, shard: str, day: int, before_day: int) -> int:
+        day_key = names.shard_key(self.prefix, shard, names.LEDGER_DAY) + str(day)
+        codes = sorted(str(c) for c in await self.redis.smembers(day_key))
+        routing = names.shard_key(self.prefix, shard, names.REG_GENERATION)
+        for start in range(0, max(1, len(codes)), SETTLE_CHUNK):
+            chunk = codes[start : start + SETTLE_CHUNK]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for code in chunk:
+                    pipe.hgetall(names.key(self.prefix, names.LEDGER, code))
+                held = await pipe.execute()
+            flat: list[Any] = []
+            for code, fields in zip(chunk, held, strict=True):
+                ledger = Ledger.of({str(k): str(v) for k, v in fields.items()})
+                gone = ledger.settle(before_day)
+                flat += (code, [x for kv in ledger.floor.fields().items() for x in kv], gone)
+            last_chunk = start + SETTLE_CHUNK >= len(codes)
+            payload = {"codes": flat, "done": day_key if last_chunk else ""}
+            await self._settle(keys=[routing], args=[msgpack.encode(payload)])
+        return len(codes)
+
+
+def _document(w: Withdrawal, at: str, received_ms: int | None, now_ms: int) -> dict[str, Any]:
+    """A correction as the corrections list shows it (docs/corrections.md)."""
+    e = w.event
+    return {
+        "position": at,
+        "carrier": e.carrier,
+        "event_id": e.event_id,
+        "location_code": e.location_code,
+        "event_type": e.event_type,
+        "occurred_at": scan.format_time(e.occurred_at),
+        "reason": w.reason,
+        "replacement_event_id": w.replacement_id,
+        "received_at": None if received_ms is None else scan.format_ms(received_ms),
+        "decided_at": scan.format_ms(now_ms),
+        "event": e.to_json(),
+    }
+
+
+def _day(day: int) -> str:
+    return scan.format_ms(day * 86_400_000)[:10]
+
+
+def _ms(text: str) -> int:
+    return int(datetime.fromisoformat(text).timestamp() * 1000)
