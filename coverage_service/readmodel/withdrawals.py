@@ -22,7 +22,7 @@ from coverage_service.fold import Record, Withdrawal, cst_day, entry
 from coverage_service.ledger import Ledger, Outcome, Trace
 from coverage_service.readmodel import scripts
 from coverage_service.readmodel.writer import READ_MODEL_AHEAD, ReadModelWriter
-from lastmile import names, scan
+from lastmile import backlog, names, scan
 from lastmile.correction import b64
 from lastmile.divisions import KIND_REMOVED
 
@@ -184,7 +184,7 @@ class Withdrawals:
         one): withdrawn once it has been applied, rejected once the window has passed."""
         wanted = None if owned is None else set(owned)
         counts: dict[str, int] = {}
-        for shard in self.writer.shards:
+        for shard in await backlog.shards(self.redis, self.prefix):
             waiting = await self.redis.hgetall(names.shard_key(self.prefix, shard, names.CORRECTIONS_PENDING))
             for at in sorted(str(k) for k in waiting):
                 ofield, _, index = at.rsplit(":", 2)
@@ -209,7 +209,7 @@ class Withdrawals:
         first_day, _ = self.writer.correction_window(now_ms)
         last = first_day - 2  # the day before the margin: no withdrawal reaches it
         settled = 0
-        for shard in self.writer.shards:
+        for shard in await backlog.shards(self.redis, self.prefix):
             for day in await self._days(shard, last, scan_all):
                 settled += await self._settle_day(shard, day, last + 1)
         return settled

@@ -140,8 +140,6 @@ class Folder:
     async def settle(self, *, scan_all: bool = False) -> None:
         """Settle the ledger days that left the correction window."""
         async with self._lock:
-            if not self.writer.shards:
-                return
             await self.withdrawals.settle(int(time.time() * 1000), scan_all=scan_all)
 
     async def _records(self, messages: Sequence[Any]) -> tuple[list[Record], list[tuple[Any, Rejected]]]:
