@@ -24,7 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from coverage_service.api import access, dashboard, documents, fastpath, metrics, middleware, representation
 from coverage_service.api.params import RETRY_AFTER_S
-from coverage_service.api.routes import caller, figures, reports, stream
+from coverage_service.api.routes import caller, corrections, figures, reports, stream
 from coverage_service.readmodel import queries, resp
 from lastmile import apidocs, backlog, logs, problem, redis_client
 from lastmile.broker import CHECK_TIMEOUT_S, Broker
@@ -112,7 +112,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.http_metrics = metrics.HttpMetrics(registry)
     scraped = metrics.Scraped()
     registry.register(scraped)
-    for router in (figures.router, stream.router, reports.router, caller.router):
+    for router in (figures.router, stream.router, reports.router, caller.router, corrections.router):
         app.include_router(router)
     app.add_middleware(middleware.HeadAsGet)  # inside the metrics: they count HEAD as HEAD
     routes = {route.path: route for route in representation.api_routes(app.routes)}

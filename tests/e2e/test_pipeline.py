@@ -221,3 +221,82 @@ async def test_posted_scans_become_exact_coverage_through_repeats_and_a_killed_w
     mine = [e for e in first + second if e["location_code"] == some]
     assert sum(village["counts"]["by_event_type"].values()) == len(mine)
     assert village["counts"]["by_carrier"] == {"sf": len(mine)}
+
+
+async def carrier_corrections(http: httpx.AsyncClient, url: str) -> dict[str, dict[str, Any]]:
+    r = await http.get(f"{url}/v1/scans/corrections", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200, r.text
+    return {d["event_id"]: d for d in r.json()["corrections"]}
+
+
+async def test_corrections_take_events_out_of_every_figure_in_any_order_through_a_killed_worker(
+    stack: Stack, http: httpx.AsyncClient
+) -> None:
+    rng = random.Random(2023)
+    villages = administrative_villages(COUNTY)
+    events = make_events(rng, sorted(villages), 0, 300)
+    assert await post_all(http, stack.ingest, events) == 300
+    await wait_for(http, stack.coverage, 300, 0)
+    before = await coverage(http, stack.coverage)
+
+    reaches: dict[str, list[dict[str, Any]]] = {}
+    for e in events:
+        if e["event_type"] in REACH:
+            reaches.setdefault(e["location_code"], []).append(e)
+    only = next(code for code, es in sorted(reaches.items()) if len(es) == 1)  # reached by one scan only
+    twice = next(code for code, es in sorted(reaches.items()) if len(es) >= 2)
+    unreached = sorted(set(villages) - set(reaches))
+    fresh, late = unreached[0], unreached[1]
+    now = datetime.now(UTC).isoformat()
+    replacement = {**reaches[only][0], "event_id": "e2e-r1", "location_code": fresh, "occurred_at": now}
+    latecomer = {**reaches[only][0], "event_id": "e2e-late", "location_code": late, "occurred_at": now}
+    altered = {**reaches[twice][1], "occurred_at": now}  # not the event that was accepted under this id
+    corrections = [
+        {"event": reaches[only][0], "reason": "scanned at the wrong village", "replacement": replacement},
+        {"event": reaches[twice][0], "reason": "test batch sent to production"},
+        {"event": latecomer, "reason": "withdrawn before it arrived"},
+        {"event": altered, "reason": "a withdrawal that does not match"},
+    ]
+    carrier = {"Authorization": f"Bearer {TOKEN}"}
+    r = await http.post(f"{stack.ingest}/v1/scans/corrections", json={"corrections": corrections}, headers=carrier)
+    assert r.status_code == 202 and r.json()["accepted"] == 4, r.text
+    stack.worker.kill()  # SIGKILL with the corrections in the topic, decided or not
+    stack.start_worker()
+    assert await post_all(http, stack.ingest, [latecomer]) == 1  # the original after its withdrawal
+
+    deadline = asyncio.get_running_loop().time() + 90
+    while True:
+        listed = await carrier_corrections(http, stack.ingest)
+        decided = {eid: d["status"] for eid, d in listed.items()}
+        if decided.get("e2e-late") == "withdrawn" and len(decided) == 4:
+            break
+        assert asyncio.get_running_loop().time() < deadline, listed
+        await asyncio.sleep(0.5)
+    assert decided == {
+        reaches[only][0]["event_id"]: "withdrawn",
+        reaches[twice][0]["event_id"]: "withdrawn",
+        "e2e-late": "withdrawn",
+        reaches[twice][1]["event_id"]: "rejected",
+    }
+    assert "differs" in listed[reaches[twice][1]["event_id"]]["detail"]
+    await wait_for(http, stack.coverage, 302, 0)  # the replacement and the latecomer were applied too
+
+    # The figures are those of the surviving events, counted here from them.
+    gone = {reaches[only][0]["event_id"], reaches[twice][0]["event_id"], "e2e-late"}
+    survivors = [e for e in [*events, replacement, latecomer] if e["event_id"] not in gone]
+    reached, by_township = expected_figures(survivors, villages)
+    after = await coverage(http, stack.coverage)
+    assert_figures(after, villages, reached, by_township)
+    assert after["villages_reached"] == before["villages_reached"]  # one village lost, one gained
+    page = (await http.get(f"{stack.coverage}/v1/villages/{only}")).json()
+    assert page["reached"] is False
+    mine = [e for e in survivors if e["location_code"] == only]
+    assert sum(page["counts"]["by_event_type"].values()) == len(mine)
+
+    # Withdrawing again is refused at once, naming the withdrawal; regulators see every correction, CSV too.
+    r = await http.post(f"{stack.ingest}/v1/scans/corrections", json={"corrections": corrections[:1]}, headers=carrier)
+    assert r.status_code == 422 and "withdrawn already" in r.text, r.text
+    r = await http.get(f"{stack.coverage}/v1/corrections", params={"region": COUNTY})
+    assert r.status_code == 200 and r.json()["total"] == 4, r.text
+    csv_rows = (await http.get(f"{stack.coverage}/v1/corrections", params={"region": COUNTY, "format": "csv"})).text
+    assert len(csv_rows.strip().splitlines()) == 5, csv_rows
