@@ -60,7 +60,7 @@ from schemathesis.core.failures import Failure, FailureGroup
 
 from coverage_service.api.app import create_app as coverage_app
 from ingest_service.app import create_app as ingest_app
-from lastmile import scan
+from lastmile import correction, scan
 from lastmile.settings import Settings
 from lastmile.topics import ensure_topics
 from lastmile_dev import devstack
@@ -104,6 +104,10 @@ EXCLUDED: Final[dict[tuple[str, str], str]] = {
         "finding F1: the scan contract has rules JSON Schema cannot state (a code of the registry, the token's "
         "carrier, at most 5 minutes in the future, village codes for the reach types, reason for delivery_failed, "
         "no repeated event_id in a batch), so schema-valid batches get 422; by design, documented in docs/contract.md"
+    ),
+    ("POST /v1/scans/corrections", "positive_data_acceptance"): (
+        "finding F1, as for scans: a correction's event and replacement follow the scan contract's rules JSON Schema "
+        "cannot state, and a replacement needs a new event_id; by design, documented in docs/corrections.md"
     ),
     ("GET /v1/coverage", "positive_data_acceptance"): _FILTERS,
     ("GET /v1/coverage/{code}", "positive_data_acceptance"): _FILTERS,
@@ -236,8 +240,20 @@ def problem_failures(status: int, content_type: str, content: bytes) -> list[str
 
 
 def nudge(case: Any) -> None:
-    """Positive scan bodies: mostly the token's carrier and real villages, so some get accepted."""
+    """Positive scan and correction bodies: mostly the token's carrier and real villages, so some get accepted."""
     body = case.body
+    if isinstance(body, dict) and isinstance(body.get("corrections"), list):
+        for i, raw in enumerate(body["corrections"]):
+            if isinstance(raw, dict) and isinstance(raw.get("event"), dict) and i % 3 != 2:
+                raw.pop("replacement", None)
+                raw["event"].update(
+                    carrier=CARRIER,
+                    location_code=VILLAGES[i % len(VILLAGES)],
+                    event_type="delivered",
+                    occurred_at="2024-05-01T08:00:00+08:00",
+                )
+                raw["event"].pop("reason", None)
+        return
     if not isinstance(body, dict) or not isinstance(body.get("events"), list):
         return
     for i, raw in enumerate(body["events"]):
@@ -307,16 +323,23 @@ def test_coverage_operation_holds_to_its_document(targets: dict[str, Target], la
 
 
 def test_nothing_invalid_reached_the_topic(targets: dict[str, Target]) -> None:
-    """After the ingest fuzzing (run first, in this module's order): every event in the topic is valid."""
+    """After the ingest fuzzing (run first, in this module's order): every event and correction in the topic is
+    valid."""
     records = asyncio.run(_consume(targets["ingest"].settings))
-    events = [e for record in records for e in record["events"]]
+    events = [e for record in records for e in record.get("events", [])]
+    fixes = [c for record in records for c in record.get("corrections", [])]
     now = datetime.now(UTC)
-    invalid = []
+    invalid: list[tuple[Any, Any]] = []
     for raw in events:
         parsed = scan.validate(raw, now=now, carrier=CARRIER)
         if not isinstance(parsed, scan.ScanEvent):
             invalid.append((raw, parsed))
+    for raw in fixes:
+        fixed = correction.validate(raw, now=now, carrier=CARRIER)
+        if not isinstance(fixed, correction.Correction):
+            invalid.append((raw, fixed))
     assert events, "the fuzzing got no event accepted, so the topic check checked nothing"
+    assert fixes, "the fuzzing got no correction accepted, so the topic check checked none"
     assert not invalid, f"{len(invalid)} of {len(events)} events in the topic are invalid: {invalid[:3]}"
 
 

@@ -97,6 +97,22 @@ async def dedup_memory(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
     }
 
 
+async def ledger_memory(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
+    """Every correction ledger key's MEMORY USAGE (the locations' ledgers and the per-day sets of locations)."""
+    keys = [
+        k.decode() if isinstance(k, bytes) else str(k)
+        for suffix in (names.LEDGER, names.LEDGER_DAY)
+        async for k in redis.scan_iter(match=names.pattern(prefix, suffix), count=20_000)
+    ]
+    total = 0
+    for start in range(0, len(keys), 5_000):
+        async with redis.pipeline(transaction=False) as pipe:
+            for k in keys[start : start + 5_000]:
+                pipe.memory_usage(k, samples=0)
+            total += sum(int(m) for m in await pipe.execute() if m is not None)
+    return {"keys": len(keys), "bytes_total": total}
+
+
 async def key_per_event_bytes(redis: aioredis.Redis, prefix: str, events: int = BASELINE_EVENTS) -> float:
     """The baseline, on the same server: the layout dedup replaced, one ``SET <p>:seen:<carrier>:<event_id> 1 NX EX``
     key per event, measured by used_memory around ``events`` of them, then deleted."""
@@ -200,6 +216,8 @@ async def run(ctx: Context) -> Result:
         ctx.progress("memory: measuring the dedup memory", 0, 1)
         dedup = await dedup_memory(redis, prefix)
         dedup["key_per_event_bytes"] = await key_per_event_bytes(redis, prefix)
+        ctx.progress("memory: measuring the correction ledger", 0, 1)
+        ledger = await ledger_memory(redis, prefix)
         keyspace = await redis.info("keyspace")
         expected = generator.expected()
         check = await check_exact(redis, prefix, registry, expected)
@@ -223,7 +241,7 @@ async def run(ctx: Context) -> Result:
     result = Result("memory", exact=exact)
     result.figures = _figures(
         end_memory, start_memory, applied, units, registry_bytes, registry_how, dedup, window, sent, total
-    )
+    ) + _ledger_figures(ledger, dedup, settings.correction_window_days)
     result.samples = {
         "memory_over_time": samples,
         "events_sent": sent,
@@ -239,6 +257,8 @@ async def run(ctx: Context) -> Result:
         "registry_memory_measured_by": registry_how,
         "dedup": dedup,
         "dedup_window_seconds": window,
+        "ledger": ledger,
+        "correction_window_days": settings.correction_window_days,
     }
     return result
 
@@ -350,5 +370,33 @@ def _figures(
             f"≤ {window + 3600:,} (window + the hour)",
             bounded,
             note=f"TTL {dedup['ttl_min_s']}–{dedup['ttl_max_s']} s",
+        ),
+    ]
+
+
+def _ledger_figures(ledger: dict[str, Any], dedup: dict[str, Any], window_days: int) -> list[Figure]:
+    """What being able to withdraw costs: every event the scenario applied was accepted within the correction
+    window, so each left a trace; the dedup memory of the same events is the baseline."""
+    events = dedup["digests"]
+    each = ledger["bytes_total"] / events if events else None
+    per_day = each * NATIONAL_AVERAGE_RATE * 86_400 / GIB if each else None
+    return [
+        Figure(
+            "correction ledger memory per event in the window",
+            each,
+            "bytes",
+            "reported",
+            None,
+            note=f"{ledger['bytes_total'] / MB:,.1f} MiB (MEMORY USAGE of {ledger['keys']:,} keys) for {events:,} "
+            f"events; baseline, same run: dedup {dedup['bytes_per_event'] or 0:,.1f} B an event",
+        ),
+        Figure(
+            f"correction ledger at the national average rate ({NATIONAL_AVERAGE_RATE:,} events/s), whole window",
+            per_day * window_days if per_day else None,
+            "GiB",
+            "reported",
+            None,
+            note=f"{per_day or 0:,.2f} GiB a day of acceptance, kept {window_days} days (CORRECTION_WINDOW_DAYS) "
+            "and one more, then settled into each location's floor",
         ),
     ]
