@@ -104,11 +104,11 @@ def gather(
 ) -> Gathered:
     """Sum the records not yet applied (offset above ``positions``, the offsets Redis holds) per location; entries
     at codes the registry does not hold are counted as unknown, not applied, and their digests not kept. ``window``:
-    the correction window's first CST day, and today's (the day a record that does not say when it was accepted
-    counts as accepted on)."""
+    the correction window's first CST day, and now in ms (when a record that does not say when it was accepted counts
+    as accepted)."""
     g = Gathered()
     locations = g.locations
-    first_day, today = window
+    first_day, today_ms = window
     for r in sorted(records, key=lambda r: (r.topic, r.partition, r.offset)):
         ofield = r.offset_field
         if r.offset <= g.offsets.get(ofield, positions[ofield]):
@@ -119,7 +119,8 @@ def gather(
         g.dead_letters += r.dead_letters
         g.duplicate += r.duplicates
         kept = g.digests.setdefault(ofield, [])
-        day = today if r.received_ms is None else cst_day(r.received_ms)
+        accepted_ms = today_ms if r.received_ms is None else r.received_ms
+        day = cst_day(accepted_ms)
         withdrawable = day >= first_day
         for e in r.entries:
             code = e.location_code
@@ -128,7 +129,7 @@ def gather(
                 continue
             kept.append(e.digest)
             g.applied += 1
-            trace = Trace.of(e, day)
+            trace = Trace.of(e, accepted_ms)
             if withdrawable:
                 g.ledger.setdefault(code, []).extend((trace.field, trace.value))
                 g.ledger_days.setdefault(day, set()).add(code)

@@ -11,7 +11,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from coverage_service.fold import Entry
+from coverage_service.fold import Entry, cst_day
 from lastmile import names
 from lastmile.correction import b64, unb64
 
@@ -25,7 +25,7 @@ class Trace:
 
     digest: bytes  # of (carrier, event_id)
     fingerprint: bytes  # of what counted (lastmile.correction.fingerprint)
-    day: int  # the CST day it was accepted on (fold.cst_day)
+    accepted_s: int  # when ingest accepted it (s since the epoch)
     occurred_ms: int
     reaches: bool
     dimensions: tuple[str, ...]
@@ -33,8 +33,16 @@ class Trace:
     counters: tuple[str, ...] = ()  # known for the event being withdrawn (from the withdrawal), not kept
 
     @classmethod
-    def of(cls, e: Entry, day: int) -> Trace:
-        return cls(e.digest, e.fingerprint, day, e.occurred_ms, e.reaches, e.dimensions, e.station_id, e.counters)
+    def of(cls, e: Entry, accepted_ms: int) -> Trace:
+        accepted_s = accepted_ms // 1000
+        return cls(
+            e.digest, e.fingerprint, accepted_s, e.occurred_ms, e.reaches, e.dimensions, e.station_id, e.counters
+        )
+
+    @property
+    def day(self) -> int:
+        """The CST day it was accepted on (fold.cst_day)."""
+        return cst_day(self.accepted_s * 1000)
 
     def suffixes(self) -> tuple[str, ...]:
         """The reach flags it raised: '' and one per dimension; none unless it reaches."""
@@ -48,14 +56,21 @@ class Trace:
     def value(self) -> str:
         # The station goes last: it is the one part that may hold the separator.
         dims = ",".join(self.dimensions)
-        return f"{b64(self.fingerprint)}|{self.occurred_ms}|{int(self.reaches)}|{dims}|{self.station_id}"
+        accepted, fp, reaches = self.accepted_s, b64(self.fingerprint), int(self.reaches)
+        return f"{fp}|{self.occurred_ms}|{reaches}|{accepted}|{dims}|{self.station_id}"
 
 
 def _trace(name: str, value: str) -> Trace:
-    day, digest = name[len(L.TRACE) :].split(":", 1)
-    fp, ms, reaches, dims, station = value.split("|", 4)
+    digest = name[len(L.TRACE) :].split(":", 1)[1]
+    fp, ms, reaches, accepted, dims, station = value.split("|", 5)
     return Trace(
-        unb64(digest), unb64(fp), int(day), int(ms), reaches == "1", tuple(dims.split(",")) if dims else (), station
+        unb64(digest),
+        unb64(fp),
+        int(accepted),
+        int(ms),
+        reaches == "1",
+        tuple(dims.split(",")) if dims else (),
+        station,
     )
 
 

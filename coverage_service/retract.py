@@ -8,11 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
 from coverage_service.changes import LAPSE_DIGITS, PARENT_DIGITS, TOWNSHIP_DIGITS, VILLAGE_DIGITS, Unit
-from coverage_service.fold import cst_day
-from coverage_service.ledger import Reach, Trace
+from coverage_service.fold import LapseWindow, cst_day, lapse_window
+from coverage_service.ledger import Floor, Ledger, Reach, Trace
 from lastmile import names
 from lastmile.divisions import KIND_VILLAGE
 
@@ -97,3 +97,57 @@ def _add(into: dict[tuple[str, int], dict[str, int]], key: tuple[str, int], fiel
     counts = into.setdefault(key, {})
     for name in fields:
         counts[name] = counts.get(name, 0) + n
+
+
+# The figures a daily snapshot keeps that one village's events decide (history.ENTRY_FIELDS).
+REACHED: Final = "villages_reached"
+ACTIVE: Final = "villages_active"
+WITH_STATION: Final = "villages_with_station"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    label: str  # the day it is labelled with (YYYY-MM-DD, China Standard Time)
+    taken_at_ms: int
+
+
+def restatement(
+    code: str, unit: Unit, ledger: Ledger, trace: Trace, snapshots: Iterable[Snapshot], lapse_days: int
+) -> dict[str, dict[str, int]]:
+    """How taking ``trace`` out of village ``code`` changes each daily snapshot taken after it was accepted (label ->
+    figure -> change), for every region above the village. A snapshot counted the events accepted before it was
+    taken: those of the floor (accepted before the window) and the ledger's traces (``ledger``: after the
+    withdrawal) up to then."""
+    if unit.kind != KIND_VILLAGE or len(code) != VILLAGE_DIGITS:
+        return {}
+    out: dict[str, dict[str, int]] = {}
+    for snap in snapshots:
+        if trace.accepted_s * 1000 > snap.taken_at_ms:
+            continue
+        earlier = [t for t in ledger.traces.values() if t.accepted_s * 1000 <= snap.taken_at_ms]
+        was, now = _counted(ledger.floor, [*earlier, trace]), _counted(ledger.floor, earlier)
+        window = lapse_window(snap.taken_at_ms, lapse_days)
+        changes = {
+            name: int(after) - int(before)
+            for name, before, after in (
+                (REACHED, "" in was.last_reach, "" in now.last_reach),
+                (ACTIVE, _active(was, window), _active(now, window)),
+                (WITH_STATION, bool(was.stations), bool(now.stations)),
+            )
+            if before != after
+        }
+        if changes:
+            out[snap.label] = changes
+    return out
+
+
+def _active(reach: Reach, window: LapseWindow) -> bool:
+    last = reach.last_reach.get("")
+    return last is not None and window.first_day <= cst_day(last) <= window.last_day
+
+
+def _counted(floor: Floor, traces: Iterable[Trace]) -> Reach:
+    counted = Floor(floor.first_reach_ms, dict(floor.last_reach), set(floor.stations))
+    for trace in traces:
+        counted.take(trace)
+    return Reach(counted.first_reach_ms, counted.last_reach, frozenset(counted.stations))

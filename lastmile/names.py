@@ -56,6 +56,9 @@ STATIONS: Final = "stations:"
 # events accepted that day ("{37}:ledger-day:20500"), settled once the day leaves the correction window.
 LEDGER: Final = "ledger:"
 LEDGER_DAY: Final = "ledger-day:"
+# Per region, how corrections changed its past daily snapshots ("{37}:restated:140322", field
+# "2024-05-01|villages_reached" -> the change, "2024-05-01|corrections" -> how many): shown beside the published one.
+RESTATED: Final = "restated:"
 # Per shard, every correction as the worker decided it ("{37}:corrections", field: its position in the topic ->
 # JSON), and those waiting for their original ("{37}:corrections-pending", position -> location code).
 CORRECTIONS: Final = "corrections"
@@ -69,7 +72,7 @@ HISTORY_DAYS: Final = "history-days"
 
 # The keys of a province's units carry its code as a Redis Cluster hash tag, "lastmile:{37}:loc:370102001001", so
 # that one province's keys share a hash slot (docs/sharding.md); the registry's too (the nation's stay untagged).
-SHARDED: Final = frozenset({REGION, LOCATION, REACH_INDEX, LAPSE, STATIONS, LEDGER, REG_UNIT, REG_CHILDREN})
+SHARDED: Final = frozenset({REGION, LOCATION, REACH_INDEX, LAPSE, STATIONS, LEDGER, RESTATED, REG_UNIT, REG_CHILDREN})
 
 
 def key(prefix: str, suffix: str, code: str = "") -> str:
@@ -204,6 +207,7 @@ def lua_names(prefix: str) -> dict[str, str]:
         "stations": STATIONS,
         "ledger": LEDGER,
         "ledger_day": LEDGER_DAY,
+        "restated": RESTATED,
         "corrections": CORRECTIONS,
         "corrections_pending": CORRECTIONS_PENDING,
         "ledger_first": ledger.FIRST_REACH,

@@ -178,6 +178,53 @@ async def take_now(settings: Settings, day: date | None = None) -> Taken:
 # -- Reading -------------------------------------------------------------------------------------
 
 
+class Restated(TypedDict):
+    """A snapshot's figures as corrections made after it restate them (docs/corrections.md#restatements)."""
+
+    villages_reached: int
+    villages_active: int
+    villages_lapsed: int
+    villages_with_station: int
+    coverage_rate: float | None
+    corrections: int  # how many corrections changed the day's figures
+
+
+async def restatements(redis: aioredis.Redis, prefix: str, code: str) -> dict[str, dict[str, int]]:
+    """Per day, how corrections changed the region's published snapshot (figure -> change); the nation's are its
+    provinces' summed, as its figures are."""
+    if code == names.NATIONAL:
+        provinces = sorted(str(c) for c in await redis.smembers(names.key(prefix, names.REG_CHILDREN, code)))
+    else:
+        provinces = [code]
+    async with redis.pipeline(transaction=False) as pipe:
+        for c in provinces:
+            pipe.hgetall(names.key(prefix, names.RESTATED, c))
+        replies = await pipe.execute()
+    out: dict[str, dict[str, int]] = {}
+    for reply in replies:
+        for name, n in reply.items():
+            label, figure = str(name).split("|", 1)
+            day = out.setdefault(label, {})
+            day[figure] = day.get(figure, 0) + int(n)
+    return out
+
+
+def restate(entry: Entry, changes: dict[str, int] | None) -> Restated | None:
+    """The entry's figures with the corrections' changes; None when no correction changed them."""
+    if not changes or not any(n for figure, n in changes.items() if figure in ENTRY_FIELDS):
+        return None
+    reached = entry["villages_reached"] + changes.get("villages_reached", 0)
+    active = entry["villages_active"] + changes.get("villages_active", 0)
+    return {
+        "villages_reached": reached,
+        "villages_active": active,
+        "villages_lapsed": reached - active,
+        "villages_with_station": entry["villages_with_station"] + changes.get("villages_with_station", 0),
+        "coverage_rate": queries.coverage_rate(reached, entry["villages_total"]),
+        "corrections": changes.get("corrections", 0),
+    }
+
+
 async def series(redis: aioredis.Redis, prefix: str, code: str, start: date, end: date) -> list[Entry]:
     """The region's snapshots from ``start`` to ``end`` (both included), oldest first; days without one
     are left out."""

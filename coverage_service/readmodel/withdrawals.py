@@ -32,6 +32,7 @@ WITHDRAWN: Final = "withdrawn"
 PENDING: Final = "pending"
 REJECTED: Final = "rejected"
 SETTLE_CHUNK: Final = 200
+RESTATED_BY: Final = "corrections"  # the field counting the corrections that changed a day's snapshot
 # Days before the last settleable one that each settle pass looks at (a worker stopped longer leaves older days
 # for the pass at start-up, which scans for them).
 SETTLE_LOOKBACK_DAYS: Final = 8
@@ -45,8 +46,11 @@ def position(record: Record, w: Withdrawal) -> str:
 class Withdrawals:
     """Applies records of corrections through the writer that applies the events (its positions and registry)."""
 
-    def __init__(self, writer: ReadModelWriter, partition_of: Callable[[str], int] | None = None) -> None:
+    def __init__(
+        self, writer: ReadModelWriter, partition_of: Callable[[str], int] | None = None, lapse_days: int = 30
+    ) -> None:
         self.writer = writer
+        self.lapse_days = lapse_days
         self.redis = writer.redis
         self.prefix = writer.prefix
         self.partition_of = partition_of
@@ -105,9 +109,13 @@ class Withdrawals:
                     taken = retract.retraction(
                         code, unit, replace(trace, counters=w.entry.counters), before, ledger.reach()
                     )
+                    # The snapshots taken between the event's acceptance and the correction's counted it.
+                    until = max(received_ms if received_ms is not None else now, trace.accepted_s * 1000)
+                    snapshots = await self._snapshots(trace.accepted_s * 1000, until)
+                    restated = retract.restatement(code, unit, ledger, trace, snapshots, self.lapse_days)
                     tomb = ledger.withdrawn[trace.digest]
                     return await self._write(
-                        ofield, shard, code, doc, WITHDRAWN, "", taken, trace, (w.entry.digest, tomb)
+                        ofield, shard, code, doc, WITHDRAWN, "", taken, trace, (w.entry.digest, tomb), restated=restated
                     )
                 if outcome is Outcome.PENDING:
                     detail = "no such event applied yet: waiting for it within the correction window"
@@ -143,6 +151,7 @@ class Withdrawals:
         trace: Trace | None = None,
         tomb: tuple[bytes, tuple[int, str]] | None = None,
         untomb: bytes | None = None,
+        restated: dict[str, dict[str, int]] | None = None,
     ) -> str:
         doc = {**doc, "status": status, "detail": detail}
         t = taken or retract.Retraction()
@@ -171,6 +180,7 @@ class Withdrawals:
             "record": orjson.dumps(doc).decode(),
             "pending": int(status == PENDING),
             "withdrawn": int(status == WITHDRAWN),
+            "restated": _restated(code, restated or {}),
         }
         routing = names.shard_key(self.prefix, shard, names.REG_GENERATION)
         await self._withdraw(keys=[routing], args=[msgpack.encode(payload)])
@@ -178,6 +188,19 @@ class Withdrawals:
             self.writer.villages.drop([code])
         log.info("correction decided", extra={"position": doc["position"], "status": status, "detail": detail})
         return status
+
+    async def _snapshots(self, from_ms: int, until_ms: int) -> list[retract.Snapshot]:
+        """The daily snapshots taken from ``from_ms`` (included) until ``until_ms`` (excluded)."""
+        first, last = cst_day(from_ms), cst_day(until_ms)
+        labels = [_day(d) for d in range(first, last + 1)]
+        markers = await self.redis.hmget(names.key(self.prefix, names.HISTORY_DAYS), labels)
+        out = []
+        for label, marker in zip(labels, markers, strict=True):
+            if marker is not None:
+                taken = int(orjson.loads(marker).get("taken_at_ms", 0))
+                if from_ms <= taken < until_ms:
+                    out.append(retract.Snapshot(label, taken))
+        return out
 
     async def resolve_pending(self, owned: Iterable[str] | None = None) -> dict[str, int]:
         """Decide again the corrections waiting for their original, of the partitions in ``owned`` (None: every
@@ -263,6 +286,16 @@ def _document(w: Withdrawal, at: str, received_ms: int | None, now_ms: int) -> d
         "decided_at": scan.format_ms(now_ms),
         "event": e.to_json(),
     }
+
+
+def _restated(code: str, by_day: dict[str, dict[str, int]]) -> list[Any]:
+    """The restatement's increments, for each region above the village (the nation sums its provinces')."""
+    fields: dict[str, int] = {}
+    for label, changes in by_day.items():
+        for figure, n in changes.items():
+            fields[f"{label}|{figure}"] = n
+        fields[f"{label}|{RESTATED_BY}"] = 1
+    return [x for region in (code[:9], code[:6], code[:4], code[:2]) for x in (region, fields)] if fields else []
 
 
 def _day(day: int) -> str:

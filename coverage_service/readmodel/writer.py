@@ -195,7 +195,7 @@ class ReadModelWriter:
                 continue
             first = self.shards[0]
             parts: dict[str, changes.Gathered] = {}
-            window = self.correction_window(now)
+            window = (self.correction_window(now)[0], now)
             for shard, part in self._parts(kept).items():
                 positions = {f: self.positions[f][shard] for f in fields}
                 g = parts[shard] = changes.gather(part, units, positions, window)

@@ -97,7 +97,7 @@ class Folder:
         # Set while Redis refuses writes at maxmemory (the time it began); folding resumes by itself.
         self.full_since: float | None = None
         self._partition_of = Partitioner(settings.scan_topic_partitions)
-        self.withdrawals = Withdrawals(self.writer, self._partition_of)
+        self.withdrawals = Withdrawals(self.writer, self._partition_of, settings.lapse_window_days)
         # One fold at a time: the stream's batches and the timer's repair share the writer.
         self._lock = asyncio.Lock()
 

@@ -142,7 +142,7 @@ async def _fold_topic(
         max_partition_fetch_bytes=8 * 1024 * 1024,
     )
     await consumer.start()
-    withdrawals = Withdrawals(writer, Partitioner(settings.scan_topic_partitions))
+    withdrawals = Withdrawals(writer, Partitioner(settings.scan_topic_partitions), settings.lapse_window_days)
     try:
         await consumer.topics()  # fetches the cluster's metadata
         partitions = consumer.partitions_for_topic(settings.scan_topic)

@@ -306,6 +306,10 @@ def _level_name(code: str) -> str:
 # -- History ---------------------------------------------------------------------------------------
 
 
+class SeriesEntry(history.Entry):
+    restated: history.Restated | None  # the figures as later corrections restate them; None: unchanged
+
+
 HistoryReport = TypedDict(
     "HistoryReport",
     {
@@ -314,7 +318,7 @@ HistoryReport = TypedDict(
         "level": str,
         "from": str,
         "to": str,
-        "series": list[history.Entry],
+        "series": list[SeriesEntry],
         "definition": dict[str, Any],
     },
 )
@@ -330,6 +334,14 @@ _HISTORY_COLUMNS: Final = (
     "coverage_rate",
     "as_of",
     "registry_edition",
+)
+_RESTATED_COLUMNS: Final = (
+    "villages_reached",
+    "villages_active",
+    "villages_lapsed",
+    "villages_with_station",
+    "coverage_rate",
+    "corrections",
 )
 
 
@@ -371,7 +383,12 @@ async def coverage_history(
     settings, redis = settings_of(request), redis_of(request)
     prefix = settings.redis_key_prefix
     name = await _region_name(redis, prefix, code)
-    series = await history.series(redis, prefix, code, first, last)
+    published = await history.series(redis, prefix, code, first, last)
+    changes = await history.restatements(redis, prefix, code)
+    series: list[SeriesEntry] = [
+        {**e, "restated": history.restate(e, changes.get(e["date"]))}
+        for e in published
+    ]
     body: HistoryReport = {
         "code": code,
         "name": name,
@@ -381,9 +398,16 @@ async def coverage_history(
         "series": series,
         "definition": _history_definition(settings),
     }
-    table = Table(_HISTORY_COLUMNS, [[e[c] for c in _HISTORY_COLUMNS] for e in series])
+    columns = (*_HISTORY_COLUMNS, *(f"restated_{c}" for c in _RESTATED_COLUMNS))
+    rows = [[*(e[c] for c in _HISTORY_COLUMNS), *_restated_cells(e["restated"])] for e in series]
+    table = Table(columns, rows)
     modified = await history.taken_at_ms(redis, prefix, [e["date"] for e in series])
     return respond(request, body, table=table, filename=f"history-{code}", last_modified_ms=modified)
+
+
+def _restated_cells(restated: history.Restated | None) -> list[Any]:
+    figures: dict[str, Any] = dict(restated) if restated is not None else {}
+    return [figures.get(c) for c in _RESTATED_COLUMNS]
 
 
 class DayFigures(history.Entry):

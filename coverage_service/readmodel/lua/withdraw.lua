@@ -12,7 +12,8 @@
 --  "index_set": [name, [ms, village, ...], ...], "index_remove": [name, [village, ...], ...],
 --  "stations_remove": [station, ...], "ledger_delete": [field, ...], "ledger_set": [field, value, ...],
 --  "position": the correction's place in the topic, "record": its JSON, "pending": 1 (waits) | 0 (does not),
---  "withdrawn": 1 when an event is taken out (counted in the shard's stats)}
+--  "withdrawn": 1 when an event is taken out (counted in the shard's stats),
+--  "restated": [region, {"<day>|<figure>": n, ...}, ...]   changes to past daily snapshots (restated:<region>)}
 -- Returns: 1
 
 local input = cmsgpack.unpack(ARGV[1])
@@ -49,6 +50,9 @@ for i = 1, #index_set, 2 do redis.call('ZADD', index_key(index_set[i]), unpack(i
 local index_remove = input.index_remove
 for i = 1, #index_remove, 2 do redis.call('ZREM', index_key(index_remove[i]), unpack(index_remove[i + 1])) end
 if #input.stations_remove > 0 then redis.call('SREM', stations_key(code), unpack(input.stations_remove)) end
+
+local restated = input.restated
+for i = 1, #restated, 2 do increment_hash(restated_key(restated[i]), restated[i + 1]) end
 
 local ledger = ledger_key(code)
 if #input.ledger_delete > 0 then redis.call('HDEL', ledger, unpack(input.ledger_delete)) end

@@ -71,6 +71,7 @@ async def test_a_day_is_taken_once_and_days_make_a_series(
         "coverage_rate": 0.5,
         "as_of": REACH_TEXT,
         "registry_edition": None,  # loaded without --edition
+        "restated": None,  # no correction since
     }
     day2 = {
         "date": TODAY.isoformat(),
@@ -82,6 +83,7 @@ async def test_a_day_is_taken_once_and_days_make_a_series(
         "coverage_rate": 1.0,
         "as_of": REACH_TEXT,
         "registry_edition": None,  # loaded without --edition
+        "restated": None,  # no correction since
     }
     async with serving(app_for(settings)) as client:
         r = await client.get(f"/v1/coverage/{SUNJIA}/history")  # the last 90 days by default
@@ -109,9 +111,11 @@ async def test_a_day_is_taken_once_and_days_make_a_series(
         lines = r.text[1:].splitlines()
         assert (
             lines[0] == "date,villages_total,villages_reached,villages_active,villages_lapsed,"
-            "villages_with_station,coverage_rate,as_of,registry_edition"
+            "villages_with_station,coverage_rate,as_of,registry_edition,restated_villages_reached,"
+            "restated_villages_active,restated_villages_lapsed,restated_villages_with_station,restated_coverage_rate,"
+            "restated_corrections"
         )
-        assert lines[2] == f"{TODAY.isoformat()},2,2,1,1,1,1.0,{REACH_TEXT},"
+        assert lines[2] == f"{TODAY.isoformat()},2,2,1,1,1,1.0,{REACH_TEXT},,,,,,,"
 
     # Another app with its own Redis client reads the same history.
     async with serving(app_for(settings)) as client:

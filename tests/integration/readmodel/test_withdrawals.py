@@ -6,7 +6,7 @@ the read model equals one folded, in a second key prefix, from the surviving eve
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -14,12 +14,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from coverage_service import fold
+from coverage_service.readmodel import history
 from coverage_service.readmodel.registry_store import load_registry
 from coverage_service.readmodel.withdrawals import Withdrawals
 from coverage_service.readmodel.writer import ReadModelWriter
 from lastmile import correction, names, scan
 from lastmile.registry import read_registry
 from lastmile.settings import Settings
+from tests.support.regulator_world import national_api
 from tests.support.services import SAMPLE, sample_units
 
 pytestmark = pytest.mark.integration
@@ -253,3 +255,66 @@ async def test_events_past_the_window_settle_into_the_floor_and_later_withdrawal
     survivors = [e for e in events if e.event_id not in gone]
     await ReadModelWriter(redis, q, 3600).apply([fold.Record("t", 0, 0, [fold.entry(e) for e in survivors])])
     assert await figures(redis, p) == await figures(redis, q), seed
+
+
+async def test_a_past_snapshot_restated_equals_one_taken_then_from_the_surviving_events(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    rng = random.Random(7)
+    now = datetime.now(UTC)
+    now_ms = int(now.timestamp() * 1000)
+    day_ms = 86_400_000
+    # Two days of events, each followed by its daily snapshot; then corrections of both days' events.
+    accepted = {"A": now_ms - 3 * day_ms, "B": now_ms - 2 * day_ms}
+    taken = {"A": accepted["A"] + 3_600_000, "B": accepted["B"] + 3_600_000}
+    labels = {k: history.china_date(datetime.fromtimestamp(t / 1000, UTC)) for k, t in taken.items()}
+    # Each scanned before it was accepted, as a snapshot taken now would see them.
+    groups = {
+        k: [event(i + 1000 * n, rng, datetime.fromtimestamp(at / 1000, UTC)) for i in range(60)]
+        for n, (k, at) in enumerate(accepted.items())
+    }
+    p = settings.redis_key_prefix
+    await load_registry(redis, p, read_registry(SAMPLE), population_tiers=(2500,))
+    writer = ReadModelWriter(redis, p, 3600)
+    offset = 0
+    for k in ("A", "B"):
+        await writer.apply([fold.Record("t", 0, offset, [fold.entry(e) for e in groups[k]], received_ms=accepted[k])])
+        offset += 1
+        await history.take(redis, p, labels[k], now_ms=taken[k], lapse_days=30)
+    chosen = rng.sample(groups["A"], 12) + rng.sample(groups["B"], 12)
+    record = fold.Record(
+        "t", 0, offset, [], received_ms=now_ms, withdrawals=tuple(withdrawal(j, e) for j, e in enumerate(chosen))
+    )
+    assert (await Withdrawals(writer, lapse_days=30).apply(record))["withdrawn"] == 24
+    gone = {e.event_id for e in chosen}
+
+    regions = ["CN", "14", "1403", COUNTY, *TOWNSHIPS]
+    restated_days = 0
+    for k, survivors_of in (("A", ["A"]), ("B", ["A", "B"])):
+        # Independently: a read model of the surviving events accepted before the snapshot, snapshotted then.
+        q = f"{p}-as-of-{k}"
+        await load_registry(redis, q, read_registry(SAMPLE), population_tiers=(2500,))
+        survivors = [e for g in survivors_of for e in groups[g] if e.event_id not in gone]
+        await ReadModelWriter(redis, q, 3600).apply([fold.Record("t", 0, 0, [fold.entry(e) for e in survivors])])
+        await history.take(redis, q, labels[k], now_ms=taken[k], lapse_days=30)
+        for code in regions:
+            (published,) = await history.series(redis, p, code, labels[k], labels[k])
+            (want,) = await history.series(redis, q, code, labels[k], labels[k])
+            restated = history.restate(published, (await history.restatements(redis, p, code)).get(str(labels[k])))
+            shown = {**published, **(restated or {})}
+            figures = ("villages_reached", "villages_active", "villages_lapsed", "villages_with_station")
+            assert {f: shown[f] for f in figures} == {f: want[f] for f in figures}, (k, code)
+            restated_days += restated is not None
+    assert restated_days > 0  # the corrections changed some published figure
+    # The API shows the restated figures beside the published ones, JSON and CSV.
+    async with national_api(settings) as client:
+        body = (await client.get(f"/v1/coverage/{COUNTY}/history", params={"from": str(labels["A"])})).json()
+        for entry in body["series"]:
+            day = date.fromisoformat(entry["date"])
+            (published,) = await history.series(redis, p, COUNTY, day, day)
+            restated = history.restate(published, (await history.restatements(redis, p, COUNTY)).get(entry["date"]))
+            assert entry["restated"] == restated and entry["villages_reached"] == published["villages_reached"]
+        assert any(e["restated"] for e in body["series"])
+        r = await client.get(f"/v1/coverage/{COUNTY}/history", params={"from": str(labels["A"]), "format": "csv"})
+        header, *rows = r.text[1:].splitlines()
+        assert header.endswith("restated_coverage_rate,restated_corrections") and len(rows) == len(body["series"])

@@ -241,7 +241,7 @@ def test_withdrawing_equals_folding_only_the_surviving_events(history: tuple[lis
                 if i not in applied:
                     applied.add(i)
                     e = fold.entry(evs[i])
-                    ledgers.setdefault(e.location_code, kept.Ledger()).record(kept.Trace.of(e, day))
+                    ledgers.setdefault(e.location_code, kept.Ledger()).record(kept.Trace.of(e, day * fold.DAY_MS))
                     entries.append(e)
                     counted.add(i)
             model.apply(entries)
@@ -275,7 +275,7 @@ def test_a_withdrawal_before_its_original_waits_for_it() -> None:
     ledger = kept.Ledger()
     assert ledger.withdraw(e.digest, e.fingerprint, 0, "a") == (kept.Outcome.PENDING, None)
     assert ledger.withdraw(e.digest, e.fingerprint, 0, "a") == (kept.Outcome.UNCHANGED, None)
-    ledger.record(kept.Trace.of(e, 1))
+    ledger.record(kept.Trace.of(e, fold.DAY_MS))
     assert ledger.withdraw(e.digest, e.fingerprint, 1, "a")[0] is kept.Outcome.WITHDRAWN
     assert ledger.reach() == kept.Reach(None, {}, frozenset())
 
