@@ -155,6 +155,25 @@ def test_local_run_serves_the_readme_example_survives_a_killed_worker_and_stops_
         assert metric("lastmile_events_applied_total") == 2
         figures = county()
         assert (figures["villages_reached"], figures["coverage_rate"]) == (2, round(2 / 277, 6))
+
+        # The README's correction: demo-1 withdrawn and replaced at another village.
+        fix = {**README_EVENTS[0], "event_id": "demo-1-fix", "location_code": "140322205207"}
+        correction = {"event": README_EVENTS[0], "reason": "scanned at the wrong village", "replacement": fix}
+        r = httpx.post(
+            f"{ingest}/v1/scans/corrections",
+            json={"corrections": [correction]},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert r.status_code == 202 and r.json()["accepted"] == 1, r.text
+
+        def village(code: str) -> dict[str, Any]:
+            r = httpx.get(f"{coverage}/v1/villages/{code}", headers={"Authorization": f"Bearer {regulator}"})
+            return dict(r.json())
+
+        wait(lambda: village("140322205207")["reached"] and not village("140322205206")["reached"], 60, "the fix")
+        assert county()["villages_reached"] == 2
+        listed = httpx.get(f"{coverage}/v1/corrections", headers={"Authorization": f"Bearer {regulator}"}).json()
+        assert [(c["event_id"], c["status"]) for c in listed["corrections"]] == [("demo-1", "withdrawn")]
         services = children(run.pid)
     finally:
         run.send_signal(signal.SIGINT)  # Ctrl-C
