@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import msgspec.msgpack as msgpack
 
 from coverage_service.fold import Record, cst_day
-from coverage_service.ledger import Floor, Trace
+from coverage_service.ledger import Trace
 from lastmile import names
 from lastmile.divisions import KIND_VILLAGE
 
@@ -63,11 +63,10 @@ class Gathered:
     dead_letters: int = 0
     records_applied: int = 0
     records_replayed: int = 0
-    # The ledger (docs/corrections.md): per location, its events accepted within the correction window, as
-    # [field, value, ...], and the floor older ones raise; per CST day of acceptance, the locations given events.
+    # The ledger (docs/corrections.md): per location, its events' traces as [field, value, ...]; per partition and
+    # CST day of acceptance, the locations given traces (what the partition's worker settles).
     ledger: dict[str, list[str]] = field(default_factory=dict)
-    floors: dict[str, Floor] = field(default_factory=dict)
-    ledger_days: dict[int, set[str]] = field(default_factory=dict)
+    ledger_days: dict[tuple[str, int], set[str]] = field(default_factory=dict)
 
     def villages(self) -> dict[str, Location]:
         """The village-level locations (12 digits), whose ``loc:`` hashes the decisions read."""
@@ -100,15 +99,14 @@ def gather(
     records: Iterable[Record],
     units: Mapping[str, Unit | None],
     positions: Mapping[str, int],
-    window: tuple[int, int] = (0, 0),
+    now_ms: int = 0,
 ) -> Gathered:
     """Sum the records not yet applied (offset above ``positions``, the offsets Redis holds) per location; entries
-    at codes the registry does not hold are counted as unknown, not applied, and their digests not kept. ``window``:
-    the correction window's first CST day, and now in ms (when a record that does not say when it was accepted counts
-    as accepted)."""
+    at codes the registry does not hold are counted as unknown, not applied, and their digests not kept. Each
+    applied event leaves a trace in its location's ledger, by the day it was accepted (``now_ms`` when the record
+    does not say): the settling of days past the correction window moves traces into the floor."""
     g = Gathered()
     locations = g.locations
-    first_day, today_ms = window
     for r in sorted(records, key=lambda r: (r.topic, r.partition, r.offset)):
         ofield = r.offset_field
         if r.offset <= g.offsets.get(ofield, positions[ofield]):
@@ -119,9 +117,8 @@ def gather(
         g.dead_letters += r.dead_letters
         g.duplicate += r.duplicates
         kept = g.digests.setdefault(ofield, [])
-        accepted_ms = today_ms if r.received_ms is None else r.received_ms
+        accepted_ms = now_ms if r.received_ms is None else r.received_ms
         day = cst_day(accepted_ms)
-        withdrawable = day >= first_day
         for e in r.entries:
             code = e.location_code
             if units.get(code) is None:
@@ -130,14 +127,8 @@ def gather(
             kept.append(e.digest)
             g.applied += 1
             trace = Trace.of(e, accepted_ms)
-            if withdrawable:
-                g.ledger.setdefault(code, []).extend((trace.field, trace.value))
-                g.ledger_days.setdefault(day, set()).add(code)
-            else:
-                floor = g.floors.get(code)
-                if floor is None:
-                    floor = g.floors[code] = Floor()
-                floor.take(trace)
+            g.ledger.setdefault(code, []).extend((trace.field, trace.value))
+            g.ledger_days.setdefault((ofield, day), set()).add(code)
             loc = locations.get(code)
             if loc is None:
                 loc = locations[code] = Location(ofield)
@@ -288,8 +279,7 @@ def payload(
             "lapses": [x for (code, day), fields in ch.lapses.items() for x in (code, day, fields)],
             "stations": _flat(ch.stations.items()),
             "ledger": _flat(g.ledger.items()),
-            "floors": [x for code, floor in g.floors.items() for x in (code, _flat(floor.fields().items()))],
-            "ledger_days": [x for day, codes in g.ledger_days.items() for x in (day, sorted(codes))],
+            "ledger_days": [x for (of, day), codes in g.ledger_days.items() for x in (f"{of}:{day}", sorted(codes))],
             "offsets": _flat(g.offsets.items()),
             "digests": [ofield for ofield, _ in digests],
             "stats": [

@@ -52,11 +52,14 @@ REACH_INDEX: Final = "reach:"
 LAPSE: Final = "lapse:"
 STATIONS: Final = "stations:"
 # Per location, what withdrawals need (docs/corrections.md): its withdrawable events, the floor its settled events
-# left, and its withdrawals (fields in the ``ledger`` class). Per shard and CST day of acceptance, the locations with
-# events accepted that day ("{37}:ledger-day:20500"), settled once the day leaves the correction window.
+# left, and its withdrawals (fields in the ``ledger`` class). Per shard, partition and CST day of acceptance, the
+# locations with events accepted that day ("{37}:ledger-day:<topic>:<partition>:20500"), settled by the partition's
+# worker once the day leaves the correction window; and the list of those sets ("{37}:ledger-days").
 LEDGER: Final = "ledger:"
 LEDGER_DAY: Final = "ledger-day:"
-# Per region, how corrections changed its past daily snapshots ("{37}:restated:140322", field
+LEDGER_DAYS: Final = (
+    "ledger-days"  # Per region, how corrections changed its past daily snapshots ("{37}:restated:140322", field
+)
 # "2024-05-01|villages_reached" -> the change, "2024-05-01|corrections" -> how many): shown beside the published one.
 RESTATED: Final = "restated:"
 # Per shard, every correction as the worker decided it ("{37}:corrections", field: its position in the topic ->
@@ -107,7 +110,18 @@ def topic_partition(offset_field: str) -> tuple[str, int]:
 
 
 PER_SHARD: Final = frozenset(
-    {DEDUP, OFFSETS, STATS, REG_GENERATION, REG_KIND, REG_EDITION, LEDGER_DAY, CORRECTIONS, CORRECTIONS_PENDING}
+    {
+        DEDUP,
+        OFFSETS,
+        STATS,
+        REG_GENERATION,
+        REG_KIND,
+        REG_EDITION,
+        LEDGER_DAY,
+        LEDGER_DAYS,
+        CORRECTIONS,
+        CORRECTIONS_PENDING,
+    }
 )
 
 
@@ -207,6 +221,7 @@ def lua_names(prefix: str) -> dict[str, str]:
         "stations": STATIONS,
         "ledger": LEDGER,
         "ledger_day": LEDGER_DAY,
+        "ledger_days": LEDGER_DAYS,
         "restated": RESTATED,
         "corrections": CORRECTIONS,
         "corrections_pending": CORRECTIONS_PENDING,

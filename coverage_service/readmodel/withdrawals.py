@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 from datetime import datetime
 from typing import Any, Final
@@ -33,9 +33,6 @@ PENDING: Final = "pending"
 REJECTED: Final = "rejected"
 SETTLE_CHUNK: Final = 200
 RESTATED_BY: Final = "corrections"  # the field counting the corrections that changed a day's snapshot
-# Days before the last settleable one that each settle pass looks at (a worker stopped longer leaves older days
-# for the pass at start-up, which scans for them).
-SETTLE_LOOKBACK_DAYS: Final = 8
 
 
 def position(record: Record, w: Withdrawal) -> str:
@@ -71,14 +68,20 @@ class Withdrawals:
         return counts
 
     async def _decide(
-        self, ofield: str, offset: int | None, w: Withdrawal, at: str, received_ms: int | None
+        self,
+        ofield: str,
+        offset: int | None,
+        w: Withdrawal,
+        at: str,
+        received_ms: int | None,
+        clock_ms: int | None = None,
     ) -> str | None:
         """Decide and write one correction of partition ``ofield`` (``offset``: its record's, skipped when the shard
-        applied it; None: a waiting correction decided again)."""
+        applied it; None: a waiting correction decided again). ``clock_ms``: now, by the log's clock in a rebuild."""
         code = w.entry.location_code
         shard = code[:2]
         partition = names.topic_partition(ofield)[1]
-        now = int(time.time() * 1000)
+        now = int(time.time() * 1000) if clock_ms is None else clock_ms
         while True:
             if ofield not in self.writer.positions:
                 await self.writer.sync([ofield])
@@ -97,7 +100,9 @@ class Withdrawals:
             before = ledger.reach()
             day = cst_day(received_ms if received_ms is not None else now)
             outcome, trace = ledger.withdraw(w.entry.digest, w.entry.fingerprint, day, at)
-            first_day, today = self.writer.correction_window(now)
+            # Withdrawable: accepted within the window before the correction came (a rebuild decides the same).
+            first_day = self.writer.correction_window(received_ms if received_ms is not None else now)[0]
+            today = cst_day(now)
             try:
                 if outcome is Outcome.WITHDRAWN:
                     assert trace is not None
@@ -123,8 +128,13 @@ class Withdrawals:
                         ofield, shard, code, doc, PENDING, detail, tomb=(w.entry.digest, (day, at))
                     )
                 if outcome is Outcome.UNCHANGED:
+                    # Decided before: a replay of a decided correction changes nothing; a waiting one is given up
+                    # once the window since it came has passed.
                     tomb_day = ledger.withdrawn[w.entry.digest][0]
-                    if today - tomb_day < self.writer.correction_window_days:
+                    waiting = await self.redis.hexists(
+                        names.shard_key(self.prefix, shard, names.CORRECTIONS_PENDING), at
+                    )
+                    if not waiting or today - tomb_day < self.writer.correction_window_days:
                         return None
                     days = self.writer.correction_window_days
                     detail = f"no event {w.event.event_id} of {w.event.carrier} was accepted within {days} days"
@@ -202,9 +212,13 @@ class Withdrawals:
                     out.append(retract.Snapshot(label, taken))
         return out
 
-    async def resolve_pending(self, owned: Iterable[str] | None = None) -> dict[str, int]:
+    async def resolve_pending(
+        self, owned: Iterable[str] | None = None, clocks: Mapping[str, int] | None = None
+    ) -> dict[str, int]:
         """Decide again the corrections waiting for their original, of the partitions in ``owned`` (None: every
-        one): withdrawn once it has been applied, rejected once the window has passed."""
+        one): withdrawn once it has been applied, rejected once the window has passed by the partition's clock
+        (``clocks``: when the newest record applied in each partition was accepted; None: the wall clock). A
+        partition without a clock gives up none: its log has not moved on since."""
         wanted = None if owned is None else set(owned)
         counts: dict[str, int] = {}
         for shard in await backlog.shards(self.redis, self.prefix):
@@ -221,36 +235,32 @@ class Withdrawals:
                 w = Withdrawal(int(index), event, entry(event), doc["reason"], doc.get("replacement_event_id"))
                 received = doc.get("received_at")
                 received_ms = None if received is None else _ms(received)
-                status = await self._decide(ofield, None, w, at, received_ms)
+                clock = None if clocks is None else clocks.get(ofield, received_ms or 0)
+                status = await self._decide(ofield, None, w, at, received_ms, clock)
                 if status is not None:
                     counts[status] = counts.get(status, 0) + 1
         return counts
 
-    async def settle(self, now_ms: int, *, scan_all: bool = False) -> int:
-        """Move into the floor every ledger event accepted before the window's margin day; return how many
-        locations were settled. ``scan_all`` finds days older than the usual lookback (at start-up)."""
-        first_day, _ = self.writer.correction_window(now_ms)
-        last = first_day - 2  # the day before the margin: no withdrawal reaches it
+    async def settle(self, clocks: Mapping[str, int]) -> int:
+        """Move into the floor every trace of these partitions accepted before the window's margin day, by each
+        partition's clock (``clocks``: offset field -> now, by the log's clock in a rebuild); return how many
+        locations were settled. The partition's worker alone settles it: the log of another may be behind."""
         settled = 0
         for shard in await backlog.shards(self.redis, self.prefix):
-            for day in await self._days(shard, last, scan_all):
-                settled += await self._settle_day(shard, day, last + 1)
+            listed = await self.redis.smembers(names.shard_key(self.prefix, shard, names.LEDGER_DAYS))
+            for member in sorted(str(m) for m in listed):
+                ofield, day = member.rsplit(":", 1)
+                clock = clocks.get(ofield)
+                if clock is None:
+                    continue
+                first_day, _ = self.writer.correction_window(clock)
+                before = first_day - 1  # the margin day stays: no withdrawal reaches what is before it
+                if int(day) < before:
+                    settled += await self._settle_day(shard, member, before)
         return settled
 
-    async def _days(self, shard: str, last: int, scan_all: bool) -> list[int]:
-        base = names.shard_key(self.prefix, shard, names.LEDGER_DAY)
-        if scan_all:
-            days = [int(str(k).rsplit(":", 1)[1]) async for k in self.redis.scan_iter(match=base + "*", count=1000)]
-            return sorted(d for d in days if d <= last)
-        candidates = range(last - SETTLE_LOOKBACK_DAYS, last + 1)
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for day in candidates:
-                pipe.exists(f"{base}{day}")
-            found = await pipe.execute()
-        return [day for day, n in zip(candidates, found, strict=True) if n]
-
-    async def _settle_day(self, shard: str, day: int, before_day: int) -> int:
-        day_key = names.shard_key(self.prefix, shard, names.LEDGER_DAY) + str(day)
+    async def _settle_day(self, shard: str, member: str, before_day: int) -> int:
+        day_key = names.shard_key(self.prefix, shard, names.LEDGER_DAY) + member
         codes = sorted(str(c) for c in await self.redis.smembers(day_key))
         routing = names.shard_key(self.prefix, shard, names.REG_GENERATION)
         for start in range(0, max(1, len(codes)), SETTLE_CHUNK):
@@ -265,7 +275,7 @@ class Withdrawals:
                 gone = ledger.settle(before_day)
                 flat += (code, [x for kv in ledger.floor.fields().items() for x in kv], gone)
             last_chunk = start + SETTLE_CHUNK >= len(codes)
-            payload = {"codes": flat, "done": day_key if last_chunk else ""}
+            payload = {"shard": shard, "codes": flat, "done": member if last_chunk else ""}
             await self._settle(keys=[routing], args=[msgpack.encode(payload)])
         return len(codes)
 

@@ -195,10 +195,9 @@ class ReadModelWriter:
                 continue
             first = self.shards[0]
             parts: dict[str, changes.Gathered] = {}
-            window = (self.correction_window(now)[0], now)
             for shard, part in self._parts(kept).items():
                 positions = {f: self.positions[f][shard] for f in fields}
-                g = parts[shard] = changes.gather(part, units, positions, window)
+                g = parts[shard] = changes.gather(part, units, positions, now)
                 if shard != first:  # records count in the first shard's part
                     g.records_applied = g.records_replayed = 0
             held = await self._held({code: loc for g in parts.values() for code, loc in g.villages().items()})

@@ -120,15 +120,12 @@ def create_app(settings: Settings) -> faust.App:
         except Exception as exc:
             log.warning("deciding waiting corrections failed; trying again", extra={"error": logs.describe(exc)})
 
-    settled_once = False
-
     @app.timer(interval=SETTLE_CHECK_SECONDS)  # type: ignore[misc, untyped-decorator, unused-ignore]
     async def settle_ledgers() -> None:
-        # Events leave the correction window daily; the first pass also finds days a stopped worker left.
-        nonlocal settled_once
+        # Events leave the correction window daily; each worker settles its own partitions' days.
+        owned = [names.offset_field(tp.topic, tp.partition) for tp in app.consumer.assignment()]
         try:
-            await folder.settle(scan_all=not settled_once)
-            settled_once = True
+            await folder.settle(owned)
         except Exception as exc:
             log.warning("settling the correction ledgers failed; trying again", extra={"error": logs.describe(exc)})
 

@@ -98,6 +98,9 @@ class Folder:
         self.full_since: float | None = None
         self._partition_of = Partitioner(settings.scan_topic_partitions)
         self.withdrawals = Withdrawals(self.writer, self._partition_of, settings.lapse_window_days)
+        # Per partition, when the newest record applied was accepted: the log's clock, which waiting corrections
+        # are given up by (a worker far behind does not give up what its backlog may still bring).
+        self.clocks: dict[str, int] = {}
         # One fold at a time: the stream's batches and the timer's repair share the writer.
         self._lock = asyncio.Lock()
 
@@ -130,17 +133,21 @@ class Folder:
     async def _apply_call(self, chunk: list[Record]) -> Applied:
         if chunk and chunk[0].withdrawals:  # a record of corrections, alone in its call
             await retrying("corrections", lambda: self.withdrawals.apply(chunk[0]))
-        return await retrying("apply batch", lambda: self._apply(chunk))
+        applied = await retrying("apply batch", lambda: self._apply(chunk))
+        for r in chunk:
+            if r.received_ms is not None:
+                self.clocks[r.offset_field] = max(self.clocks.get(r.offset_field, 0), r.received_ms)
+        return applied
 
     async def resolve_pending(self, owned: Sequence[str]) -> None:
         """Decide again the corrections of these partitions that wait for their original (docs/corrections.md)."""
         async with self._lock:
-            await self.withdrawals.resolve_pending([f for f in owned if f in self.writer.positions])
+            await self.withdrawals.resolve_pending([f for f in owned if f in self.writer.positions], self.clocks)
 
-    async def settle(self, *, scan_all: bool = False) -> None:
-        """Settle the ledger days that left the correction window."""
+    async def settle(self, owned: Sequence[str]) -> None:
+        """Settle the ledger days of these partitions that left the correction window, by each one's clock."""
         async with self._lock:
-            await self.withdrawals.settle(int(time.time() * 1000), scan_all=scan_all)
+            await self.withdrawals.settle({f: self.clocks[f] for f in owned if f in self.clocks})
 
     async def _records(self, messages: Sequence[Any]) -> tuple[list[Record], list[tuple[Any, Rejected]]]:
         """The apply script's records of consumed messages (anything with topic, partition, offset, value),

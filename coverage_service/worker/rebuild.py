@@ -16,7 +16,7 @@ from pathlib import Path
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from coverage_service.fold import Record, decode_record, entry
+from coverage_service.fold import Record, cst_day, decode_record, entry
 from coverage_service.readmodel.registry_store import load_registry, registry_loaded
 from coverage_service.readmodel.withdrawals import Withdrawals
 from coverage_service.readmodel.writer import ReadModelWriter
@@ -143,6 +143,9 @@ async def _fold_topic(
     )
     await consumer.start()
     withdrawals = Withdrawals(writer, Partitioner(settings.scan_topic_partitions), settings.lapse_window_days)
+    # When the newest record folded was accepted, per partition and over all; and the day settled up to.
+    clocks: dict[str, int] = {}
+    clock, settled_on = 0, 0
     try:
         await consumer.topics()  # fetches the cluster's metadata
         partitions = consumer.partitions_for_topic(settings.scan_topic)
@@ -201,6 +204,16 @@ async def _fold_topic(
                 if chunk and chunk[0].withdrawals:
                     await withdrawals.apply(chunk[0])
                 result = await writer.apply(chunk)
+                for r in chunk:
+                    if r.received_ms is not None:
+                        clocks[r.offset_field] = max(clocks.get(r.offset_field, 0), r.received_ms)
+                        clock = max(clock, r.received_ms)
+                # As the worker did, by the log's own clock: corrections waiting for an event applied since are
+                # decided, and days past the window settled.
+                await withdrawals.resolve_pending(clocks=clocks)
+                if cst_day(clock) > settled_on:
+                    await withdrawals.settle(clocks)
+                    settled_on = cst_day(clock)
                 report.events_applied += result.events_applied
                 report.events_duplicate += result.events_duplicate
                 report.events_unknown_location += result.events_unknown_location
@@ -212,6 +225,7 @@ async def _fold_topic(
         # Corrections that came before their original, decided once the whole log is folded; then the ledger
         # days the log's age put past the correction window.
         await withdrawals.resolve_pending()
-        await withdrawals.settle(int(time.time() * 1000), scan_all=True)
+        wall = int(time.time() * 1000)
+        await withdrawals.settle({names.offset_field(tp.topic, tp.partition): wall for tp in tps})
     finally:
         await consumer.stop()

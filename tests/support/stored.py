@@ -4,6 +4,7 @@ counters, and the nation's figures summed from its provinces, independently of t
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -75,3 +76,29 @@ async def nation(redis: aioredis.Redis, prefix: str) -> dict[str, str]:
         for k, v in (await redis.hgetall(names.key(prefix, names.REGION, s))).items():
             out[k] = max(out.get(k, 0), int(v)) if k == names.field.AS_OF_MS else out.get(k, 0) + int(v)
     return {k: str(v) for k, v in out.items()}
+
+
+# The keys that hold figures; the write path's own (offsets, dedup, ledger, corrections, stats) differ by design.
+FIGURES = (names.LOCATION, names.REGION, names.REACH_INDEX, names.LAPSE, names.STATIONS)
+
+
+async def figures(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
+    """Every figure key under ``prefix``, by its name without the prefix; counters at 0 and the newest-event time
+    left out (a withdrawal leaves a counter at 0, and as_of_ms says when data last came, not what it counts)."""
+    out: dict[str, Any] = {}
+    async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
+        name = str(key)[len(prefix) + 1 :]
+        if not any(f"}}:{kind}" in name or name.startswith(kind) for kind in FIGURES):
+            continue
+        kind = await redis.type(key)
+        if kind == "hash":
+            value: Any = {k: v for k, v in (await redis.hgetall(key)).items() if v != "0" and k != names.field.AS_OF_MS}
+        elif kind == "zset":
+            value = dict(await redis.zrange(key, 0, -1, withscores=True))
+        elif kind == "set":
+            value = set(await redis.smembers(key))
+        else:
+            continue
+        if value:
+            out[name] = value
+    return out

@@ -385,10 +385,7 @@ async def coverage_history(
     name = await _region_name(redis, prefix, code)
     published = await history.series(redis, prefix, code, first, last)
     changes = await history.restatements(redis, prefix, code)
-    series: list[SeriesEntry] = [
-        {**e, "restated": history.restate(e, changes.get(e["date"]))}
-        for e in published
-    ]
+    series: list[SeriesEntry] = [{**e, "restated": history.restate(e, changes.get(e["date"]))} for e in published]
     body: HistoryReport = {
         "code": code,
         "name": name,

@@ -29,9 +29,9 @@
 --  "lapses": [region, day, {field: n}, ...],             increments to lapse:<region>:<day>, kept until
 --                                                        prelude's lapse_expire_at
 --  "stations": [village, [station_id, ...], ...],         added to stations:<village>
---  "ledger": [code, [field, value, ...], ...],            withdrawable events set in ledger:<code>
---  "floors": [code, [field, value, ...], ...],            merged into the floor of ledger:<code>
---  "ledger_days": [day, [code, ...], ...],                added to the shard's ledger-day:<day>
+--  "ledger": [code, [field, value, ...], ...],            event traces set in ledger:<code>
+--  "ledger_days": ["<offset field>:<day>", [code, ...], ...]  added to ledger-day:<offset field>:<day>, which is
+--                                                        listed in the shard's ledger-days
 --  "offsets": [offset_field, offset, ...], "digests": [offset_field, ...],
 --  "stats": [applied, duplicate, unknown, records_applied, records_replayed, newly_reached, dead_letters]}
 -- Returns: 1
@@ -93,13 +93,15 @@ end
 local stations = input.stations
 for i = 1, #stations, 2 do call_sliced('SADD', stations_key(stations[i]), stations[i + 1], 1) end
 
--- The ledger: the window's events per location, the floor older ones raise, and per day the locations given events.
+-- The ledger: each event's trace in its location's, and per day of acceptance the locations given traces (and the
+-- day in the shard's list of days, which settling goes through).
 local ledger = input.ledger
 for i = 1, #ledger, 2 do call_sliced('HSET', ledger_key(ledger[i]), ledger[i + 1], 2) end
-local floors = input.floors
-for i = 1, #floors, 2 do merge_floor(ledger_key(floors[i]), floors[i + 1]) end
 local days = input.ledger_days
-for i = 1, #days, 2 do call_sliced('SADD', here .. '${ledger_day}' .. int(days[i]), days[i + 1], 1) end
+for i = 1, #days, 2 do
+  call_sliced('SADD', here .. '${ledger_day}' .. days[i], days[i + 1], 1)
+  redis.call('SADD', here .. '${ledger_days}', days[i])
+end
 
 if #input.offsets > 0 then call_sliced('HSET', offsets_key, input.offsets, 2) end
 

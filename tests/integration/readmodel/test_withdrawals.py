@@ -23,14 +23,13 @@ from lastmile.registry import read_registry
 from lastmile.settings import Settings
 from tests.support.regulator_world import national_api
 from tests.support.services import SAMPLE, sample_units
+from tests.support.stored import figures
 
 pytestmark = pytest.mark.integration
 
 COUNTY = "140322"
 UNITS = sorted(sample_units(lambda row: row["areaCode"] == COUNTY))[:40]
 TOWNSHIPS = sorted({u[:9] for u in UNITS})
-# The keys that hold figures; the write path's own (offsets, dedup, ledger, corrections, stats) differ by design.
-FIGURES = (names.LOCATION, names.REGION, names.REACH_INDEX, names.LAPSE, names.STATIONS)
 
 
 def event(i: int, rng: random.Random, now: datetime) -> scan.ScanEvent:
@@ -59,28 +58,6 @@ def withdrawal(index: int, e: scan.ScanEvent, replacement: scan.ScanEvent | None
     return fold.Withdrawal(
         index, e, fold.entry(e), "wrong village", None if replacement is None else replacement.event_id
     )
-
-
-async def figures(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
-    """Every figure key under ``prefix``, by its name without the prefix; counters at 0 and the newest-event time
-    left out (a withdrawal leaves a counter at 0, and as_of_ms says when data last came, not what it counts)."""
-    out: dict[str, Any] = {}
-    async for key in redis.scan_iter(match=f"{prefix}:*", count=1000):
-        name = str(key)[len(prefix) + 1 :]
-        if not any(f"}}:{kind}" in name or name.startswith(kind) for kind in FIGURES):
-            continue
-        kind = await redis.type(key)
-        if kind == "hash":
-            value: Any = {k: v for k, v in (await redis.hgetall(key)).items() if v != "0" and k != names.field.AS_OF_MS}
-        elif kind == "zset":
-            value = dict(await redis.zrange(key, 0, -1, withscores=True))
-        elif kind == "set":
-            value = set(await redis.smembers(key))
-        else:
-            continue
-        if value:
-            out[name] = value
-    return out
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3, 4])
@@ -244,7 +221,7 @@ async def test_events_past_the_window_settle_into_the_floor_and_later_withdrawal
 
     await withdraw(rng.sample(events, 15))
     # Two days on, the traces of the oldest window days settle into the floor; withdrawals go on against it.
-    settled = await withdrawals.settle(now_ms + 2 * 86_400_000, scan_all=True)
+    settled = await withdrawals.settle({names.offset_field("t", 0): now_ms + 2 * 86_400_000})
     assert settled > 0
     await withdraw(rng.sample(events, 25))
     await withdrawals.resolve_pending()

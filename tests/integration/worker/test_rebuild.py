@@ -13,17 +13,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import orjson
 import pytest
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
+from coverage_service.fold import Record, cst_day, entry
 from coverage_service.readmodel.registry_store import load_registry
+from coverage_service.readmodel.writer import ReadModelWriter
 from ingest_service.publisher import Publisher
-from lastmile import names, scan
+from lastmile import correction, names, scan
 from lastmile.registry import read_registry
 from lastmile.settings import Settings
-from lastmile.topics import ensure_topics
+from lastmile.topics import Partitioner, ensure_topics
 from tests.support import stored
 from tests.support.services import SAMPLE, sample_villages, service_env, start
 
@@ -166,3 +169,68 @@ async def test_rebuild_without_a_registry_says_what_to_do(settings: Settings) ->
     assert "give --registry DIR" in result.stderr
     wiped = lastmile(settings, "rebuild", "--wipe", "--no-progress")
     assert wiped.returncode == 1 and "--registry" in wiped.stderr
+
+
+async def test_a_rebuild_decides_old_corrections_as_the_worker_did_by_the_log_s_own_clock(
+    redis: aioredis.Redis, settings: Settings
+) -> None:
+    """Events and corrections accepted two months ago, beyond today's correction window: the rebuild keeps their
+    traces by the time each record was accepted, so the withdrawals (one that came before its event) take effect."""
+    prefix = settings.redis_key_prefix
+    await ensure_topics(settings)
+    now = datetime.now(UTC)
+    events = make_events(60)
+    old, recent = events[:40], events[40:]
+    late = old[-1]  # its withdrawal comes first
+    partition_of = Partitioner(settings.scan_topic_partitions)
+
+    def at(days: float) -> str:
+        return scan.format_time(now - timedelta(days=days))
+
+    def withdrawing(es: list[scan.ScanEvent]) -> list[correction.Correction]:
+        return [correction.Correction(e, "scanned at the wrong village") for e in es]
+
+    records: list[scan.Batch | correction.Batch] = [
+        scan.Batch(old[:-1], at(60)),
+        correction.Batch(withdrawing(old[:6]), at(59)),
+        correction.Batch(withdrawing([late]), at(58)),
+        scan.Batch([late], at(57.9)),
+        scan.Batch(recent, at(0)),
+        correction.Batch(withdrawing(recent[:4]), at(0)),
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        for batch in records:
+            items = batch.events if isinstance(batch, scan.Batch) else [c.event for c in batch.corrections]
+            for p in sorted({partition_of(e.location_code) for e in items}):
+                if isinstance(batch, scan.Batch):
+                    part: Any = scan.Batch(
+                        [e for e in batch.events if partition_of(e.location_code) == p], batch.received_at
+                    )
+                else:
+                    part = correction.Batch(
+                        [c for c in batch.corrections if partition_of(c.event.location_code) == p], batch.received_at
+                    )
+                await producer.send_and_wait(settings.scan_topic, msgspec.json.encode(part), partition=p)
+    finally:
+        await producer.stop()
+
+    rebuilt = lastmile(settings, "rebuild", "--wipe", "--registry", str(SAMPLE), "--no-progress")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    gone = {e.event_id for e in [*old[:6], late, *recent[:4]]}
+    survivors = [e for e in events if e.event_id not in gone]
+    q = f"{prefix}-survivors"
+    await load_registry(redis, q, read_registry(SAMPLE), population_tiers=settings.population_tiers)
+    await ReadModelWriter(redis, q, 3600).apply([Record("t", 0, 0, [entry(e) for e in survivors])])
+    docs = [orjson.loads(v) for v in await redis.hvals(names.shard_key(prefix, "14", names.CORRECTIONS))]
+    assert sorted((d["event_id"], d["status"], d["detail"]) for d in docs) == sorted(
+        (eid, "withdrawn", "") for eid in gone
+    )
+    assert await stored.figures(redis, prefix) == await stored.figures(redis, q)
+    # The two-month-old days were settled into the floors at the end: no trace older than the window is left.
+    assert not [
+        k
+        async for k in redis.scan_iter(match=f"{prefix}:*ledger-day:*")
+        if int(str(k).rsplit(":", 1)[1]) < cst_day(int(now.timestamp() * 1000)) - settings.correction_window_days
+    ]
