@@ -69,6 +69,7 @@ _STAT_HELP: Final = {
     stat.RECORDS_REPLAYED: "Kafka records skipped as already applied (replays)",
     stat.VILLAGES_NEWLY_REACHED: "Units reached for the first time",
     stat.DEAD_LETTERS: "Records sent to the dead-letter topic",
+    stat.EVENTS_WITHDRAWN: "Scan events carriers withdrew, taken out of the figures (docs/corrections.md)",
 }
 
 
