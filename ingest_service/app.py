@@ -337,7 +337,8 @@ def create_app(settings: Settings) -> FastAPI:
             ]
             if c.event.event_id in withdrawn:
                 errors.append(
-                    f"event.event_id: {c.event.event_id} is withdrawn already ({withdrawn[c.event.event_id]})"
+                    f"event.event_id: {c.event.event_id} already has a withdrawal ({withdrawn[c.event.event_id]}; "
+                    "GET /v1/scans/corrections says what became of it)"
                 )
             first = first_index.setdefault(c.event.event_id, i)
             if first != i:

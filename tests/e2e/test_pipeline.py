@@ -295,7 +295,7 @@ async def test_corrections_take_events_out_of_every_figure_in_any_order_through_
 
     # Withdrawing again is refused at once, naming the withdrawal; regulators see every correction, CSV too.
     r = await http.post(f"{stack.ingest}/v1/scans/corrections", json={"corrections": corrections[:1]}, headers=carrier)
-    assert r.status_code == 422 and "withdrawn already" in r.text, r.text
+    assert r.status_code == 422 and "already has a withdrawal" in r.text, r.text
     r = await http.get(f"{stack.coverage}/v1/corrections", params={"region": COUNTY})
     assert r.status_code == 200 and r.json()["total"] == 4, r.text
     csv_rows = (await http.get(f"{stack.coverage}/v1/corrections", params={"region": COUNTY, "format": "csv"})).text
