@@ -63,9 +63,9 @@ class Gathered:
     dead_letters: int = 0
     records_applied: int = 0
     records_replayed: int = 0
-    # The ledger (docs/corrections.md): per location, its events' traces as [field, value, ...]; per partition and
+    # The ledger (docs/corrections.md): per location, its events' traces, packed; per partition and
     # CST day of acceptance, the locations given traces (what the partition's worker settles).
-    ledger: dict[str, list[str]] = field(default_factory=dict)
+    ledger: dict[str, bytearray] = field(default_factory=dict)
     ledger_days: dict[tuple[str, int], set[str]] = field(default_factory=dict)
 
     def villages(self) -> dict[str, Location]:
@@ -127,7 +127,10 @@ def gather(
             kept.append(e.digest)
             g.applied += 1
             trace = Trace.of(e, accepted_ms)
-            g.ledger.setdefault(code, []).extend((trace.field, trace.value))
+            packed = g.ledger.get(code)
+            if packed is None:
+                packed = g.ledger[code] = bytearray()
+            packed += trace.pack()
             g.ledger_days.setdefault((ofield, day), set()).add(code)
             loc = locations.get(code)
             if loc is None:
@@ -264,7 +267,9 @@ def payload(
     shard: str, g: Gathered, ch: Changes, expect: Mapping[str, int], registry: str, hour: int, expire_at_s: int
 ) -> list[bytes]:
     """The apply script's arguments after ``now_ms`` for one shard's part of a batch: the payload (MessagePack), then
-    one string of packed digests per partition named in its ``digests`` list. The format is on ``apply.lua``."""
+    one string of packed digests per partition named in its ``digests`` list, then the packed traces of each location
+    in its ``ledger`` list (binary strings go as arguments of their own: Redis's MessagePack has no binary type). The
+    format is on ``apply.lua``."""
     digests = [(ofield, b"".join(d)) for ofield, d in g.digests.items()]
     body = msgpack.encode(
         {
@@ -278,7 +283,7 @@ def payload(
             "indexes": _flat(ch.indexes.items()),
             "lapses": [x for (code, day), fields in ch.lapses.items() for x in (code, day, fields)],
             "stations": _flat(ch.stations.items()),
-            "ledger": _flat(g.ledger.items()),
+            "ledger": list(g.ledger),
             "ledger_days": [x for (of, day), codes in g.ledger_days.items() for x in (f"{of}:{day}", sorted(codes))],
             "offsets": _flat(g.offsets.items()),
             "digests": [ofield for ofield, _ in digests],
@@ -293,7 +298,7 @@ def payload(
             ],
         }
     )
-    return [body, *(packed for _, packed in digests)]
+    return [body, *(packed for _, packed in digests), *(bytes(traces) for traces in g.ledger.values())]
 
 
 def _flat(pairs: Iterable[tuple[Any, Any]]) -> list[Any]:

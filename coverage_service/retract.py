@@ -44,7 +44,7 @@ def retraction(code: str, unit: Unit, trace: Trace, before: Reach, after: Reach)
         own[counter] = own.get(counter, 0) - 1
     if len(code) == VILLAGE_DIGITS:
         out.loc_increments = dict(own)
-        _reach_fields(code, unit, before, after, out, own)
+        _reach_fields(code, unit, trace, before, after, out, own)
     level = {township: own}
     out.regions[township] = own
     for digits in PARENT_DIGITS:
@@ -53,7 +53,9 @@ def retraction(code: str, unit: Unit, trace: Trace, before: Reach, after: Reach)
     return out
 
 
-def _reach_fields(code: str, unit: Unit, before: Reach, after: Reach, out: Retraction, own: dict[str, int]) -> None:
+def _reach_fields(
+    code: str, unit: Unit, trace: Trace, before: Reach, after: Reach, out: Retraction, own: dict[str, int]
+) -> None:
     segments = unit.segments
     if before.first_reach_ms != after.first_reach_ms:
         if after.first_reach_ms is None:
@@ -85,8 +87,9 @@ def _reach_fields(code: str, unit: Unit, before: Reach, after: Reach, out: Retra
                     out.index_remove.setdefault(index, []).append(code)
                 else:
                     out.index_set.setdefault(index, []).extend((now, code))
-    gone = sorted(before.stations - after.stations)
-    out.stations_remove = gone
+    # Only the withdrawn event's station can go: its name comes with the withdrawal (traces keep a station's key).
+    if trace.station and trace.station in before.stations - after.stations:
+        out.stations_remove = [trace.station_id]
     if before.stations and not after.stations:
         for q in segments:
             name = f.VILLAGES_WITH_STATION + q

@@ -56,6 +56,7 @@ STATIONS: Final = "stations:"
 # locations with events accepted that day ("{37}:ledger-day:<topic>:<partition>:20500"), settled by the partition's
 # worker once the day leaves the correction window; and the list of those sets ("{37}:ledger-days").
 LEDGER: Final = "ledger:"
+TRACES: Final = "trace:"  # per location, its withdrawable events' traces, packed (coverage_service.ledger)
 LEDGER_DAY: Final = "ledger-day:"
 LEDGER_DAYS: Final = (
     "ledger-days"  # Per region, how corrections changed its past daily snapshots ("{37}:restated:140322", field
@@ -75,7 +76,9 @@ HISTORY_DAYS: Final = "history-days"
 
 # The keys of a province's units carry its code as a Redis Cluster hash tag, "lastmile:{37}:loc:370102001001", so
 # that one province's keys share a hash slot (docs/sharding.md); the registry's too (the nation's stay untagged).
-SHARDED: Final = frozenset({REGION, LOCATION, REACH_INDEX, LAPSE, STATIONS, LEDGER, RESTATED, REG_UNIT, REG_CHILDREN})
+SHARDED: Final = frozenset(
+    {REGION, LOCATION, REACH_INDEX, LAPSE, STATIONS, LEDGER, TRACES, RESTATED, REG_UNIT, REG_CHILDREN}
+)
 
 
 def key(prefix: str, suffix: str, code: str = "") -> str:
@@ -164,11 +167,9 @@ class field:
 
 
 class ledger:
-    """Fields of the ``ledger:`` hashes: ``t:<day>:<digest>`` a withdrawable event accepted on CST day <day>;
-    ``w:<digest>`` a withdrawal ("<day>|<position>"); the floor: ``f`` first reach, ``l<suffix>`` last reach per
-    reach flag, ``s:<station>`` a station."""
+    """Fields of the ``ledger:`` hashes: ``w:<digest>`` a withdrawal ("<day>|<position>"); the floor: ``f`` first
+    reach, ``l<suffix>`` last reach per reach flag, ``s:<station key>`` a station."""
 
-    TRACE: Final = "t:"
     WITHDRAWN: Final = "w:"
     FIRST_REACH: Final = "f"
     LAST_REACH: Final = "l"
@@ -220,6 +221,7 @@ def lua_names(prefix: str) -> dict[str, str]:
         "lapse": LAPSE,
         "stations": STATIONS,
         "ledger": LEDGER,
+        "traces": TRACES,
         "ledger_day": LEDGER_DAY,
         "ledger_days": LEDGER_DAYS,
         "restated": RESTATED,

@@ -15,11 +15,12 @@ from typing import Any, Final
 import msgspec
 import msgspec.msgpack as msgpack
 import orjson
+from redis.client import NEVER_DECODE
 from redis.exceptions import ResponseError
 
 from coverage_service import retract
 from coverage_service.fold import Record, Withdrawal, cst_day, entry
-from coverage_service.ledger import Ledger, Outcome, Trace
+from coverage_service.ledger import Ledger, Outcome
 from coverage_service.readmodel import scripts
 from coverage_service.readmodel.writer import READ_MODEL_AHEAD, ReadModelWriter
 from lastmile import backlog, names, scan
@@ -95,8 +96,7 @@ class Withdrawals:
             if self.partition_of is not None and self.partition_of(code) != partition:
                 detail = f"published to partition {partition}, not its location's ({self.partition_of(code)})"
                 return await self._write(ofield, shard, code, doc, REJECTED, detail)
-            held = await self.redis.hgetall(names.key(self.prefix, names.LEDGER, code))
-            ledger = Ledger.of({str(k): str(v) for k, v in held.items()})
+            ledger = (await self._ledgers([code]))[0]
             before = ledger.reach()
             day = cst_day(received_ms if received_ms is not None else now)
             outcome, trace = ledger.withdraw(w.entry.digest, w.entry.fingerprint, day, at)
@@ -111,16 +111,24 @@ class Withdrawals:
                             f"accepted on {_day(trace.day)}: past the {self.writer.correction_window_days}-day window"
                         )
                         return await self._write(ofield, shard, code, doc, REJECTED, detail)
-                    taken = retract.retraction(
-                        code, unit, replace(trace, counters=w.entry.counters), before, ledger.reach()
-                    )
+                    trace = replace(trace, counters=w.entry.counters, station_id=w.entry.station_id)
+                    taken = retract.retraction(code, unit, trace, before, ledger.reach())
                     # The snapshots taken between the event's acceptance and the correction's counted it.
                     until = max(received_ms if received_ms is not None else now, trace.accepted_s * 1000)
                     snapshots = await self._snapshots(trace.accepted_s * 1000, until)
                     restated = retract.restatement(code, unit, ledger, trace, snapshots, self.lapse_days)
-                    tomb = ledger.withdrawn[trace.digest]
+                    tomb = ledger.withdrawn[w.entry.digest]
                     return await self._write(
-                        ofield, shard, code, doc, WITHDRAWN, "", taken, trace, (w.entry.digest, tomb), restated=restated
+                        ofield,
+                        shard,
+                        code,
+                        doc,
+                        WITHDRAWN,
+                        "",
+                        taken,
+                        ledger.packed(),
+                        (w.entry.digest, tomb),
+                        restated=restated,
                     )
                 if outcome is Outcome.PENDING:
                     detail = "no such event applied yet: waiting for it within the correction window"
@@ -158,7 +166,7 @@ class Withdrawals:
         status: str,
         detail: str,
         taken: retract.Retraction | None = None,
-        trace: Trace | None = None,
+        traces: bytes | None = None,
         tomb: tuple[bytes, tuple[int, str]] | None = None,
         untomb: bytes | None = None,
         restated: dict[str, dict[str, int]] | None = None,
@@ -169,9 +177,7 @@ class Withdrawals:
         if tomb is not None:
             digest, (day, at) = tomb
             tomb_fields = [names.ledger.WITHDRAWN + b64(digest), f"{day}|{at}"]
-        deleted = [trace.field] if trace is not None else []
-        if untomb is not None:
-            deleted.append(names.ledger.WITHDRAWN + b64(untomb))
+        deleted = [] if untomb is None else [names.ledger.WITHDRAWN + b64(untomb)]
         payload = {
             "shard": shard,
             "expect": {ofield: self.writer.positions[ofield].get(shard, -1)},
@@ -186,6 +192,7 @@ class Withdrawals:
             "stations_remove": t.stations_remove,
             "ledger_delete": deleted,
             "ledger_set": tomb_fields,
+            "set_traces": int(traces is not None),
             "position": doc["position"],
             "record": orjson.dumps(doc).decode(),
             "pending": int(status == PENDING),
@@ -193,11 +200,23 @@ class Withdrawals:
             "restated": _restated(code, restated or {}),
         }
         routing = names.shard_key(self.prefix, shard, names.REG_GENERATION)
-        await self._withdraw(keys=[routing], args=[msgpack.encode(payload)])
+        await self._withdraw(keys=[routing], args=[msgpack.encode(payload), traces or b""])
         if taken is not None:
             self.writer.villages.drop([code])
         log.info("correction decided", extra={"position": doc["position"], "status": status, "detail": detail})
         return status
+
+    async def _ledgers(self, codes: list[str]) -> list[Ledger]:
+        """The locations' ledgers: each one's hash and its packed traces (binary, whatever the client decodes)."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for code in codes:
+                pipe.hgetall(names.key(self.prefix, names.LEDGER, code))
+                pipe.execute_command("GET", names.key(self.prefix, names.TRACES, code), **{NEVER_DECODE: True})
+            replies = await pipe.execute()
+        return [
+            Ledger.of({str(k): str(v) for k, v in held.items()}, packed or b"")
+            for held, packed in zip(replies[::2], replies[1::2], strict=True)
+        ]
 
     async def _snapshots(self, from_ms: int, until_ms: int) -> list[retract.Snapshot]:
         """The daily snapshots taken from ``from_ms`` (included) until ``until_ms`` (excluded)."""
@@ -263,20 +282,29 @@ class Withdrawals:
         day_key = names.shard_key(self.prefix, shard, names.LEDGER_DAY) + member
         codes = sorted(str(c) for c in await self.redis.smembers(day_key))
         routing = names.shard_key(self.prefix, shard, names.REG_GENERATION)
-        for start in range(0, max(1, len(codes)), SETTLE_CHUNK):
+        start = 0
+        while start < max(1, len(codes)):
             chunk = codes[start : start + SETTLE_CHUNK]
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for code in chunk:
-                    pipe.hgetall(names.key(self.prefix, names.LEDGER, code))
-                held = await pipe.execute()
             flat: list[Any] = []
-            for code, fields in zip(chunk, held, strict=True):
-                ledger = Ledger.of({str(k): str(v) for k, v in fields.items()})
+            packed: list[bytes] = []
+            for code, ledger in zip(chunk, await self._ledgers(chunk), strict=True):
                 gone = ledger.settle(before_day)
                 flat += (code, [x for kv in ledger.floor.fields().items() for x in kv], gone)
+                packed.append(ledger.packed())
             last_chunk = start + SETTLE_CHUNK >= len(codes)
-            payload = {"shard": shard, "codes": flat, "done": member if last_chunk else ""}
-            await self._settle(keys=[routing], args=[msgpack.encode(payload)])
+            ofield = member.rsplit(":", 1)[0]
+            if ofield not in self.writer.positions:
+                await self.writer.sync([ofield])
+            expect = {ofield: self.writer.positions[ofield].get(shard, -1)}
+            payload = {"shard": shard, "expect": expect, "codes": flat, "done": member if last_chunk else ""}
+            try:
+                await self._settle(keys=[routing], args=[msgpack.encode(payload), *packed])
+            except ResponseError as exc:
+                if not str(exc).startswith(READ_MODEL_AHEAD):
+                    raise
+                await self.writer.sync([ofield])  # another writer moved on: read this chunk again
+                continue
+            start += SETTLE_CHUNK
         return len(codes)
 
 

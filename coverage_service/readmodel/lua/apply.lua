@@ -29,7 +29,8 @@
 --  "lapses": [region, day, {field: n}, ...],             increments to lapse:<region>:<day>, kept until
 --                                                        prelude's lapse_expire_at
 --  "stations": [village, [station_id, ...], ...],         added to stations:<village>
---  "ledger": [code, [field, value, ...], ...],            event traces set in ledger:<code>
+--  "ledger": [code, ...],                                 the locations whose packed traces follow the digests in
+--                                                        ARGV, each appended to its trace:<code>
 --  "ledger_days": ["<offset field>:<day>", [code, ...], ...]  added to ledger-day:<offset field>:<day>, which is
 --                                                        listed in the shard's ledger-days
 --  "offsets": [offset_field, offset, ...], "digests": [offset_field, ...],
@@ -93,10 +94,10 @@ end
 local stations = input.stations
 for i = 1, #stations, 2 do call_sliced('SADD', stations_key(stations[i]), stations[i + 1], 1) end
 
--- The ledger: each event's trace in its location's, and per day of acceptance the locations given traces (and the
--- day in the shard's list of days, which settling goes through).
-local ledger = input.ledger
-for i = 1, #ledger, 2 do call_sliced('HSET', ledger_key(ledger[i]), ledger[i + 1], 2) end
+-- The ledger: each event's trace appended to its location's, and per day of acceptance the locations given traces
+-- (and the set in the shard's list, which settling goes through).
+local traces_at = 2 + #input.digests
+for i, code in ipairs(input.ledger) do redis.call('APPEND', traces_key(code), ARGV[traces_at + i]) end
 local days = input.ledger_days
 for i = 1, #days, 2 do
   call_sliced('SADD', here .. '${ledger_day}' .. days[i], days[i + 1], 1)

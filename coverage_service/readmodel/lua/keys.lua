@@ -15,6 +15,7 @@ local function index_key(name) return shard(name) .. '${reach_index}' .. name en
 local function lapse_key(code, day) return shard(code) .. '${lapse}' .. code .. ':' .. string.format('%d', day) end
 local function stations_key(code) return shard(code) .. '${stations}' .. code end
 local function ledger_key(code) return shard(code) .. '${ledger}' .. code end
+local function traces_key(code) return shard(code) .. '${traces}' .. code end
 local function restated_key(code) return shard(code) .. '${restated}' .. code end
 
 -- The registry index: each province's part in its shard (kinds in one hash), the nation's untagged.

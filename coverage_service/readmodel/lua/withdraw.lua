@@ -5,12 +5,13 @@
 -- ledger's change, the correction's record and whether it waits for its original. It never runs twice for one
 -- decision: a replay finds the withdrawal in the ledger and decides "unchanged".
 --
--- ARGV: payload (MessagePack):
+-- ARGV: payload (MessagePack), then the location's packed traces (binary: Redis's MessagePack has no binary type):
 -- {"shard": province, "expect": {offset_field: offset}, "code": location,
 --  "loc_increments": {field: n}, "loc_set": {field: value}, "loc_delete": [field, ...],
 --  "regions": [code, {field: n}, ...], "lapses": [region, day, {field: n}, ...],
 --  "index_set": [name, [ms, village, ...], ...], "index_remove": [name, [village, ...], ...],
 --  "stations_remove": [station, ...], "ledger_delete": [field, ...], "ledger_set": [field, value, ...],
+--  "set_traces": 1 when a withdrawn event is taken out: the location's packed traces to keep are ARGV[2],
 --  "position": the correction's place in the topic, "record": its JSON, "pending": 1 (waits) | 0 (does not),
 --  "withdrawn": 1 when an event is taken out (counted in the shard's stats),
 --  "restated": [region, {"<day>|<figure>": n, ...}, ...]   changes to past daily snapshots (restated:<region>)}
@@ -57,6 +58,9 @@ for i = 1, #restated, 2 do increment_hash(restated_key(restated[i]), restated[i 
 local ledger = ledger_key(code)
 if #input.ledger_delete > 0 then redis.call('HDEL', ledger, unpack(input.ledger_delete)) end
 if #input.ledger_set > 0 then redis.call('HSET', ledger, unpack(input.ledger_set)) end
+if input.set_traces == 1 then
+  if #ARGV[2] > 0 then redis.call('SET', traces_key(code), ARGV[2]) else redis.call('DEL', traces_key(code)) end
+end
 
 redis.call('HSET', here .. '${corrections}', input.position, input.record)
 if input.withdrawn == 1 then redis.call('HINCRBY', here .. '${stats}', '${stat_events_withdrawn}', 1) end

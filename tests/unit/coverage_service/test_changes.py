@@ -15,7 +15,7 @@ import msgspec.msgpack as msgpack
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from coverage_service import changes, fold
+from coverage_service import changes, fold, ledger
 from lastmile import scan
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -194,11 +194,12 @@ def test_counters_of_every_region_equal_a_count_of_the_events(rows: list[tuple[s
     assert "CN" not in ch.regions
 
 
-def test_the_payload_carries_the_writes_and_one_digest_string_per_partition() -> None:
+def test_the_payload_carries_the_writes_one_digest_string_per_partition_and_the_traces_per_location() -> None:
     a, b = event(1), event(2, V2)
     g = changes.gather([fold.Record("t", 1, 3, [b]), fold.Record("t", 0, 5, [a])], UNITS, {"t:0": 4, "t:1": -1})
     ch = changes.resolve(g, UNITS, empty(g))
-    body, *digests = changes.payload("14", g, ch, {"t:0": 4, "t:1": -1}, "gen-7", 11, 12345)
+    body, *strings = changes.payload("14", g, ch, {"t:0": 4, "t:1": -1}, "gen-7", 11, 12345)
+    digests, traces = strings[:2], strings[2:]
     wire = msgpack.decode(body)
     assert (wire["shard"], wire["expect"], wire["registry"], wire["hour"], wire["expire_at"]) == (
         "14",
@@ -210,6 +211,10 @@ def test_the_payload_carries_the_writes_and_one_digest_string_per_partition() ->
     assert wire["offsets"] == ["t:0", 5, "t:1", 3]
     assert wire["digests"] == ["t:0", "t:1"] and digests == [a.digest, b.digest]
     assert wire["stats"] == [2, 0, 0, 2, 0, 2, 0]
+    # Each location's traces, in the order the payload names the locations.
+    assert [[t.key for t in ledger.unpack(p)] for p in traces] == [
+        [e.digest[: ledger.KEY_BYTES]] for e in sorted((a, b), key=lambda e: wire["ledger"].index(e.location_code))
+    ]
     regions = dict(zip(wire["regions"][::3], wire["regions"][1::3], strict=True))
     assert regions[V1[:2]]["villages_reached"] == 2 and V1[:2] == V2[:2]
     assert wire["locs"][::2] == [V1, V2] or wire["locs"][::2] == [V2, V1]

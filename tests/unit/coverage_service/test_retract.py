@@ -18,6 +18,7 @@ from coverage_service import changes, fold, retract
 from coverage_service import ledger as kept
 from coverage_service.readmodel.villages import Village
 from lastmile import correction, names, scan
+from lastmile.correction import b64
 
 f = names.field
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
@@ -201,12 +202,11 @@ def histories(draw: st.DrawFn) -> tuple[list[scan.ScanEvent], list[tuple[str, An
     return evs, ops
 
 
-def as_hash(ledger: kept.Ledger) -> dict[str, str]:
-    """The ledger as its Redis hash would hold it."""
-    out = {t.field: t.value for t in ledger.traces.values()}
-    out.update(ledger.floor.fields())
-    out.update({names.ledger.WITHDRAWN + kept.b64(d): f"{day}|{pos}" for d, (day, pos) in ledger.withdrawn.items()})
-    return out
+def stored(ledger: kept.Ledger) -> kept.Ledger:
+    """The ledger read back from its stored form: its hash and its packed traces."""
+    fields = ledger.floor.fields()
+    fields.update({names.ledger.WITHDRAWN + b64(d): f"{day}|{pos}" for d, (day, pos) in ledger.withdrawn.items()})
+    return kept.Ledger.of(fields, ledger.packed())
 
 
 @settings(max_examples=400, deadline=None)
@@ -222,7 +222,7 @@ def test_withdrawing_equals_folding_only_the_surviving_events(history: tuple[lis
     def withdraw(i: int, day: int, position: str) -> kept.Outcome:
         e = evs[i]
         # Each time from the ledger's stored form, as the worker reads it.
-        ledger = ledgers[e.location_code] = kept.Ledger.of(as_hash(ledgers.get(e.location_code, kept.Ledger())))
+        ledger = ledgers[e.location_code] = stored(ledgers.get(e.location_code, kept.Ledger()))
         before = ledger.reach()
         outcome, trace = ledger.withdraw(fold.entry(e).digest, correction.fingerprint(e), day, position)
         if outcome is kept.Outcome.WITHDRAWN:
@@ -230,7 +230,7 @@ def test_withdrawing_equals_folding_only_the_surviving_events(history: tuple[lis
             counted.discard(i)
             unit = UNITS[e.location_code]
             assert unit is not None
-            trace = dataclasses.replace(trace, counters=fold.entry(e).counters)
+            trace = dataclasses.replace(trace, counters=fold.entry(e).counters, station_id=fold.entry(e).station_id)
             model.withdraw(retract.retraction(e.location_code, unit, trace, before, ledger.reach()), e.location_code)
         return outcome
 
@@ -288,6 +288,7 @@ def test_the_only_reach_of_a_village_withdrawn_leaves_it_unreached_at_every_leve
     before = ledger.reach()
     _, trace = ledger.withdraw(e.digest, e.fingerprint, 1, "a")
     assert trace is not None
+    trace = dataclasses.replace(trace, counters=e.counters, station_id=e.station_id)
     r = retract.retraction(V2, changes.Unit("village", ("",)), trace, before, ledger.reach())
     assert r.unreached == 1
     for region in (V2[:9], V2[:6], V2[:4], V2[:2]):
