@@ -98,10 +98,11 @@ async def dedup_memory(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
 
 
 async def ledger_memory(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
-    """Every correction ledger key's MEMORY USAGE (the locations' ledgers and the per-day sets of locations)."""
+    """Every correction ledger key's MEMORY USAGE: the locations' traces and ledgers, the per-day sets of locations
+    and their list."""
     keys = [
         k.decode() if isinstance(k, bytes) else str(k)
-        for suffix in (names.LEDGER, names.LEDGER_DAY)
+        for suffix in (names.TRACES, names.LEDGER, names.LEDGER_DAY, names.LEDGER_DAYS)
         async for k in redis.scan_iter(match=names.pattern(prefix, suffix), count=20_000)
     ]
     total = 0
