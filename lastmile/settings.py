@@ -124,7 +124,7 @@ class Settings(BaseSettings):
     )
     correction_window_days: int = _env(
         "CORRECTION_WINDOW_DAYS",
-        30,
+        7,
         "Days after the day it was accepted (China Standard Time) that a carrier may withdraw an event; the ledger "
         "this needs in Redis grows with it (docs/corrections.md)",
         ge=1,

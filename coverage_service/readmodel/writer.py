@@ -70,7 +70,7 @@ class ReadModelWriter:
         prefix: str,
         dedup_window_seconds: int,
         village_cache: int = 200_000,
-        correction_window_days: int = 30,
+        correction_window_days: int = 7,
     ) -> None:
         self.redis = redis
         self.prefix = prefix

@@ -98,20 +98,30 @@ async def dedup_memory(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
 
 
 async def ledger_memory(redis: aioredis.Redis, prefix: str) -> dict[str, Any]:
-    """Every correction ledger key's MEMORY USAGE: the locations' traces and ledgers, the per-day sets of locations
-    and their list."""
-    keys = [
-        k.decode() if isinstance(k, bytes) else str(k)
-        for suffix in (names.TRACES, names.LEDGER, names.LEDGER_DAY, names.LEDGER_DAYS)
-        async for k in redis.scan_iter(match=names.pattern(prefix, suffix), count=20_000)
-    ]
-    total = 0
-    for start in range(0, len(keys), 5_000):
-        async with redis.pipeline(transaction=False) as pipe:
-            for k in keys[start : start + 5_000]:
-                pipe.memory_usage(k, samples=0)
-            total += sum(int(m) for m in await pipe.execute() if m is not None)
-    return {"keys": len(keys), "bytes_total": total}
+    """The correction ledger's MEMORY USAGE by kind of key (the locations' packed traces, their hashes, the per-day
+    sets of locations and their list), and the bytes of traces the strings hold (their STRLEN)."""
+    out: dict[str, Any] = {"keys": 0, "bytes_total": 0, "trace_bytes": 0, "by_kind": {}}
+    for suffix in (names.TRACES, names.LEDGER, names.LEDGER_DAY, names.LEDGER_DAYS):
+        keys = [
+            k.decode() if isinstance(k, bytes) else str(k)
+            async for k in redis.scan_iter(match=names.pattern(prefix, suffix), count=20_000)
+        ]
+        used = 0
+        for start in range(0, len(keys), 5_000):
+            async with redis.pipeline(transaction=False) as pipe:
+                for k in keys[start : start + 5_000]:
+                    pipe.memory_usage(k, samples=0)
+                    if suffix == names.TRACES:
+                        pipe.strlen(k)
+                replies = await pipe.execute()
+            step = 2 if suffix == names.TRACES else 1
+            used += sum(int(m) for m in replies[::step] if m is not None)
+            if suffix == names.TRACES:
+                out["trace_bytes"] += sum(int(n) for n in replies[1::2])
+        out["by_kind"][suffix] = {"keys": len(keys), "bytes": used}
+        out["keys"] += len(keys)
+        out["bytes_total"] += used
+    return out
 
 
 async def key_per_event_bytes(redis: aioredis.Redis, prefix: str, events: int = BASELINE_EVENTS) -> float:
@@ -377,10 +387,16 @@ def _figures(
 
 def _ledger_figures(ledger: dict[str, Any], dedup: dict[str, Any], window_days: int) -> list[Figure]:
     """What being able to withdraw costs: every event the scenario applied was accepted within the correction
-    window, so each left a trace; the dedup memory of the same events is the baseline."""
+    window, so each left a trace; the dedup memory of the same events is the baseline. A trace's own bytes are what
+    the window's traffic multiplies; the keys' overhead is per location (and per location and day of acceptance),
+    so it falls per event as each location gets more events."""
     events = dedup["digests"]
     each = ledger["bytes_total"] / events if events else None
-    per_day = each * NATIONAL_AVERAGE_RATE * 86_400 / GIB if each else None
+    packed = ledger["trace_bytes"] / events if events else None
+    kinds = ledger["by_kind"]
+    traces = kinds[names.TRACES]
+    per_location = (traces["bytes"] - ledger["trace_bytes"]) / traces["keys"] if traces["keys"] else None
+    per_day = packed * NATIONAL_AVERAGE_RATE * 86_400 / GIB if packed else None
     return [
         Figure(
             "correction ledger memory per event in the window",
@@ -389,15 +405,26 @@ def _ledger_figures(ledger: dict[str, Any], dedup: dict[str, Any], window_days: 
             "reported",
             None,
             note=f"{ledger['bytes_total'] / MB:,.1f} MiB (MEMORY USAGE of {ledger['keys']:,} keys) for {events:,} "
-            f"events; baseline, same run: dedup {dedup['bytes_per_event'] or 0:,.1f} B an event",
+            f"events at {traces['keys']:,} locations: traces {traces['bytes'] / MB:,.1f} MiB, day sets "
+            f"{kinds[names.LEDGER_DAY]['bytes'] / MB:,.1f} MiB; baseline, same run: dedup "
+            f"{dedup['bytes_per_event'] or 0:,.1f} B an event",
         ),
         Figure(
-            f"correction ledger at the national average rate ({NATIONAL_AVERAGE_RATE:,} events/s), whole window",
-            per_day * window_days if per_day else None,
+            "correction ledger: a trace's own bytes",
+            packed,
+            "bytes",
+            "reported",
+            None,
+            note=f"and {per_location or 0:,.0f} B per location for its string's key",
+        ),
+        Figure(
+            f"correction ledger's traces at the national average rate ({NATIONAL_AVERAGE_RATE:,} events/s), "
+            "whole window",
+            per_day * (window_days + 1) if per_day else None,
             "GiB",
             "reported",
             None,
             note=f"{per_day or 0:,.2f} GiB a day of acceptance, kept {window_days} days (CORRECTION_WINDOW_DAYS) "
-            "and one more, then settled into each location's floor",
+            "and one more, then settled into each location's floor; plus the keys' overhead per location",
         ),
     ]
