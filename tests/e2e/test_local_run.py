@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -14,9 +15,12 @@ from typing import Any
 import httpx
 import pytest
 
+from lastmile.registry import BUNDLED
 from lastmile_dev import devstack
 
 pytestmark = pytest.mark.e2e
+
+SAMPLE = BUNDLED["sample"]
 
 # The README's example post: two villages of 盂县 reached, one event refused.
 README_EVENTS = [
@@ -182,3 +186,58 @@ def test_local_run_serves_the_readme_example_survives_a_killed_worker_and_stops_
     assert "stopped." in out.read_text()
     leftover = {pid: cmd for pid, cmd in services.items() if alive(pid)}
     assert leftover == {}, f"processes outlived `lastmile run`: {json.dumps(leftover)}"
+
+
+def test_a_second_run_keeps_a_registry_loaded_into_its_redis_since(tmp_path: Path) -> None:
+    """`make run` again after the registry in its Redis was replaced (another edition, the national one): the run keeps
+    it, says so, and does not fail on loading the sample over it, which would remove units."""
+    extended = tmp_path / "extended"
+    shutil.copytree(SAMPLE, extended)
+    extra = "140322205299"
+    with open(extended / "villages.csv", "a", encoding="utf-8") as f:
+        f.write(f'{extra},"新增村委会",140322205,14,1403,140322\n')
+    ingest_port, coverage_port = devstack.free_port(), devstack.free_port()
+    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")}
+    env.update(INGEST_PORT=str(ingest_port), COVERAGE_PORT=str(coverage_port), LOG_FORMAT="console")
+    data = tmp_path / "data"
+
+    def start(out: Path) -> subprocess.Popen[bytes]:
+        with open(out, "wb") as sink:
+            run = subprocess.Popen(
+                devstack.lastmile_command("run", "--data-dir", str(data)),
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,
+            )
+        wait(lambda: "Press Ctrl-C" in out.read_text() or run.poll() is not None, 120, "the stack to start")
+        assert run.poll() is None, out.read_text()
+        return run
+
+    def stop(run: subprocess.Popen[bytes]) -> None:
+        run.send_signal(signal.SIGINT)
+        assert run.wait(60) == 0
+
+    first = start(tmp_path / "first.out")
+    try:
+        stack = dict(line.split("=", 1) for line in (data / "lastmile.env").read_text().splitlines() if "=" in line)
+        loaded = subprocess.run(
+            devstack.lastmile_command("registry", "load", str(extended), "--edition", "extended", "--no-progress"),
+            env={**env, **stack},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert loaded.returncode == 0, loaded.stderr
+    finally:
+        stop(first)
+    second = start(tmp_path / "second.out")
+    try:
+        assert "the one Redis held is kept" in (tmp_path / "second.out").read_text()
+        regulator = (data / "regulator-token").read_text().strip()
+        r = httpx.get(
+            f"http://127.0.0.1:{coverage_port}/v1/villages/{extra}", headers={"Authorization": f"Bearer {regulator}"}
+        )
+        assert r.status_code == 200 and r.json()["name"] == "新增村委会", r.text
+    finally:
+        stop(second)

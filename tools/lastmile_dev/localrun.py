@@ -128,12 +128,18 @@ def run_stack(settings: Settings, *, registry: Path, data_dir: Path) -> int:
             f"REDIS_URL={settings.redis_url}\n"
         )
 
+        kept_registry = False
         for step in (["topics", "create"], ["registry", "load", str(registry), "--no-progress"]):
             setup = Proc(step[0], devstack.lastmile_command(*step), logs_dir / "setup.log", env=env).start()
             assert setup.popen is not None
-            if setup.popen.wait() != 0:
-                raise StackError(f"`lastmile {' '.join(step)}` failed; see {logs_dir / 'setup.log'}")
+            code = setup.popen.wait()
             setup.stop()
+            # The data dir's Redis keeps what an earlier run held: a registry loaded into it since (the national one,
+            # another edition) is kept rather than replaced by one that would remove its units (exit 2: unconfirmed).
+            if code == 2 and step[0] == "registry":
+                kept_registry = True
+            elif code != 0:
+                raise StackError(f"`lastmile {' '.join(step)}` failed; see {logs_dir / 'setup.log'}")
 
         ingest_url = f"http://127.0.0.1:{settings.ingest_port}"
         coverage_url = f"http://127.0.0.1:{settings.coverage_port}"
@@ -154,6 +160,11 @@ lastmile-coverage is running.
   logs          {logs_dir}/
   tools         `.venv/bin/lastmile registry load national` (or rebuild, snapshot, dead-letters) in another
                 terminal use this stack's broker and Redis ({stack_file})""")
+        if kept_registry:
+            print(
+                f"  registry      the one Redis held is kept: loading {registry} would remove units from it "
+                f"(`.venv/bin/lastmile registry load {registry} --yes` replaces it)"
+            )
         if token is not None:
             print(f"  carrier token {token}  (carrier {DEV_CARRIER!r}; also in {data_dir / 'carrier-token'})")
         if regulator_token is not None:
