@@ -34,17 +34,21 @@ class Problem(Exception):
         self.extensions = extensions
 
 
-def response(
-    status: int, detail: str, *, type_: str | None = None, headers: dict[str, str] | None = None, **extensions: Any
-) -> JSONResponse:
-    phrase = HTTPStatus(status).phrase
-    body = {
+def document(status: int, detail: str, *, type_: str | None = None, **extensions: Any) -> dict[str, Any]:
+    """The problem document (RFC 9457) itself, for servers other than FastAPI's (the worker's endpoint)."""
+    return {
         "type": TYPE_BASE + type_ if type_ else "about:blank",
-        "title": phrase,
+        "title": HTTPStatus(status).phrase,
         "status": status,
         "detail": detail,
         **extensions,
     }
+
+
+def response(
+    status: int, detail: str, *, type_: str | None = None, headers: dict[str, str] | None = None, **extensions: Any
+) -> JSONResponse:
+    body = document(status, detail, type_=type_, **extensions)
     return JSONResponse(body, status_code=status, media_type=MEDIA_TYPE, headers=headers)
 
 

@@ -156,6 +156,17 @@ class Settings(BaseSettings):
     ingest_port: Port = _env("INGEST_PORT", 8000, "Port of the ingest API")
     coverage_host: str = _env("COVERAGE_HOST", "127.0.0.1", "Address the coverage API binds")
     coverage_port: Port = _env("COVERAGE_PORT", 8001, "Port of the coverage API")
+    worker_http_host: str = _env(
+        "WORKER_HTTP_HOST", "127.0.0.1", "Address the worker's health and metrics endpoint binds"
+    )
+    worker_http_port: Port = _env(
+        "WORKER_HTTP_PORT", 8002, "Port of the worker's /healthz, /readyz and /metrics (0: no endpoint)"
+    )
+    worker_ready_stall_seconds: Positive = _env(
+        "WORKER_READY_STALL_SECONDS",
+        30.0,
+        "A worker with records to fold and no batch applied for this long is not ready (/readyz 503)",
+    )
     carrier_tokens: TokenJson = _env(
         "INGEST_CARRIER_TOKENS", "", 'Carrier tokens, a JSON object {"<token>": "<carrier>"}'
     )

@@ -29,6 +29,7 @@ from coverage_service.worker.folder import (
     Folder,
     retrying,
 )
+from coverage_service.worker.health import Health, State
 from lastmile import logs, names
 from lastmile.settings import Settings
 from lastmile.topics import ensure_topics
@@ -129,6 +130,25 @@ def create_app(settings: Settings) -> faust.App:
         except Exception as exc:
             log.warning("settling the correction ledgers failed; trying again", extra={"error": logs.describe(exc)})
 
+    def state() -> State:
+        try:
+            assigned = sorted(tp for tp in app.consumer.assignment() if tp.topic == settings.scan_topic)
+        except Exception:  # not started, or between assignments
+            return State(0, {}, folder.last_applied_s, dict(folder.totals))
+        behind: dict[int, int] = {}
+        for tp in assigned:
+            applied = folder.writer.positions.get(names.offset_field(tp.topic, tp.partition))
+            high = app.consumer.highwater(tp)
+            if applied is not None and high is not None:
+                behind[tp.partition] = max(0, int(high) - (min(applied.values(), default=-1) + 1))
+        return State(len(assigned), behind, folder.last_applied_s, dict(folder.totals))
+
+    health = Health(settings, state)
+
+    @app.task  # type: ignore[misc, untyped-decorator, unused-ignore]
+    async def serve_health() -> None:
+        await health.start()
+
     worker_id = f"{socket.gethostname()}:{os.getpid()}"
     heartbeat_key = names.key(settings.redis_key_prefix, names.WORKER_HEARTBEAT, worker_id)
 
@@ -155,6 +175,7 @@ def create_app(settings: Settings) -> faust.App:
         # A clean stop (the consumer has just left) takes its heartbeat with it, so `lastmile rebuild --wipe`
         # can start at once; a killed worker's heartbeat still expires after its TTL.
         nonlocal stopping
+        await health.stop()
         async with beating:
             stopping = True
             try:

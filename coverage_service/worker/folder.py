@@ -101,6 +101,8 @@ class Folder:
         # Per partition, when the newest record applied was accepted: the log's clock, which waiting corrections
         # are given up by (a worker far behind does not give up what its backlog may still bring).
         self.clocks: dict[str, int] = {}
+        # When this worker last applied a batch (time.time()), for its readiness (worker/health.py).
+        self.last_applied_s: float | None = None
         # One fold at a time: the stream's batches and the timer's repair share the writer.
         self._lock = asyncio.Lock()
 
@@ -128,6 +130,7 @@ class Folder:
         for chunk in calls(records, self.settings.worker_apply_events):
             applied += await self._apply_call(chunk)
         self._account(applied, len(dead))
+        self.last_applied_s = time.time()
         return applied
 
     async def _apply_call(self, chunk: list[Record]) -> Applied:

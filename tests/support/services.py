@@ -60,6 +60,7 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
         SCAN_TOPIC_PARTITIONS=str(settings.scan_topic_partitions),
         LOG_FORMAT="console",
         WORKER_SESSION_TIMEOUT_SECONDS="6",  # the broker's minimum: faster rejoins after a kill
+        WORKER_HTTP_PORT="0",  # tests run several workers on one host; the health tests give theirs a port
     )
     env.update(extra)
     return env

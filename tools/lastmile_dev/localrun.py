@@ -142,6 +142,7 @@ def run_stack(settings: Settings, *, registry: Path, data_dir: Path) -> int:
                 raise StackError(f"`lastmile {' '.join(step)}` failed; see {logs_dir / 'setup.log'}")
 
         ingest_url = f"http://127.0.0.1:{settings.ingest_port}"
+        worker_url = f"http://127.0.0.1:{settings.worker_http_port}"
         coverage_url = f"http://127.0.0.1:{settings.coverage_port}"
         services: list[tuple[str, str | None]] = [("ingest", ingest_url), ("worker", None), ("coverage", coverage_url)]
         for name, ready_url in services:
@@ -155,6 +156,7 @@ lastmile-coverage is running.
   ingest API    {ingest_url}   (OpenAPI: {ingest_url}/docs)
   coverage API  {coverage_url}   (OpenAPI: {coverage_url}/docs)
   dashboard     {coverage_url}/dashboard/   (sign in with a regulator token)
+  worker        {worker_url}/readyz   (health; /metrics for Prometheus)
   broker        {settings.kafka_bootstrap_servers}
   redis         {settings.redis_url}  (data in {data_dir / "redis"})
   logs          {logs_dir}/

@@ -155,7 +155,8 @@ class BenchStack:
 
     def start_worker(self, settings: Settings | None = None) -> Proc:
         self._worker_seq += 1
-        env = settings_env(settings or self.settings)
+        # Several workers on one host: each its own health endpoint port.
+        env = {**settings_env(settings or self.settings), "WORKER_HTTP_PORT": str(devstack.free_port())}
         log = self.logs / f"worker-{self._worker_seq}.log"
         proc = Proc(f"worker-{self._worker_seq}", devstack.lastmile_command("worker"), log, env=env).start()
         self.workers.append(proc)
