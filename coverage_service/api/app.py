@@ -26,6 +26,7 @@ from coverage_service.api import access, dashboard, documents, fastpath, metrics
 from coverage_service.api.params import RETRY_AFTER_S
 from coverage_service.api.routes import caller, corrections, figures, reports, stream
 from coverage_service.readmodel import queries, resp
+from coverage_service.readmodel.registry_store import registry_loaded
 from lastmile import apidocs, backlog, logs, problem, redis_client
 from lastmile.broker import CHECK_TIMEOUT_S, Broker
 from lastmile.settings import Settings
@@ -126,12 +127,17 @@ def create_app(settings: Settings) -> FastAPI:
         """The process is up (no I/O)."""
         return {"status": "ok"}
 
+    async def whole() -> None:
+        if not await registry_loaded(app.state.redis, prefix):
+            raise RuntimeError("no whole registry is loaded (lastmile registry load)")
+
     @app.get("/readyz", responses=problem.openapi_responses(500, 503))
     async def readyz() -> dict[str, Any]:
-        """Redis answers PING and the Kafka broker answers a metadata request; 503 names what is down."""
-        results = await asyncio.gather(_check(app.state.redis.ping()), _check(app.state.broker.ping()))
-        checks = dict(zip(("redis", "broker"), results, strict=True))
-        down = [name for name, result in checks.items() if result != "ok"]
+        """Redis answers and the read model is whole (a registry loaded): the API reads nothing else. The broker is
+        reported (``checks.broker``), not required: regulators keep their figures through a broker outage."""
+        results = await asyncio.gather(_check(app.state.redis.ping()), _check(whole()), _check(app.state.broker.ping()))
+        checks = dict(zip(("redis", "read_model", "broker"), results, strict=True))
+        down = [name for name in ("redis", "read_model") if checks[name] != "ok"]
         if down:
             detail = "not ready: " + "; ".join(f"{name} {checks[name]}" for name in down)
             raise problem.Problem(503, detail, type_="not-ready", headers={"Retry-After": RETRY_AFTER_S}, checks=checks)

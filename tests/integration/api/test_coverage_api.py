@@ -118,6 +118,7 @@ async def seed(redis: aioredis.Redis, p: str) -> None:
             pipe.hset(names.key(p, names.LOCATION, code), mapping=fields)
         for suffix, members in INDEXES.items():
             pipe.zadd(names.key(p, names.REACH_INDEX, suffix), members)
+        pipe.hset(names.key(p, names.REG_META), names.meta.LOADED_AT, "2026-11-22T00:00:00+00:00")  # loaded whole
         await pipe.execute()
 
 
@@ -376,7 +377,7 @@ async def test_healthz(client: httpx.AsyncClient) -> None:
 async def test_readyz_ok(client: httpx.AsyncClient) -> None:
     r = await client.get("/readyz")
     assert r.status_code == 200, r.text
-    assert r.json() == {"status": "ready", "checks": {"redis": "ok", "broker": "ok"}}
+    assert r.json() == {"status": "ready", "checks": {"redis": "ok", "read_model": "ok", "broker": "ok"}}
 
 
 async def test_readyz_redis_unreachable(settings: Settings) -> None:
@@ -390,25 +391,32 @@ async def test_readyz_redis_unreachable(settings: Settings) -> None:
         assert (await client.get("/healthz")).status_code == 200
 
 
-async def test_readyz_broker_unreachable(settings: Settings) -> None:
-    dead = settings.replace(kafka_bootstrap_servers=f"127.0.0.1:{devstack.free_port()}")
-    async with national_api(dead) as client:
-        body = assert_problem(await client.get("/readyz"), 503)
-        assert "broker" in body["detail"] and "redis" not in body["detail"]
-        assert (await client.get("/v1/coverage")).status_code == 200  # figures do not need the broker
-
-
-async def test_readyz_recovers_when_the_broker_comes_up(settings: Settings, tmp_path: Path) -> None:
+async def test_readyz_stays_ready_without_the_broker_and_reports_it(
+    settings: Settings, redis: aioredis.Redis, tmp_path: Path
+) -> None:
+    """The API reads only Redis: a broker outage is reported, never a reason to take regulators' figures away."""
+    await seed(redis, settings.redis_key_prefix)
     port = devstack.free_port()
     later = settings.replace(kafka_bootstrap_servers=f"127.0.0.1:{port}")
     async with national_api(later) as client:
-        assert_problem(await client.get("/readyz"), 503)
+        r = await client.get("/readyz")
+        assert r.status_code == 200, r.text
+        assert r.json()["checks"]["broker"] != "ok" and r.json()["checks"]["redis"] == "ok"
+        assert (await client.get("/v1/coverage")).status_code == 200  # figures do not need the broker
         proc, _ = devstack.start_broker(tmp_path, port)
         try:
             r = await client.get("/readyz")
-            assert r.status_code == 200, r.text
+            assert r.status_code == 200 and r.json()["checks"]["broker"] == "ok", r.text
         finally:
             proc.stop()
+
+
+async def test_readyz_needs_a_whole_read_model(settings: Settings) -> None:
+    empty = settings.replace(redis_key_prefix=settings.redis_key_prefix + "-empty")
+    async with national_api(empty) as client:
+        body = assert_problem(await client.get("/readyz"), 503)
+        assert "read_model" in body["detail"] and "registry" in body["detail"], body
+        assert body["checks"]["redis"] == "ok"
 
 
 # -- metrics ---------------------------------------------------------------------------------------

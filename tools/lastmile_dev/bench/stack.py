@@ -149,8 +149,10 @@ class BenchStack:
             proc = Proc(name, devstack.lastmile_command(name), self.logs / f"{name}.log", env=env).start()
             self.services[name] = proc
         worker = self.main_worker = self.start_worker()
-        for name, url in (("ingest", self.stack.ingest_url), ("coverage", self.stack.coverage_url)):
-            await wait_ready(self.services[name], url)
+        # The coverage API is ready once a registry is in, which the registry_load scenario may load later: up is
+        # enough here.
+        await wait_ready(self.services["ingest"], self.stack.ingest_url)
+        await wait_ready(self.services["coverage"], self.stack.coverage_url, "/healthz")
         await wait_for_members(self.settings, self.settings.consumer_group, 1, [worker], READY_TIMEOUT_SECONDS)
 
     def start_worker(self, settings: Settings | None = None) -> Proc:
@@ -197,14 +199,14 @@ class BenchStack:
         self.infra.clear()
 
 
-async def wait_ready(proc: Proc, url: str) -> None:
+async def wait_ready(proc: Proc, url: str, path: str = "/readyz") -> None:
     deadline = time.monotonic() + READY_TIMEOUT_SECONDS
     async with httpx.AsyncClient(timeout=2) as client:
         while time.monotonic() < deadline:
             if not proc.alive():
                 raise StackError(f"{proc.name} exited while starting; log {proc.log_path}:\n{proc.log_tail()}")
             try:
-                if (await client.get(f"{url}/readyz")).status_code == 200:
+                if (await client.get(f"{url}{path}")).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass
