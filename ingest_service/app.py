@@ -18,6 +18,7 @@ from fastapi.responses import PlainTextResponse, Response
 from fastapi.security import HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import Metric
+from prometheus_client.process_collector import ProcessCollector
 from starlette.requests import ClientDisconnect
 
 from ingest_service import server
@@ -79,10 +80,25 @@ class Metrics:
         self.requests = Counter(
             "lastmile_ingest_requests", "POST /v1/scans by status", ["status"], registry=self.registry
         )
-        self.events = Counter("lastmile_ingest_events", "Events by outcome", ["outcome"], registry=self.registry)
+        self.events = Counter(
+            "lastmile_ingest_events", "Events by carrier and outcome", ["carrier", "outcome"], registry=self.registry
+        )
         self.publish_seconds = Histogram(
             "lastmile_ingest_publish_seconds", "Time for the broker to acknowledge a batch", registry=self.registry
         )
+        self.request_seconds = Histogram(
+            "lastmile_ingest_request_duration_seconds",
+            "POST /v1/scans from its first byte to the answer, by status",
+            ["status"],
+            registry=self.registry,
+        )
+        self.batch_events = Histogram(
+            "lastmile_ingest_batch_events",
+            "Events in a POST /v1/scans body that could be read",
+            buckets=(1, 10, 50, 100, 250, 500, 1000),
+            registry=self.registry,
+        )
+        ProcessCollector(registry=self.registry)
         self.backlog = Gauge(
             "lastmile_ingest_backlog_records",
             "Records published but not yet applied to the read model (-1: not measured)",
@@ -172,12 +188,15 @@ def create_app(settings: Settings) -> FastAPI:
         },
     )
     async def post_scans(request: Request) -> Response:
+        started = time.perf_counter()
         try:
             response = await _post_scans(request)
         except Problem as exc:
             metrics.requests.labels(str(exc.status)).inc()
+            metrics.request_seconds.labels(str(exc.status)).observe(time.perf_counter() - started)
             raise
         metrics.requests.labels(str(response.status_code)).inc()
+        metrics.request_seconds.labels(str(response.status_code)).observe(time.perf_counter() - started)
         return response
 
     async def _post_scans(request: Request) -> Response:
@@ -233,7 +252,8 @@ def create_app(settings: Settings) -> FastAPI:
             else:
                 accepted.append(event)
         rejected.sort(key=lambda r: r["index"])
-        metrics.events.labels("rejected").inc(len(rejected))
+        metrics.events.labels(carrier, "rejected").inc(len(rejected))
+        metrics.batch_events.observe(total)
         if not accepted:
             raise Problem(
                 422,
@@ -256,7 +276,7 @@ def create_app(settings: Settings) -> FastAPI:
                 headers=retry_after,
             ) from None
         metrics.publish_seconds.observe(time.perf_counter() - started)
-        metrics.events.labels("accepted").inc(len(accepted))
+        metrics.events.labels(carrier, "accepted").inc(len(accepted))
         log.info(
             "accepted",
             extra={"carrier": carrier, "request_id": request_id, "accepted": len(accepted), "rejected": len(rejected)},

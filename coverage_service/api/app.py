@@ -17,6 +17,7 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.process_collector import ProcessCollector
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -110,6 +111,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_exception_handler(RedisTimeoutError, on_redis_down)
 
     registry = CollectorRegistry()
+    ProcessCollector(registry=registry)  # a registry of its own has no process_* metrics unless asked
     app.state.http_metrics = metrics.HttpMetrics(registry)
     scraped = metrics.Scraped()
     registry.register(scraped)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Iterable
 from typing import Any, Final, TypeVar
 
@@ -85,10 +84,9 @@ async def scrape(redis: aioredis.Redis, prefix: str, broker: Broker, topic: str)
         out += backlog.memory_metrics(memory)
     if progress is None:
         return out
-    now_s = time.time()
     if ends is not None:
         lag = GaugeMetricFamily(
-            "lastmile_consumer_lag",
+            "lastmile_consumer_lag_records",
             "Records on the topic not yet applied to the read model",
             labels=["topic", "partition"],
         )
@@ -96,12 +94,13 @@ async def scrape(redis: aioredis.Redis, prefix: str, broker: Broker, topic: str)
             lag.add_metric([topic, str(part)], behind)
         out.append(lag)
     as_of_ms, applied_ms = progress["national_as_of_ms"], progress["stats"].get(stat.APPLIED_AT_MS)
+    # Times, not ages: an alert takes time() - the timestamp, and a scrape that stops shows as stale.
     if as_of_ms is not None:
-        help_ = "Seconds since the newest event time applied (national as_of)"
-        out.append(GaugeMetricFamily("lastmile_newest_event_age_seconds", help_, value=now_s - as_of_ms / 1000))
+        help_ = "The newest event time applied, national as_of (Unix time)"
+        out.append(GaugeMetricFamily("lastmile_newest_event_timestamp_seconds", help_, value=as_of_ms / 1000))
     if applied_ms is not None:
-        help_ = "Seconds since the worker last applied a batch"
-        out.append(GaugeMetricFamily("lastmile_last_applied_age_seconds", help_, value=now_s - applied_ms / 1000))
+        help_ = "When a worker last applied a batch (Unix time)"
+        out.append(GaugeMetricFamily("lastmile_last_applied_timestamp_seconds", help_, value=applied_ms / 1000))
     for name, help_ in _STAT_HELP.items():
         out.append(CounterMetricFamily(f"lastmile_{name}", help_, value=progress["stats"].get(name, 0)))
     return out

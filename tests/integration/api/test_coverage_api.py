@@ -463,10 +463,12 @@ async def test_metrics(settings: Settings, redis: aioredis.Redis, client: httpx.
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/plain")
     got = samples(r.text)
-    assert got[("lastmile_consumer_lag", (("partition", "0"), ("topic", topic)))] == 3
-    assert got[("lastmile_consumer_lag", (("partition", "1"), ("topic", topic)))] == 4
-    assert 59 <= got[("lastmile_newest_event_age_seconds", ())] < 90
-    assert 4 <= got[("lastmile_last_applied_age_seconds", ())] < 35
+    assert got[("lastmile_consumer_lag_records", (("partition", "0"), ("topic", topic)))] == 3
+    assert got[("lastmile_consumer_lag_records", (("partition", "1"), ("topic", topic)))] == 4
+    # The latest of the shards' times: as_of 60 s ago (shard 14), applied 5 s ago (shard 14).
+    assert got[("lastmile_newest_event_timestamp_seconds", ())] == (now_ms - 60_000) / 1000
+    assert got[("lastmile_last_applied_timestamp_seconds", ())] == (now_ms - 5_000) / 1000
+    assert ("process_cpu_seconds_total", ()) in got
     assert got[("lastmile_events_applied_total", ())] == 12
     assert got[("lastmile_events_duplicate_total", ())] == 3
     assert got[("lastmile_records_replayed_total", ())] == 0
@@ -485,8 +487,8 @@ async def test_metrics(settings: Settings, redis: aioredis.Redis, client: httpx.
 async def test_metrics_without_a_topic_or_progress(client: httpx.AsyncClient) -> None:
     r = await client.get("/metrics")
     assert r.status_code == 200
-    assert "lastmile_consumer_lag{" not in r.text
-    assert "lastmile_last_applied_age_seconds" not in r.text
+    assert "lastmile_consumer_lag_records{" not in r.text
+    assert "lastmile_last_applied_timestamp_seconds" not in r.text
     assert "lastmile_events_applied_total 0.0" in r.text
 
 

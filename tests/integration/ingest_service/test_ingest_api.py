@@ -138,9 +138,12 @@ async def test_health_ready_and_metrics(client: httpx.AsyncClient) -> None:
     metrics = (await client.get("/metrics")).text
     assert "lastmile_ingest_backlog_bound_records 20000.0" in metrics
     assert "lastmile_ingest_refusing_posts 0.0" in metrics
-    assert 'lastmile_ingest_events_total{outcome="accepted"} 1.0' in metrics
-    assert 'lastmile_ingest_events_total{outcome="rejected"} 1.0' in metrics
+    assert 'lastmile_ingest_events_total{carrier="sf",outcome="accepted"} 1.0' in metrics
+    assert 'lastmile_ingest_events_total{carrier="sf",outcome="rejected"} 1.0' in metrics
     assert 'lastmile_ingest_requests_total{status="202"} 1.0' in metrics
+    assert 'lastmile_ingest_request_duration_seconds_count{status="202"} 1.0' in metrics
+    assert 'lastmile_ingest_batch_events_bucket{le="10.0"} 1.0' in metrics  # the batch of two
+    assert "process_cpu_seconds_total" in metrics
 
 
 async def test_no_broker_means_503_with_retry_after_never_202(settings: Settings, redis: aioredis.Redis) -> None:
