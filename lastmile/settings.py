@@ -204,6 +204,11 @@ class Settings(BaseSettings):
         0.5,
         "Longest time the coverage API serves a computed region report from memory (0: no cache)",
     )
+    coverage_audit_log: bool = _env(
+        "COVERAGE_AUDIT_LOG",
+        True,
+        "Log every regulator read (token name, region, request, status; never the token) to the lastmile.audit logger",
+    )
     coverage_access_log: bool = _env(
         "COVERAGE_ACCESS_LOG", False, "Log one line per coverage API request (costly under load)"
     )

@@ -124,6 +124,7 @@ async def regulator(request: Request, _: Annotated[HTTPAuthorizationCredentials 
     access = access_of(request)
     who = access.identify(request.headers.get("authorization"))
     wait_s = access.limiter.take(who.name)
+    request.scope[AUTHENTICATED] = who  # charged now; the audit log names the caller
     if wait_s > 0:
         limit = f"{access.limiter.per_second:g} requests a second, bursts of {access.limiter.burst}"
         raise Problem(

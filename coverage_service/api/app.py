@@ -122,6 +122,8 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(fastpath.FastPathMiddleware, routes=routes)  # the hot GETs, before FastAPI's routing
     app.add_middleware(middleware.PathGuard)  # before routing, tokens and Redis
     app.add_middleware(middleware.RequestMetrics, metrics=app.state.http_metrics)
+    if settings.coverage_audit_log:
+        app.add_middleware(middleware.AuditLog)
     app.state.registry = registry
 
     @app.get("/healthz", responses=problem.openapi_responses(500))

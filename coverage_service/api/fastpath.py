@@ -52,6 +52,7 @@ class Answer:
     status: int
     headers: list[tuple[bytes, bytes]]
     body: bytes  # empty for HEAD and 304
+    who: Regulator  # the caller, for the audit log
 
 
 class FastPath:
@@ -90,9 +91,11 @@ class FastPath:
             return who  # the route meets the same failure and answers it (503 for Redis)
         if rendered is None:
             return who  # 404
-        return self._answer(method, route, rendered, headers)
+        return self._answer(method, route, rendered, headers, who)
 
-    def _answer(self, method: str, route: str, rendered: Rendered, asked: Mapping[bytes, str]) -> Answer:
+    def _answer(
+        self, method: str, route: str, rendered: Rendered, asked: Mapping[bytes, str], who: Regulator
+    ) -> Answer:
         """The JSON representation, as :func:`coverage_service.api.representation.respond_rendered` answers it."""
         content, etag = rendered.form(JSON)
         last_modified = rendered.http_last_modified
@@ -102,10 +105,10 @@ class FastPath:
         if representation.not_modified(
             asked.get(b"if-none-match"), asked.get(b"if-modified-since"), etag, rendered.last_modified_ms
         ):
-            return Answer(route, 304, [*validators, (b"cache-control", self.cache_control), (b"vary", _VARY)], b"")
+            return Answer(route, 304, [*validators, (b"cache-control", self.cache_control), (b"vary", _VARY)], b"", who)
         headers = [(b"cache-control", self.cache_control), (b"vary", _VARY), *validators]
         headers += [(b"content-length", str(len(content)).encode()), (b"content-type", _JSON_TYPE)]
-        return Answer(route, 200, headers, b"" if method == "HEAD" else content)
+        return Answer(route, 200, headers, b"" if method == "HEAD" else content, who)
 
 
 def fast_path_of(app: Any) -> FastPath | None:
@@ -146,5 +149,6 @@ class FastPathMiddleware:
             await self.app(scope, receive, send)
             return
         scope["route"] = self.routes.get(answer.route)
+        scope[access.AUTHENTICATED] = answer.who
         await send({"type": "http.response.start", "status": answer.status, "headers": answer.headers})
         await send({"type": "http.response.body", "body": answer.body})

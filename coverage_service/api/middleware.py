@@ -6,6 +6,7 @@ The path guard refuses, before routing, authentication and any Redis read, reque
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from typing import Final
@@ -13,8 +14,9 @@ from typing import Final
 from fastapi import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from coverage_service.api.access import AUTHENTICATED
 from coverage_service.api.metrics import HttpMetrics
-from lastmile import problem
+from lastmile import names, problem
 
 _ENCODED_SEPARATOR: Final = re.compile(rb"%(2f|5c|00)", re.IGNORECASE)
 _CONTROL: Final = re.compile(r"[\x00-\x1f\x7f\\]")
@@ -129,3 +131,43 @@ class RequestMetrics:
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.record(scope["method"], route, status, time.perf_counter() - start)
+
+
+audit_log = logging.getLogger("lastmile.audit")
+
+
+class AuditLog:
+    """ASGI middleware writing one line per regulator API request (``/v1/``) to the ``lastmile.audit`` logger: the
+    token's name (its region and a fingerprint, never the token), its region, the request and the answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/v1/"):
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            who = scope.get(AUTHENTICATED)
+            audit_log.info(
+                "read",
+                extra={
+                    "token": getattr(who, "name", None),
+                    "region": (getattr(who, "region", "") or names.NATIONAL) if who is not None else None,
+                    "method": scope["method"],
+                    "path": scope["path"],
+                    "query": scope.get("query_string", b"").decode("latin-1"),
+                    "status": status,
+                    "ms": round((time.perf_counter() - start) * 1000, 1),
+                },
+            )
