@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -91,7 +92,9 @@ def create_app(settings: Settings) -> faust.App:
         # (folder.retrying), holding the partition back instead of losing data.
         batches = stream.take_events(settings.worker_batch_max, within=settings.worker_batch_within_seconds)  # type: ignore[attr-defined]
         async for batch in batches:
+            started = time.perf_counter()
             await folder.handle(batch)
+            health.fold_seconds.observe(time.perf_counter() - started)
 
     history.check_hour(settings.snapshot_hour)  # a bad SNAPSHOT_HOUR stops the worker at start
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
@@ -54,6 +54,12 @@ class Health:
         self.state = state
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
+        self.fold_seconds = Histogram(
+            "lastmile_worker_fold_duration_seconds",
+            "Time to fold a batch taken from the topic: decode, decide and apply, retries included",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+            registry=self.registry,
+        )
         self.registry.register(_Collector(self))
         self._runner: web.AppRunner | None = None
 

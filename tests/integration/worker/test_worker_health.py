@@ -70,6 +70,7 @@ def test_readiness_follows_the_worker_and_its_folding(settings: Settings, tmp_pa
             for name in (
                 "lastmile_worker_ready 1.0",
                 "lastmile_worker_partitions_assigned",
+                "lastmile_worker_fold_duration_seconds_bucket",
                 "process_cpu_seconds_total",
             ):
                 assert name in metrics, name
@@ -104,6 +105,9 @@ def test_readiness_follows_the_worker_and_its_folding(settings: Settings, tmp_pa
             redis_proc.signal(signal.SIGCONT)
             wait(lambda: status(f"{base}/readyz") == 200, 60, "ready once folding")
             assert httpx.get(f"{base}/readyz").json()["records_behind"] == 0
+            folded = httpx.get(f"{base}/metrics").text
+            assert "lastmile_worker_events_applied_total 1.0" in folded
+            assert "lastmile_worker_fold_duration_seconds_count 0.0" not in folded  # the batch was timed
         finally:
             worker.signal(signal.SIGCONT)
             worker.stop()
