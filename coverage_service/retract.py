@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import Any
 
 from coverage_service.changes import LAPSE_DIGITS, PARENT_DIGITS, TOWNSHIP_DIGITS, VILLAGE_DIGITS, Unit
 from coverage_service.fold import LapseWindow, cst_day, lapse_window
@@ -102,10 +102,7 @@ def _add(into: dict[tuple[str, int], dict[str, int]], key: tuple[str, int], fiel
         counts[name] = counts.get(name, 0) + n
 
 
-# The figures a daily snapshot keeps that one village's events decide (history.ENTRY_FIELDS).
-REACHED: Final = "villages_reached"
-ACTIVE: Final = "villages_active"
-WITH_STATION: Final = "villages_with_station"
+R = names.restated
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,9 +130,9 @@ def restatement(
         changes = {
             name: int(after) - int(before)
             for name, before, after in (
-                (REACHED, "" in was.last_reach, "" in now.last_reach),
-                (ACTIVE, _active(was, window), _active(now, window)),
-                (WITH_STATION, bool(was.stations), bool(now.stations)),
+                (R.VILLAGES_REACHED, "" in was.last_reach, "" in now.last_reach),
+                (R.VILLAGES_ACTIVE, _active(was, window), _active(now, window)),
+                (R.VILLAGES_WITH_STATION, bool(was.stations), bool(now.stations)),
             )
             if before != after
         }

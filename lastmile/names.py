@@ -176,6 +176,17 @@ class ledger:
     STATION: Final = "s:"
 
 
+class restated:
+    """Fields of the ``restated:`` hashes, "<day>|<figure>": the snapshot figures a withdrawal changes (the history
+    entry's names), and how many corrections changed the day."""
+
+    SEP: Final = "|"
+    VILLAGES_REACHED: Final = "villages_reached"
+    VILLAGES_ACTIVE: Final = "villages_active"
+    VILLAGES_WITH_STATION: Final = "villages_with_station"
+    CORRECTIONS: Final = "corrections"
+
+
 class stat:
     """Fields of the ``stats`` hash, kept by the apply script."""
 

@@ -203,7 +203,7 @@ async def restatements(redis: aioredis.Redis, prefix: str, code: str) -> dict[st
     out: dict[str, dict[str, int]] = {}
     for reply in replies:
         for name, n in reply.items():
-            label, figure = str(name).split("|", 1)
+            label, figure = str(name).split(names.restated.SEP, 1)
             day = out.setdefault(label, {})
             day[figure] = day.get(figure, 0) + int(n)
     return out
@@ -211,17 +211,18 @@ async def restatements(redis: aioredis.Redis, prefix: str, code: str) -> dict[st
 
 def restate(entry: Entry, changes: dict[str, int] | None) -> Restated | None:
     """The entry's figures with the corrections' changes; None when no correction changed them."""
-    if not changes or not any(n for figure, n in changes.items() if figure in ENTRY_FIELDS):
+    r = names.restated
+    if not changes or not any(n for figure, n in changes.items() if figure != r.CORRECTIONS):
         return None
-    reached = entry["villages_reached"] + changes.get("villages_reached", 0)
-    active = entry["villages_active"] + changes.get("villages_active", 0)
+    reached = entry["villages_reached"] + changes.get(r.VILLAGES_REACHED, 0)
+    active = entry["villages_active"] + changes.get(r.VILLAGES_ACTIVE, 0)
     return {
         "villages_reached": reached,
         "villages_active": active,
         "villages_lapsed": reached - active,
-        "villages_with_station": entry["villages_with_station"] + changes.get("villages_with_station", 0),
+        "villages_with_station": entry["villages_with_station"] + changes.get(r.VILLAGES_WITH_STATION, 0),
         "coverage_rate": queries.coverage_rate(reached, entry["villages_total"]),
-        "corrections": changes.get("corrections", 0),
+        "corrections": changes.get(r.CORRECTIONS, 0),
     }
 
 

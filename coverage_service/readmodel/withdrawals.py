@@ -28,12 +28,12 @@ from lastmile.correction import b64
 from lastmile.divisions import KIND_REMOVED
 
 log = logging.getLogger("lastmile.worker.corrections")
+R = names.restated
 
 WITHDRAWN: Final = "withdrawn"
 PENDING: Final = "pending"
 REJECTED: Final = "rejected"
 SETTLE_CHUNK: Final = 200
-RESTATED_BY: Final = "corrections"  # the field counting the corrections that changed a day's snapshot
 
 
 def position(record: Record, w: Withdrawal) -> str:
@@ -331,8 +331,8 @@ def _restated(code: str, by_day: dict[str, dict[str, int]]) -> list[Any]:
     fields: dict[str, int] = {}
     for label, changes in by_day.items():
         for figure, n in changes.items():
-            fields[f"{label}|{figure}"] = n
-        fields[f"{label}|{RESTATED_BY}"] = 1
+            fields[label + R.SEP + figure] = n
+        fields[label + R.SEP + R.CORRECTIONS] = 1
     return [x for region in (code[:9], code[:6], code[:4], code[:2]) for x in (region, fields)] if fields else []
 
 
