@@ -88,8 +88,16 @@ def records_behind(topic: str, ends: Mapping[int, int], applied: Mapping[str, in
 def memory_metrics(memory: Memory) -> list[GaugeMetricFamily]:
     """Redis's memory as both services export it on /metrics."""
     full = "1 when Redis is at maxmemory and refuses the worker's writes: figures are not updated"
-    return [
+    out = [
         GaugeMetricFamily("lastmile_redis_memory_used_bytes", "Redis used_memory", value=memory.used_bytes),
         GaugeMetricFamily("lastmile_redis_memory_max_bytes", "Redis maxmemory (0: no limit)", value=memory.max_bytes),
         GaugeMetricFamily("lastmile_read_model_full", full, value=1 if memory.full else 0),
     ]
+    if memory.max_bytes:
+        headroom = "Bytes Redis may still take before maxmemory, when it refuses the worker's writes"
+        out.append(
+            GaugeMetricFamily(
+                "lastmile_redis_memory_headroom_bytes", headroom, value=max(0, memory.max_bytes - memory.used_bytes)
+            )
+        )
+    return out

@@ -204,6 +204,11 @@ class Settings(BaseSettings):
         0.5,
         "Longest time the coverage API serves a computed region report from memory (0: no cache)",
     )
+    coverage_stale_after_seconds: Positive = _env(
+        "COVERAGE_STALE_AFTER_SECONDS",
+        60.0,
+        "Records waiting and no batch applied for this long: the read model is stale (lastmile_read_model_stale)",
+    )
     coverage_audit_log: bool = _env(
         "COVERAGE_AUDIT_LOG",
         True,

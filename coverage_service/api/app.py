@@ -159,7 +159,9 @@ def create_app(settings: Settings) -> FastAPI:
     )
     async def prometheus() -> Response:
         """Prometheus metrics; consumer lag, event ages and worker counters are computed per scrape."""
-        families = await metrics.scrape(app.state.redis, prefix, app.state.broker, topic)
+        families = await metrics.scrape(
+            app.state.redis, prefix, app.state.broker, topic, settings.coverage_stale_after_seconds
+        )
         scraped.families = families  # no await between this and rendering: scrapes cannot interleave
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

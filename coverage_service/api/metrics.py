@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Iterable
 from typing import Any, Final, TypeVar
 
@@ -72,7 +73,9 @@ _STAT_HELP: Final = {
 }
 
 
-async def scrape(redis: aioredis.Redis, prefix: str, broker: Broker, topic: str) -> list[Metric]:
+async def scrape(
+    redis: aioredis.Redis, prefix: str, broker: Broker, topic: str, stale_after_s: float = 60.0
+) -> list[Metric]:
     (progress, redis_err), (ends, broker_err), (memory, _) = await asyncio.gather(
         _attempt(queries.progress(redis, prefix)), _attempt(broker.end_offsets(topic)), _attempt(backlog.memory(redis))
     )
@@ -94,6 +97,12 @@ async def scrape(redis: aioredis.Redis, prefix: str, broker: Broker, topic: str)
             lag.add_metric([topic, str(part)], behind)
         out.append(lag)
     as_of_ms, applied_ms = progress["national_as_of_ms"], progress["stats"].get(stat.APPLIED_AT_MS)
+    if ends is not None:
+        # Behind: records wait and no worker applied a batch for COVERAGE_STALE_AFTER_SECONDS.
+        waiting = sum(backlog.lag(topic, ends, progress["offsets"]).values())
+        idle = applied_ms is None or time.time() - applied_ms / 1000 > stale_after_s
+        help_ = "1 when records wait on the topic and no batch was applied for COVERAGE_STALE_AFTER_SECONDS"
+        out.append(GaugeMetricFamily("lastmile_read_model_stale", help_, value=int(waiting > 0 and idle)))
     # Times, not ages: an alert takes time() - the timestamp, and a scrape that stops shows as stale.
     if as_of_ms is not None:
         help_ = "The newest event time applied, national as_of (Unix time)"

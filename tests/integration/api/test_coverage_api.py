@@ -477,6 +477,12 @@ async def test_metrics(settings: Settings, redis: aioredis.Redis, client: httpx.
     assert got[("lastmile_redis_memory_max_bytes", ())] == int(info["maxmemory"])
     assert got[("lastmile_redis_memory_used_bytes", ())] > 0
     assert got[("lastmile_read_model_full", ())] == 0
+    if info["maxmemory"]:
+        assert got[("lastmile_redis_memory_headroom_bytes", ())] > 0
+    # Records wait (lag 7) and the last batch was applied 5 s ago: fresh within 60 s, stale past 1 s.
+    assert got[("lastmile_read_model_stale", ())] == 0
+    async with national_api(settings.replace(coverage_stale_after_seconds=1.0)) as strict:
+        assert samples((await strict.get("/metrics")).text)[("lastmile_read_model_stale", ())] == 1
     route = "/v1/coverage/{code}"
     for status in ("200", "404"):
         key = (("method", "GET"), ("route", route), ("status", status))
