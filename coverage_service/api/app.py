@@ -23,7 +23,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from coverage_service.api import access, dashboard, documents, fastpath, metrics, middleware, representation
+from coverage_service.api import access, dashboard, documents, fastpath, freshness, metrics, middleware, representation
 from coverage_service.api.params import RETRY_AFTER_S
 from coverage_service.api.routes import caller, corrections, figures, reports, stream
 from coverage_service.readmodel import queries, resp
@@ -61,20 +61,28 @@ def create_app(settings: Settings) -> FastAPI:
         if resp.supports(settings.redis_url) and not settings.redis_cluster:
             fast = resp.RespClient.from_url(settings.redis_url)
         reader = queries.Reader.on(app.state.redis, prefix, fast=fast)
-        app.state.documents = documents.Documents(reader, lapse_days=settings.lapse_window_days, max_age_s=max_age_s)
+        app.state.broker = Broker(settings.kafka_bootstrap_servers)
+        watcher = freshness.Watcher(
+            app.state.redis, prefix, app.state.broker, topic, settings.coverage_stale_after_seconds
+        )
+        app.state.freshness = watcher
+        app.state.documents = documents.Documents(
+            reader, lapse_days=settings.lapse_window_days, max_age_s=max_age_s, stale=lambda: watcher.stale
+        )
         app.state.fast_path = fastpath.FastPath(
             app.state.access, app.state.documents, settings.coverage_cache_max_age_seconds
         )
-        app.state.broker = Broker(settings.kafka_bootstrap_servers)
         try:
             await app.state.broker.ping()
         except Exception as exc:
             log.warning("broker not reachable at start (%s); will retry on demand", logs.describe(exc))
         if not len(app.state.access):
             log.warning("no regulator tokens (COVERAGE_REGULATOR_TOKENS): every coverage request will be 401")
+        watcher.start()
         try:
             yield
         finally:
+            await watcher.stop()
             stream.stop(app)
             await app.state.streams.channels.close()
             await app.state.documents.close()
@@ -159,9 +167,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     async def prometheus() -> Response:
         """Prometheus metrics; consumer lag, event ages and worker counters are computed per scrape."""
-        families = await metrics.scrape(
-            app.state.redis, prefix, app.state.broker, topic, settings.coverage_stale_after_seconds
-        )
+        families = await metrics.scrape(app.state.redis, prefix, app.state.broker, topic, app.state.freshness.state)
         scraped.families = families  # no await between this and rendering: scrapes cannot interleave
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Iterable
 from typing import Any, Final, TypeVar
 
@@ -12,6 +11,7 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
+from coverage_service.api.freshness import Freshness
 from coverage_service.readmodel import queries
 from lastmile import backlog, logs
 from lastmile.broker import Broker
@@ -73,9 +73,8 @@ _STAT_HELP: Final = {
 }
 
 
-async def scrape(
-    redis: aioredis.Redis, prefix: str, broker: Broker, topic: str, stale_after_s: float = 60.0
-) -> list[Metric]:
+async def scrape(redis: aioredis.Redis, prefix: str, broker: Broker, topic: str, fresh: Freshness) -> list[Metric]:
+    """The pipeline's metrics, read now; ``fresh`` is the watcher's verdict the documents carry too."""
     (progress, redis_err), (ends, broker_err), (memory, _) = await asyncio.gather(
         _attempt(queries.progress(redis, prefix)), _attempt(broker.end_offsets(topic)), _attempt(backlog.memory(redis))
     )
@@ -97,12 +96,8 @@ async def scrape(
             lag.add_metric([topic, str(part)], behind)
         out.append(lag)
     as_of_ms, applied_ms = progress["national_as_of_ms"], progress["stats"].get(stat.APPLIED_AT_MS)
-    if ends is not None:
-        # Behind: records wait and no worker applied a batch for COVERAGE_STALE_AFTER_SECONDS.
-        waiting = sum(backlog.lag(topic, ends, progress["offsets"]).values())
-        idle = applied_ms is None or time.time() - applied_ms / 1000 > stale_after_s
-        help_ = "1 when records wait on the topic and no batch was applied for COVERAGE_STALE_AFTER_SECONDS"
-        out.append(GaugeMetricFamily("lastmile_read_model_stale", help_, value=int(waiting > 0 and idle)))
+    help_ = "1 when records wait on the topic and no batch was applied for COVERAGE_STALE_AFTER_SECONDS"
+    out.append(GaugeMetricFamily("lastmile_read_model_stale", help_, value=int(fresh.stale)))
     # Times, not ages: an alert takes time() - the timestamp, and a scrape that stops shows as stale.
     if as_of_ms is not None:
         help_ = "The newest event time applied, national as_of (Unix time)"

@@ -7,6 +7,7 @@ from typing import Annotated, Final
 from fastapi import APIRouter, Depends, Path, Query, Request, Response
 
 from coverage_service.api.access import Regulator, ensure_in_scope, regulator
+from coverage_service.api.documents import CoverageDocument, VillageDocument
 from coverage_service.api.params import (
     CODE_DOC,
     REGION_PATTERN,
@@ -23,7 +24,7 @@ from coverage_service.api.params import (
     village_code,
 )
 from coverage_service.api.representation import Rendered, Table, respond, respond_rendered
-from coverage_service.readmodel import queries, unreached
+from coverage_service.readmodel import unreached
 from coverage_service.readmodel.filters import Filter
 from lastmile import names, problem
 from lastmile.problem import Problem
@@ -50,7 +51,7 @@ async def _coverage(request: Request, who: Regulator, code: str, flt: Filter) ->
     return respond_rendered(request, rendered)
 
 
-@router.get("/v1/coverage", response_model=queries.CoverageReport, responses=_ERRORS)
+@router.get("/v1/coverage", response_model=CoverageDocument, responses=_ERRORS)
 async def national_coverage(request: Request, who: Caller, flt: FilterParams) -> Response:
     """Coverage of the whole country, with each province, the definition in force and a breakdown by
     carrier, cooperation model and parcels. ``carrier``, ``cooperation_model`` and ``min_population``
@@ -58,7 +59,7 @@ async def national_coverage(request: Request, who: Caller, flt: FilterParams) ->
     return await _coverage(request, who, names.NATIONAL, flt)
 
 
-@router.get("/v1/coverage/{code}", response_model=queries.CoverageReport, responses=_ERRORS)
+@router.get("/v1/coverage/{code}", response_model=CoverageDocument, responses=_ERRORS)
 async def region_coverage(request: Request, who: Caller, code: CodePath, flt: FilterParams) -> Response:
     """Coverage of one region (``CN``: the nation, as ``/v1/coverage``) with its children one level down
     (for a township, its administrative villages), the definition in force and a breakdown by carrier,
@@ -114,7 +115,7 @@ async def unreached_villages(
     return respond(request, page, table=table, filename=f"unreached-{code}.csv")
 
 
-@router.get("/v1/villages/{code}", response_model=queries.Village, responses=_ERRORS)
+@router.get("/v1/villages/{code}", response_model=VillageDocument, responses=_ERRORS)
 async def village(
     request: Request,
     who: Caller,

@@ -9,12 +9,13 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Callable
-from typing import Annotated, Final
+from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Path, Request, Response
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from coverage_service.api import documents
 from coverage_service.api.access import Regulator, ensure_in_scope, regulator
 from coverage_service.api.channels import Channel, Channels, frame_of
 from coverage_service.api.middleware import is_head
@@ -132,11 +133,13 @@ def parse_event_id(value: str | None) -> tuple[int, str] | None:
     return None if match is None else (int(match.group(1)), match.group(2))
 
 
-async def _figures(app: FastAPI, code: str, flt: Filter) -> queries.Figures | None:
+async def _figures(app: FastAPI, code: str, flt: Filter) -> dict[str, Any] | None:
+    """The region's figures, with ``stale`` as in its coverage document (a change of either is an event)."""
     settings: Settings = app.state.settings
     reader: queries.Reader = app.state.documents.reader
     many = await reader.figures([code], flt, now_ms=now_ms(), lapse_days=settings.lapse_window_days)
-    return many.get(code)
+    figures = many.get(code)
+    return None if figures is None else documents.marked(figures, app.state.freshness.stale)
 
 
 async def _events(request: Request, channel: Channel, seen: tuple[int, str] | None) -> AsyncIterator[bytes]:

@@ -7,6 +7,7 @@ is from 2024, older than the lapse window: every reached village is lapsed, none
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -174,6 +175,7 @@ async def test_national(client: httpx.AsyncClient) -> None:
     body = r.json()
     definition = body.pop("definition")
     breakdown = body.pop("breakdown")
+    assert body.pop("stale") is False  # caught up: nothing waits on the topic
     assert body == {
         **region("CN", "全国", "national", 9, 3, 0.333333, "2024-05-01T01:00:00.500Z"),
         "children": [region("14", *SHANXI_ROW), NEIMENG],
@@ -230,7 +232,7 @@ async def test_region_and_children(client: httpx.AsyncClient, code: str, head: A
     r = await client.get(f"/v1/coverage/{code}")
     assert r.status_code == 200, r.text
     body = r.json()
-    assert set(body) == {*head, "children", "definition", "breakdown"}
+    assert set(body) == {*head, "children", "definition", "breakdown", "stale"}
     assert {k: body[k] for k in head} == head
     assert body["children"] == children
 
@@ -238,7 +240,8 @@ async def test_region_and_children(client: httpx.AsyncClient, code: str, head: A
 async def test_village_detail(client: httpx.AsyncClient) -> None:
     r = await client.get("/v1/villages/140322100201")
     assert r.status_code == 200, r.text
-    assert r.json() == {
+    assert r.json().pop("stale") is False
+    assert {k: v for k, v in r.json().items() if k != "stale"} == {
         "code": "140322100201",
         "name": "东关村委会",
         "kind": "village",
@@ -481,8 +484,16 @@ async def test_metrics(settings: Settings, redis: aioredis.Redis, client: httpx.
         assert got[("lastmile_redis_memory_headroom_bytes", ())] > 0
     # Records wait (lag 7) and the last batch was applied 5 s ago: fresh within 60 s, stale past 1 s.
     assert got[("lastmile_read_model_stale", ())] == 0
+    assert (await client.get("/v1/coverage/14")).json()["stale"] is False
     async with national_api(settings.replace(coverage_stale_after_seconds=1.0)) as strict:
+        for _ in range(50):  # the watcher checks every second
+            if samples((await strict.get("/metrics")).text)[("lastmile_read_model_stale", ())] == 1:
+                break
+            await asyncio.sleep(0.1)
         assert samples((await strict.get("/metrics")).text)[("lastmile_read_model_stale", ())] == 1
+        # Every coverage document says so too, the fast path's and the app's, and the live stream's figures.
+        for path in ("/v1/coverage", "/v1/coverage/14", "/v1/coverage/14?carrier=sf", "/v1/villages/140322100201"):
+            assert (await strict.get(path)).json()["stale"] is True, path
     route = "/v1/coverage/{code}"
     for status in ("200", "404"):
         key = (("method", "GET"), ("route", route), ("status", status))

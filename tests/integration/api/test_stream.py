@@ -50,6 +50,7 @@ YUXIAN_ONE = {
     "villages_active": 1,
     "villages_lapsed": 0,
     "villages_with_station": 0,
+    "stale": False,  # nothing waits on the topic of this test
 }
 
 

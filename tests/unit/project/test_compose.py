@@ -34,6 +34,7 @@ ONE_SHOT = "init"
 CLUSTER_NODES = ("redis-node-1", "redis-node-2", "redis-node-3")  # the profile `cluster`
 CLUSTER_ONE_SHOT = "redis-cluster"
 LASTMILE_SERVICES = ("init", "ingest", "worker", "coverage")
+OBSERVABILITY = ("prometheus", "alertmanager", "grafana")  # the profile `observability`
 LONG_RUNNING = ("ingest", "worker", "coverage")
 REGISTRY_MOUNT = "/app/registry"
 
@@ -196,7 +197,7 @@ def host_port(address: str) -> tuple[str, int]:
 
 
 def test_the_expected_services_exist_and_lastmile_ones_are_built_from_the_dockerfile(services: dict[str, Any]) -> None:
-    assert set(services) == {*INFRA, *LASTMILE_SERVICES, *CLUSTER_NODES, CLUSTER_ONE_SHOT}
+    assert set(services) == {*INFRA, *LASTMILE_SERVICES, *CLUSTER_NODES, CLUSTER_ONE_SHOT, *OBSERVABILITY}
     assert set(built_services(services)) == set(LASTMILE_SERVICES)
     for name, service in built_services(services).items():
         build = service["build"]
@@ -333,7 +334,7 @@ def test_every_secret_file_is_made_by_the_first_run_target_and_documented(
     """A fresh clone has no secrets/*.json (git-ignored): `make compose-secrets` makes every file compose mounts,
     each a token map the services accept, readable by the services' uid; the compose header and the docs say so."""
     files = sorted(Path(s["file"]).name for s in (compose.get("secrets") or {}).values())
-    assert files == ["carrier-tokens.json", "regulator-tokens.json"]
+    assert files == ["carrier-tokens.json", "grafana-admin-password", "regulator-tokens.json"]
     made = tmp_path / "secrets"
     script = REPO / "scripts" / "compose-secrets"
     env = {"PATH": "/usr/bin:/bin", "SECRETS_DIR": str(made)}
@@ -345,6 +346,9 @@ def test_every_secret_file_is_made_by_the_first_run_target_and_documented(
         path = made / name
         assert path.read_text() == first[name], f"{name} was overwritten"
         assert path.stat().st_mode & 0o777 == 0o644, f"{name} is not readable by uid 10001"
+        if not name.endswith(".json"):
+            assert len(path.read_text().strip()) >= 32, f"{name} is too short a password"
+            continue
         tokens = parse_token_map(name, path.read_text())
         assert tokens and all(len(token) >= 32 for token in tokens), tokens
     assert Settings.from_env(
@@ -353,6 +357,37 @@ def test_every_secret_file_is_made_by_the_first_run_target_and_documented(
     assert "make compose-secrets" in COMPOSE_FILE.read_text(encoding="utf-8").split("\nname:")[0]
     operations = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
     assert "make compose-secrets" in operations and all(name in operations for name in files)
+
+
+def test_the_observability_profile_scrapes_every_service_and_mounts_what_the_repo_holds(
+    services: dict[str, Any],
+) -> None:
+    """Prometheus, Alertmanager and Grafana run only with `--profile observability`, published on loopback; what
+    they mount exists in the repo, and Prometheus scrapes each lastmile service at the port it serves."""
+    for name in OBSERVABILITY:
+        service = services[name]
+        assert service.get("profiles") == ["observability"], name
+        assert ":" in service["image"] and not service["image"].endswith(":latest"), f"{name}: pin the image"
+        assert all(ip == "127.0.0.1" for ip, _h, _c in published(service)), f"{name} must publish on loopback"
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("./"):
+                assert (REPO / source).exists(), f"{name} mounts {source}, which the repo does not hold"
+    config = yaml.safe_load((REPO / "ops" / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
+    defaults = documented_defaults()
+    scraped = {}
+    for job in config["scrape_configs"]:
+        for static in job.get("static_configs", []):
+            scraped.update({host_port(t)[0]: host_port(t)[1] for t in static["targets"]})
+        for dns in job.get("dns_sd_configs", []):
+            scraped.update(dict.fromkeys(dns["names"], dns["port"]))
+    assert scraped == {
+        "ingest": int(defaults["INGEST_PORT"]),
+        "coverage": int(defaults["COVERAGE_PORT"]),
+        "worker": int(effective(services["worker"], "WORKER_HTTP_PORT")),
+    }
+    (alertmanager,) = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
+    assert host_port(alertmanager) == ("alertmanager", published(services["alertmanager"])[0][2])
 
 
 # -- ports -------------------------------------------------------------------------------------------
