@@ -19,9 +19,9 @@ PAGES = sorted(DOCS.rglob("*.md"))
 README_MAX_LINES = 150
 
 # Paths the pages name that a clone does not hold until something makes them (`make compose-secrets`).
-GENERATED = {"secrets/carrier-tokens.json", "secrets/regulator-tokens.json"}
+GENERATED = {"secrets/carrier-tokens.json", "secrets/regulator-tokens.json", "secrets/grafana-admin-password"}
 # A code span naming a path in the repository: it starts with one of its top-level folders.
-REPO_PATH = re.compile(r"(?:lastmile|ingest_service|coverage_service|tools|tests|scripts|docs|secrets)/[\w./-]*")
+REPO_PATH = re.compile(r"(?:lastmile|ingest_service|coverage_service|tools|tests|scripts|docs|secrets|ops)/[\w./-]*")
 LINK = re.compile(r"\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 FENCE = re.compile(r"^```.*?^```", flags=re.DOTALL | re.MULTILINE)
 
