@@ -21,7 +21,11 @@ if TYPE_CHECKING:
 def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     command(sub, "worker", _worker, SERVICE, help="run the stream worker that folds scans into Redis")
     command(
-        sub, "coverage", _coverage, SERVICE, help="run the regulator-facing coverage API (COVERAGE_HOST:COVERAGE_PORT)"
+        sub,
+        "coverage",
+        _coverage,
+        SERVICE,
+        help="run the regulator-facing coverage API (LASTMILE_COVERAGE_HOST:LASTMILE_COVERAGE_PORT)",
     )
 
     registry = command(sub, "registry", _registry, TOOL, help="manage the division registry in Redis")
@@ -224,7 +228,7 @@ def _snapshot(args: argparse.Namespace, settings: Settings) -> int:
     try:
         taken = asyncio.run(history.take_now(settings, day))
     except RedisError as exc:
-        print(f"lastmile: snapshot failed, Redis (REDIS_URL): {exc}", file=sys.stderr)
+        print(f"lastmile: snapshot failed, Redis (LASTMILE_REDIS_URL): {exc}", file=sys.stderr)
         return 1
     if taken.already:
         print(f"snapshot {taken.day} was already taken ({taken.regions} regions); nothing changed")

@@ -50,7 +50,7 @@ log = logging.getLogger("lastmile.ingest")
 CARRIER_TOKEN = HTTPBearer(
     auto_error=False,
     scheme_name="carrierToken",
-    description="A carrier's token (INGEST_CARRIER_TOKENS); the events must name that carrier.",
+    description="A carrier's token (LASTMILE_INGEST_CARRIER_TOKENS); the events must name that carrier.",
 )
 
 

@@ -1,5 +1,5 @@
 """Back-pressure: the backlog of records published but not yet folded, watched each second; past the bound
-(INGEST_MAX_BACKLOG_RECORDS) POST /v1/scans answers 503 with Retry-After, so a stalled worker or a full Redis
+(LASTMILE_INGEST_MAX_BACKLOG_RECORDS) POST /v1/scans answers 503 with Retry-After, so a stalled worker or a full Redis
 cannot turn into an unbounded topic of events that are acknowledged but not counted."""
 
 from __future__ import annotations

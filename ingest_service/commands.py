@@ -9,7 +9,13 @@ from lastmile.settings import Settings
 
 
 def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    command(sub, "ingest", _ingest, SERVICE, help="run the carrier-facing ingest API (INGEST_HOST:INGEST_PORT)")
+    command(
+        sub,
+        "ingest",
+        _ingest,
+        SERVICE,
+        help="run the carrier-facing ingest API (LASTMILE_INGEST_HOST:LASTMILE_INGEST_PORT)",
+    )
 
 
 def _ingest(_: argparse.Namespace, settings: Settings) -> int:

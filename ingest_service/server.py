@@ -1,7 +1,7 @@
 """The ingest API's HTTP server: uvicorn, with a deadline for reading each request.
 
-Every request must arrive whole within INGEST_REQUEST_READ_TIMEOUT_SECONDS, else it is answered 408 and its connection
-closed, so a slow client (slowloris) cannot hold a socket for as long as it likes (docs/contract.md).
+Every request must arrive whole within LASTMILE_INGEST_REQUEST_READ_TIMEOUT_SECONDS, else it is answered 408 and its
+connection closed, so a slow client (slowloris) cannot hold a socket for as long as it likes (docs/contract.md).
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Final
 
 from lastmile import __version__
+from lastmile import settings as settings_module
 from lastmile.settings import Settings, SettingsError
 
 ENTRY_POINTS: Final = "lastmile.commands"
@@ -55,10 +57,8 @@ def parser() -> argparse.ArgumentParser:
 
 def settings_for(kind: str, environ: dict[str, str] | None = None) -> tuple[Settings, str]:
     """The settings a subcommand of ``kind`` runs with, and where its broker and Redis came from."""
-    import os
-
     env = dict(os.environ if environ is None else environ)
-    named = env.get("KAFKA_BOOTSTRAP_SERVERS") or env.get("REDIS_URL")
+    named = settings_module.lookup(env, "KAFKA_BOOTSTRAP_SERVERS") or settings_module.lookup(env, "REDIS_URL")
     if kind == TOOL and not named and STACK_FILE.is_file():
         return Settings.from_env(env, env_file=STACK_FILE), f"{STACK_FILE}, the stack `make run` started"
     return Settings.from_env(env), "the environment" if named else "the defaults"
@@ -71,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"lastmile: {exc}", file=sys.stderr)
         return 2
+    for notice in settings_module.resolve(os.environ)[2]:
+        print(f"lastmile: warning: {notice}", file=sys.stderr)
     if args.kind == TOOL:
         print(
             f"lastmile {args.command}: Redis {settings.redis_url_shown}, broker {settings.kafka_bootstrap_servers} "

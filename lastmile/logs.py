@@ -1,4 +1,4 @@
-"""Structured logs: one JSON object a line (LOG_FORMAT=json) or readable console lines."""
+"""Structured logs: one JSON object a line (LASTMILE_LOG_FORMAT=json) or readable console lines."""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""The read model's Redis client, made in one place: the single server of REDIS_URL, or the Redis Cluster of
-REDIS_CLUSTER_NODES (with REDIS_URL's user, password and TLS). Callers create it in a lifespan or a command."""
+"""The read model's Redis client, made in one place: the single server of LASTMILE_REDIS_URL, or the Redis Cluster
+of LASTMILE_REDIS_CLUSTER_NODES (with LASTMILE_REDIS_URL's user, password and TLS). Callers create it in a lifespan
+or a command."""
 
 from __future__ import annotations
 

@@ -1,8 +1,8 @@
 """Every setting, read from the environment in one place (pydantic-settings), each checked when a process starts.
 
-A field's alias is its environment variable and its description the help text; the settings table in
-docs/settings.md is generated from :func:`documented`. A bad value stops the process with a message naming the
-variable (:class:`SettingsError`).
+A field's alias is its environment variable (``LASTMILE_`` and its name; the name alone is read too, deprecated) and
+its description the help text; docs/settings.md is generated from :func:`documented`. A bad value stops the process
+with a message naming the variable (:class:`SettingsError`).
 """
 
 from __future__ import annotations
@@ -52,8 +52,39 @@ def _token_json(text: str) -> str:
     return text
 
 
+PREFIX: Final = "LASTMILE_"
+# What Kubernetes sets for a service named like a setting (COVERAGE_PORT=tcp://10.0.0.7:8001): not a value of ours.
+_SERVICE_LINK: Final = re.compile(r"^(tcp|udp|sctp)://")
+
+
 def _env(name: str, default: Any, help: str, **constraints: Any) -> Any:
-    return Field(default, validation_alias=name, description=help, **constraints)
+    return Field(default, validation_alias=PREFIX + name, description=help, **constraints)
+
+
+def lookup(environ: Mapping[str, str], name: str) -> str | None:
+    """The value ``environ`` gives setting ``name`` (``REDIS_URL``): under its ``LASTMILE_`` name, else the old one;
+    None when neither is set (or empty)."""
+    return environ.get(PREFIX + name) or environ.get(name) or None
+
+
+def resolve(environ: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """The settings ``environ`` sets, by their ``LASTMILE_`` names; the variable each was read from; and a notice
+    for each old name read (deprecated) or ignored (a Kubernetes service link such as ``COVERAGE_PORT=tcp://…``)."""
+    values: dict[str, str] = {}
+    source: dict[str, str] = {}
+    notices: list[str] = []
+    for info in Settings.model_fields.values():
+        name = str(info.validation_alias)
+        old = name.removeprefix(PREFIX)
+        if environ.get(name, "") != "":
+            values[name], source[name] = environ[name], name
+        elif environ.get(old, "") != "":
+            if old.endswith("_PORT") and _SERVICE_LINK.match(environ[old]):
+                notices.append(f"{old}={environ[old]!r} ignored: a Kubernetes service link, not a port (set {name})")
+                continue
+            values[name], source[name] = environ[old], old
+            notices.append(f"{old} is deprecated: set {name} instead (the old name is read until the next release)")
+    return values, source, notices
 
 
 # The read model keeps its per-day counts of last reaches this many days, so no longer window can be asked for.
@@ -253,19 +284,21 @@ class Settings(BaseSettings):
     def from_env(cls, environ: Mapping[str, str] | None = None, *, env_file: Path | None = None) -> Settings:
         """The settings of this process's environment (or of ``environ``); ``env_file`` (KEY=value lines) fills
         in what the environment does not set. :class:`SettingsError` names every variable at fault."""
-        values = _read_env_file(env_file) if env_file is not None else {}
-        values.update({k: v for k, v in (os.environ if environ is None else environ).items() if v != ""})
+        values, source, _ = resolve(_read_env_file(env_file)) if env_file is not None else ({}, {}, [])
+        given, given_source, _ = resolve(os.environ if environ is None else environ)
+        values.update(given)
+        source.update(given_source)
         try:
             return cls.model_validate(values)
         except ValidationError as exc:
-            raise SettingsError(_describe(exc, values)) from None
+            raise SettingsError(_describe(exc, values, source)) from None
 
     def replace(self, **changes: Any) -> Settings:
         """A copy with ``changes`` (by field name), checked like the environment's values."""
         try:
             return type(self).model_validate({**self.model_dump(), **changes})
         except ValidationError as exc:
-            raise SettingsError(_describe(exc, {})) from None
+            raise SettingsError(_describe(exc, {}, {})) from None
 
     def to_env(self) -> dict[str, str]:
         """The environment variables that give exactly these settings (:meth:`from_env` reads them back)."""
@@ -307,15 +340,15 @@ class Settings(BaseSettings):
     def carrier_token_map(self) -> dict[str, str]:
         """Token -> carrier, from INGEST_CARRIER_TOKENS and INGEST_CARRIER_TOKENS_FILE (both may be set)."""
         tokens: dict[str, str] = {}
-        sources = [("INGEST_CARRIER_TOKENS", self.carrier_tokens)]
+        sources = [(PREFIX + "INGEST_CARRIER_TOKENS", self.carrier_tokens)]
         if self.carrier_tokens_file:
             try:
                 text = Path(self.carrier_tokens_file).read_text(encoding="utf-8")
             except OSError as exc:
                 raise SettingsError(
-                    f"INGEST_CARRIER_TOKENS_FILE: cannot read {self.carrier_tokens_file}: {exc}"
+                    f"{PREFIX}INGEST_CARRIER_TOKENS_FILE: cannot read {self.carrier_tokens_file}: {exc}"
                 ) from exc
-            sources.append(("INGEST_CARRIER_TOKENS_FILE", text))
+            sources.append((PREFIX + "INGEST_CARRIER_TOKENS_FILE", text))
         for env, text in sources:
             if text.strip():
                 tokens.update(parse_token_map(env, text))
@@ -324,15 +357,15 @@ class Settings(BaseSettings):
     def regulator_token_map(self) -> dict[str, str]:
         """Token -> region prefix ("" national, else a 2/4/6/9-digit code), from COVERAGE_REGULATOR_TOKENS and
         COVERAGE_REGULATOR_TOKENS_FILE (both may be set)."""
-        sources = [("COVERAGE_REGULATOR_TOKENS", self.regulator_tokens)]
+        sources = [(PREFIX + "COVERAGE_REGULATOR_TOKENS", self.regulator_tokens)]
         if self.regulator_tokens_file:
             try:
                 text = Path(self.regulator_tokens_file).read_text(encoding="utf-8")
             except OSError as exc:
                 raise SettingsError(
-                    f"COVERAGE_REGULATOR_TOKENS_FILE: cannot read {self.regulator_tokens_file}: {exc}"
+                    f"{PREFIX}COVERAGE_REGULATOR_TOKENS_FILE: cannot read {self.regulator_tokens_file}: {exc}"
                 ) from exc
-            sources.append(("COVERAGE_REGULATOR_TOKENS_FILE", text))
+            sources.append((PREFIX + "COVERAGE_REGULATOR_TOKENS_FILE", text))
         tokens: dict[str, str] = {}
         for env, text in sources:
             if not text.strip():
@@ -364,20 +397,20 @@ def _read_env_file(path: Path) -> dict[str, str]:
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
-def _describe(exc: ValidationError, given: Mapping[str, str]) -> str:
-    """One part per variable at fault: ``SNAPSHOT_HOUR: '99' is not valid: Input should be ...``, with the value as
-    the environment gave it."""
+def _describe(exc: ValidationError, given: Mapping[str, str], source: Mapping[str, str]) -> str:
+    """One part per variable at fault: ``LASTMILE_SNAPSHOT_HOUR: '99' is not valid: Input should be ...``, named as
+    the environment set it, with the value it gave."""
     parts = []
     for error in exc.errors():
         name = str(error["loc"][0]) if error["loc"] else "settings"
         field = Settings.model_fields.get(name)
         env = field.validation_alias if field is not None and isinstance(field.validation_alias, str) else name
         value = "(value not shown: it holds tokens)" if env in _SECRET else repr(given.get(env, error["input"]))
-        parts.append(f"{env}: {value} is not valid: {error['msg']}")
+        parts.append(f"{source.get(env, env)}: {value} is not valid: {error['msg']}")
     return "; ".join(parts)
 
 
-_SECRET: Final = frozenset({"INGEST_CARRIER_TOKENS", "COVERAGE_REGULATOR_TOKENS"})
+_SECRET: Final = frozenset({PREFIX + "INGEST_CARRIER_TOKENS", PREFIX + "COVERAGE_REGULATOR_TOKENS"})
 
 
 def documented() -> list[tuple[str, str, str]]:

@@ -22,7 +22,7 @@ TOPIC_ALREADY_EXISTS = 36
 
 
 class PartitionsMismatch(RuntimeError):
-    """The scan topic has another partition count than SCAN_TOPIC_PARTITIONS: events would be taken as misplaced."""
+    """The scan topic has another partition count than LASTMILE_SCAN_TOPIC_PARTITIONS: events would be misplaced."""
 
 
 def partition_for(location_code: str, partitions: int) -> int:
@@ -78,7 +78,7 @@ async def ensure_topics(settings: Settings) -> list[str]:
         count = len(described["partitions"])
         if count != settings.scan_topic_partitions:
             raise PartitionsMismatch(
-                f"topic {settings.scan_topic} has {count} partitions, SCAN_TOPIC_PARTITIONS says "
+                f"topic {settings.scan_topic} has {count} partitions, LASTMILE_SCAN_TOPIC_PARTITIONS says "
                 f"{settings.scan_topic_partitions}: set it to {count} (events are keyed by location code over them)"
             )
     finally:

@@ -1,7 +1,7 @@
 """Live fixtures: a real Tansu broker and a real redis-server, each started on a free port.
 
-Set KAFKA_BOOTSTRAP_SERVERS / REDIS_URL in the environment to run the suite against servers of your own
-instead (for example Apache Kafka from docker-compose.yml). Tests isolate themselves with a unique topic
+Set LASTMILE_KAFKA_BOOTSTRAP_SERVERS / LASTMILE_REDIS_URL in the environment to run the suite against servers of
+your own instead (for example Apache Kafka from docker-compose.yml). Tests isolate themselves with a unique topic
 and a unique Redis key prefix each, as faust-streaming's own integration tests do.
 """
 
@@ -16,7 +16,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from lastmile.registry import BUNDLED
-from lastmile.settings import Settings
+from lastmile.settings import Settings, lookup
 from lastmile_dev import devstack
 from tests.support import isolated
 
@@ -36,7 +36,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 
 @pytest.fixture(scope="session")
 def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    external = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    external = lookup(os.environ, "KAFKA_BOOTSTRAP_SERVERS")
     if external:
         yield external
         return
@@ -49,7 +49,7 @@ def broker_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    external = os.environ.get("REDIS_URL")
+    external = lookup(os.environ, "REDIS_URL")
     if external:
         yield external
         return
@@ -63,7 +63,7 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.fixture(scope="session")
 def redis_cluster_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """REDIS_CLUSTER_NODES of a Redis Cluster of 3 masters (redis-server --cluster-enabled), or of your own."""
-    external = os.environ.get("REDIS_CLUSTER_NODES")
+    external = lookup(os.environ, "REDIS_CLUSTER_NODES")
     if external:
         yield external
         return

@@ -30,7 +30,7 @@ INVALID_TOKEN: Final = {"WWW-Authenticate": f'Bearer realm="{REALM}", error="inv
 bearer = HTTPBearer(
     auto_error=False,
     bearerFormat="opaque token",
-    description="A regulator token from COVERAGE_REGULATOR_TOKENS, bound to a region prefix: it reads that "
+    description="A regulator token from LASTMILE_COVERAGE_REGULATOR_TOKENS, bound to a region prefix: it reads that "
     "region and every unit below it. Carrier tokens cannot read coverage.",
 )
 
@@ -68,8 +68,8 @@ class Access:
         carriers = list(settings.carrier_token_map())
         if set(regulators) & set(carriers):
             raise SettingsError(
-                "COVERAGE_REGULATOR_TOKENS: a regulator token is also a carrier token (INGEST_CARRIER_TOKENS); "
-                "give each its own"
+                "LASTMILE_COVERAGE_REGULATOR_TOKENS: a regulator token is also a carrier token "
+                "(LASTMILE_INGEST_CARRIER_TOKENS); give each its own"
             )
         return cls(regulators, carriers, RateLimiter.from_settings(settings))
 

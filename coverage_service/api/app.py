@@ -77,7 +77,7 @@ def create_app(settings: Settings) -> FastAPI:
         except Exception as exc:
             log.warning("broker not reachable at start (%s); will retry on demand", logs.describe(exc))
         if not len(app.state.access):
-            log.warning("no regulator tokens (COVERAGE_REGULATOR_TOKENS): every coverage request will be 401")
+            log.warning("no regulator tokens (LASTMILE_COVERAGE_REGULATOR_TOKENS): every coverage request will be 401")
         watcher.start()
         try:
             yield

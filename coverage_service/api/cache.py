@@ -1,7 +1,7 @@
 """Computed figures kept in this process for a short, fixed time, each computed by one request at a time.
 
 A hundred dashboards asking for the nation at once cost one read, and no figure served is older than
-COVERAGE_FIGURES_MAX_AGE_SECONDS plus the pipeline's own delay (docs/reading-coverage.md, "Freshness").
+LASTMILE_COVERAGE_FIGURES_MAX_AGE_SECONDS plus the pipeline's own delay (docs/reading-coverage.md, "Freshness").
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """The coverage API's hot documents, kept: a region's coverage report, rendered once and served from memory.
 
-Reports are kept in a :class:`~coverage_service.api.cache.FigureCache` for COVERAGE_FIGURES_MAX_AGE_SECONDS, counted
-from their oldest read; past it, a report whose region's version is unchanged is served again without being made
-again (docs/reading-coverage.md, "Freshness"). Village details are read afresh every time (one cheap call).
+Reports are kept in a :class:`~coverage_service.api.cache.FigureCache` for
+LASTMILE_COVERAGE_FIGURES_MAX_AGE_SECONDS, counted from their oldest read; past it, a report whose region's version is
+unchanged is served again without being made again (docs/reading-coverage.md, "Freshness"). Village details are
+read afresh every time (one cheap call).
 """
 
 from __future__ import annotations

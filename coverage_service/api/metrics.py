@@ -96,7 +96,7 @@ async def scrape(redis: aioredis.Redis, prefix: str, broker: Broker, topic: str,
             lag.add_metric([topic, str(part)], behind)
         out.append(lag)
     as_of_ms, applied_ms = progress["national_as_of_ms"], progress["stats"].get(stat.APPLIED_AT_MS)
-    help_ = "1 when records wait on the topic and no batch was applied for COVERAGE_STALE_AFTER_SECONDS"
+    help_ = "1 when records wait on the topic and no batch was applied for LASTMILE_COVERAGE_STALE_AFTER_SECONDS"
     out.append(GaugeMetricFamily("lastmile_read_model_stale", help_, value=int(fresh.stale)))
     # Times, not ages: an alert takes time() - the timestamp, and a scrape that stops shows as stale.
     if as_of_ms is not None:

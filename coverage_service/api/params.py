@@ -118,7 +118,7 @@ async def filter_params(
             raise Problem(
                 400,
                 f"min_population={min_population} is not a kept tier; available: {offered} "
-                "(PRIORITY_POPULATION_TIERS, then reload the registry)",
+                "(LASTMILE_PRIORITY_POPULATION_TIERS, then reload the registry)",
                 type_="invalid-filter",
             )
     return Filter(carrier=carrier, cooperation_model=cooperation_model, min_population=min_population)

@@ -34,9 +34,9 @@ class RateLimiter:
     @classmethod
     def from_settings(cls, settings: Settings) -> RateLimiter:
         if not math.isfinite(settings.coverage_rate_limit_per_second) or settings.coverage_rate_limit_per_second < 0:
-            raise SettingsError("COVERAGE_RATE_LIMIT_PER_SECOND: must be 0 (no limit) or a positive number")
+            raise SettingsError("LASTMILE_COVERAGE_RATE_LIMIT_PER_SECOND: must be 0 (no limit) or a positive number")
         if settings.coverage_rate_limit_burst < 1:
-            raise SettingsError("COVERAGE_RATE_LIMIT_BURST: must be at least 1")
+            raise SettingsError("LASTMILE_COVERAGE_RATE_LIMIT_BURST: must be at least 1")
         return cls(settings.coverage_rate_limit_per_second, settings.coverage_rate_limit_burst)
 
     def take(self, key: str) -> float:

@@ -37,7 +37,7 @@ class Server(uvicorn.Server):
 
 
 def serve(settings: Settings) -> None:
-    """Run the API on COVERAGE_HOST:COVERAGE_PORT until interrupted."""
+    """Run the API on LASTMILE_COVERAGE_HOST:LASTMILE_COVERAGE_PORT until interrupted."""
     logs.configure("coverage", settings.log_level, settings.log_format)
     log.info("starting", extra=settings.describe())
     try:

@@ -62,7 +62,7 @@ def today() -> date:
 
 def check_hour(hour: int) -> int:
     if not 0 <= hour <= 23:
-        raise SettingsError(f"SNAPSHOT_HOUR: {hour} is not an hour 0-23 (China Standard Time)")
+        raise SettingsError(f"LASTMILE_SNAPSHOT_HOUR: {hour} is not an hour 0-23 (China Standard Time)")
     return hour
 
 
@@ -146,7 +146,7 @@ async def take(
 
 
 async def take_if_due(redis: aioredis.Redis, settings: Settings, now: datetime) -> Taken | None:
-    """What the worker's timer calls each minute: today's snapshot once SNAPSHOT_HOUR has come."""
+    """What the worker's timer calls each minute: today's snapshot once LASTMILE_SNAPSHOT_HOUR has come."""
     day = due(now, settings.snapshot_hour)
     if day is None or await is_taken(redis, settings.redis_key_prefix, day):
         return None

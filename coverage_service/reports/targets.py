@@ -265,7 +265,7 @@ DEFINITION: Final = {
     "pace": f"(villages_reached now - villages_reached in the baseline snapshot) / days since it. The "
     f"baseline is the earliest snapshot of the last {PACE_WINDOW_DAYS} days before today, else the latest "
     "older one; null without history.",
-    "targets_from": "'default', or the division-code prefix of the COVERAGE_TARGETS override in force.",
+    "targets_from": "'default', or the division-code prefix of the LASTMILE_COVERAGE_TARGETS override in force.",
 }
 
 

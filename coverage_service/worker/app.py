@@ -96,7 +96,7 @@ def create_app(settings: Settings) -> faust.App:
             await folder.handle(batch)
             health.fold_seconds.observe(time.perf_counter() - started)
 
-    history.check_hour(settings.snapshot_hour)  # a bad SNAPSHOT_HOUR stops the worker at start
+    history.check_hour(settings.snapshot_hour)  # a bad LASTMILE_SNAPSHOT_HOUR stops the worker at start
 
     @app.timer(interval=history.CHECK_INTERVAL_S)  # type: ignore[misc, untyped-decorator, unused-ignore]
     async def daily_snapshot() -> None:

@@ -1,6 +1,6 @@
 """The worker's own HTTP endpoint: ``/healthz``, ``/readyz`` and ``/metrics`` (Prometheus), served with aiohttp beside
 the stream. Faust's web server stays off: its pages expose tables and routing. Ready means partitions assigned and
-folding: no records waiting, or a batch applied within ``WORKER_READY_STALL_SECONDS`` (docs/operations.md)."""
+folding: no records waiting, or a batch applied within ``LASTMILE_WORKER_READY_STALL_SECONDS`` (docs/operations.md)."""
 
 from __future__ import annotations
 
@@ -43,7 +43,10 @@ def readiness(state: State, stall_s: float, now_s: float) -> tuple[bool, str]:
     if since is not None and since <= stall_s:
         return True, f"folding: {waiting:,} records to apply"
     ago = "nothing applied since the start" if since is None else f"the last batch was applied {since:.0f} s ago"
-    return False, f"not folding: {waiting:,} records to apply and {ago} (WORKER_READY_STALL_SECONDS={stall_s:g})"
+    return (
+        False,
+        f"not folding: {waiting:,} records to apply and {ago} (LASTMILE_WORKER_READY_STALL_SECONDS={stall_s:g})",
+    )
 
 
 class Health:

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 
 from lastmile.registry import BUNDLED
-from lastmile.settings import Settings
+from lastmile.settings import PREFIX, Settings
 from lastmile_dev import devstack
 from lastmile_dev.devstack import Proc
 
@@ -50,19 +50,24 @@ def service_env(settings: Settings, **extra: str) -> dict[str, str]:
     """The environment a service process gets for this test's settings (its topic, group, key prefix)."""
     env = dict(os.environ)
     env.update(
-        KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
-        REDIS_URL=settings.redis_url,
-        REDIS_CLUSTER_NODES=settings.redis_cluster_nodes,
-        REDIS_KEY_PREFIX=settings.redis_key_prefix,
-        SCAN_TOPIC=settings.scan_topic,
-        DEAD_LETTER_TOPIC=settings.dead_letter_topic,
-        WORKER_GROUP_ID=settings.consumer_group,
-        SCAN_TOPIC_PARTITIONS=str(settings.scan_topic_partitions),
-        LOG_FORMAT="console",
-        WORKER_SESSION_TIMEOUT_SECONDS="6",  # the broker's minimum: faster rejoins after a kill
-        WORKER_HTTP_PORT="0",  # tests run several workers on one host; the health tests give theirs a port
+        {
+            PREFIX + name: value
+            for name, value in (
+                ("KAFKA_BOOTSTRAP_SERVERS", settings.kafka_bootstrap_servers),
+                ("REDIS_URL", settings.redis_url),
+                ("REDIS_CLUSTER_NODES", settings.redis_cluster_nodes),
+                ("REDIS_KEY_PREFIX", settings.redis_key_prefix),
+                ("SCAN_TOPIC", settings.scan_topic),
+                ("DEAD_LETTER_TOPIC", settings.dead_letter_topic),
+                ("WORKER_GROUP_ID", settings.consumer_group),
+                ("SCAN_TOPIC_PARTITIONS", str(settings.scan_topic_partitions)),
+                ("LOG_FORMAT", "console"),
+                ("WORKER_SESSION_TIMEOUT_SECONDS", "6"),  # the broker's minimum: faster rejoins after a kill
+                ("WORKER_HTTP_PORT", "0"),  # tests run several workers on one host; the health tests give theirs one
+            )
+        }
     )
-    env.update(extra)
+    env.update({PREFIX + name: value for name, value in extra.items()})  # extra: by the settings' short names
     return env
 
 

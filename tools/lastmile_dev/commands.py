@@ -30,8 +30,9 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         _bench,
         STACK,
         help="run the benchmark scenarios against a fresh local stack; print the table, write results JSON",
-        description="Starts its own embedded broker and redis-server (or uses KAFKA_BOOTSTRAP_SERVERS / REDIS_URL), "
-        "the services with bench tokens, runs the scenarios in order and prints each figure beside its target. "
+        description="Starts its own embedded broker and redis-server (or uses LASTMILE_KAFKA_BOOTSTRAP_SERVERS / "
+        "LASTMILE_REDIS_URL), the services with bench tokens, runs the scenarios in order and prints each figure "
+        "beside its target. "
         "A stack `make run` started is left alone.",
     )
     bench.add_argument(

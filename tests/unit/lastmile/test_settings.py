@@ -8,13 +8,17 @@ from pathlib import Path
 
 import pytest
 
-from lastmile.settings import Settings, SettingsError, documented
+from lastmile.settings import Settings, SettingsError, documented, resolve
 
 
 def test_the_defaults_are_valid_and_documented() -> None:
     settings = Settings.from_env({})
     assert settings.redis_url == "redis://localhost:6379/0" and settings.snapshot_hour == 23
-    assert [env for env, _, _ in documented()][:3] == ["KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "REDIS_KEY_PREFIX"]
+    assert [env for env, _, _ in documented()][:3] == [
+        "LASTMILE_KAFKA_BOOTSTRAP_SERVERS",
+        "LASTMILE_REDIS_URL",
+        "LASTMILE_REDIS_KEY_PREFIX",
+    ]
     assert all(help_ for _, _, help_ in documented())
 
 
@@ -90,9 +94,44 @@ def test_the_cli_stops_at_start_naming_the_variable() -> None:
 
 
 def test_to_env_gives_the_same_settings_back() -> None:
-    settings = Settings.from_env({"SNAPSHOT_HOUR": "4", "KAFKA_ENABLE_IDEMPOTENCE": "true", "LOG_LEVEL": "debug"})
+    settings = Settings.from_env(
+        {"LASTMILE_SNAPSHOT_HOUR": "4", "LASTMILE_KAFKA_ENABLE_IDEMPOTENCE": "true", "LASTMILE_LOG_LEVEL": "debug"}
+    )
     assert Settings.from_env(settings.to_env()) == settings
-    assert settings.to_env()["KAFKA_ENABLE_IDEMPOTENCE"] == "true" and settings.to_env()["WORKER_GROUP_ID"]
+    assert (
+        settings.to_env()["LASTMILE_KAFKA_ENABLE_IDEMPOTENCE"] == "true"
+        and settings.to_env()["LASTMILE_WORKER_GROUP_ID"]
+    )
+
+
+def test_the_old_names_still_work_with_a_deprecation_notice_and_the_new_ones_win() -> None:
+    old = {"SNAPSHOT_HOUR": "4", "REDIS_URL": "redis://old:6379/0", "LASTMILE_REDIS_URL": "redis://new:6379/0"}
+    settings = Settings.from_env(old)
+    assert settings.snapshot_hour == 4 and settings.redis_url == "redis://new:6379/0"
+    _, source, notices = resolve(old)
+    assert source == {"LASTMILE_SNAPSHOT_HOUR": "SNAPSHOT_HOUR", "LASTMILE_REDIS_URL": "LASTMILE_REDIS_URL"}
+    assert notices == [
+        "SNAPSHOT_HOUR is deprecated: set LASTMILE_SNAPSHOT_HOUR instead (the old name is read until the next release)"
+    ]
+    # An error names the variable as it was set.
+    with pytest.raises(SettingsError, match=r"^SNAPSHOT_HOUR: '99' is not valid"):
+        Settings.from_env({"SNAPSHOT_HOUR": "99"})
+    with pytest.raises(SettingsError, match=r"^LASTMILE_SNAPSHOT_HOUR: '99' is not valid"):
+        Settings.from_env({"LASTMILE_SNAPSHOT_HOUR": "99"})
+
+
+def test_kubernetes_service_links_under_the_old_port_names_are_ignored() -> None:
+    """A Service named `coverage` gives every pod COVERAGE_PORT=tcp://10.0.0.7:8001; it is not our port."""
+    env = {"COVERAGE_PORT": "tcp://10.0.0.7:8001", "INGEST_PORT": "udp://10.0.0.8:8000", "LASTMILE_INGEST_PORT": "9000"}
+    settings = Settings.from_env(env)
+    assert (settings.coverage_port, settings.ingest_port) == (8001, 9000)
+    notices = resolve(env)[2]
+    assert notices == [
+        "COVERAGE_PORT='tcp://10.0.0.7:8001' ignored: a Kubernetes service link, not a port (set "
+        "LASTMILE_COVERAGE_PORT)"
+    ]
+    with pytest.raises(SettingsError, match="LASTMILE_COVERAGE_PORT"):
+        Settings.from_env({"LASTMILE_COVERAGE_PORT": "tcp://10.0.0.7:8001"})
 
 
 def test_a_password_in_redis_url_is_never_shown() -> None:

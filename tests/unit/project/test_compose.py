@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from lastmile import cli
-from lastmile.settings import Settings, parse_token_map
+from lastmile.settings import PREFIX, Settings, parse_token_map
 from lastmile_dev import devstack
 from tests.support import REPO
 
@@ -119,6 +119,7 @@ def environment(service: dict[str, Any]) -> dict[str, str]:
 
 def effective(service: dict[str, Any], name: str) -> str:
     """The value a service sees for a setting: its environment's, else the setting's default."""
+    name = PREFIX + name  # the settings' names here are short: `INGEST_PORT`
     return environment(service).get(name, documented_defaults()[name])
 
 
@@ -302,7 +303,7 @@ def test_services_reach_kafka_on_its_internal_listener_and_redis_by_service_name
 
 def test_apis_bind_all_interfaces_inside_their_containers(services: dict[str, Any]) -> None:
     for name, setting in API_HOST_SETTING.items():
-        assert environment(services[name]).get(setting) == "0.0.0.0", f"{name}: {setting} must be 0.0.0.0"
+        assert effective(services[name], setting) == "0.0.0.0", f"{name}: {setting} must be 0.0.0.0"
 
 
 def test_real_kafka_gets_idempotent_producers(services: dict[str, Any]) -> None:
@@ -315,7 +316,7 @@ def test_carrier_tokens_come_from_a_compose_secret_file(compose: dict[str, Any],
     for name in LASTMILE_SERVICES:
         assert "INGEST_CARRIER_TOKENS" not in raw_environment(services[name]), f"{name}: tokens inline in compose"
     ingest = services["ingest"]
-    path = environment(ingest).get("INGEST_CARRIER_TOKENS_FILE", "")
+    path = effective(ingest, "INGEST_CARRIER_TOKENS_FILE")
     match = re.fullmatch(r"/run/secrets/([A-Za-z0-9_.-]+)", path)
     assert match, f"ingest: INGEST_CARRIER_TOKENS_FILE {path!r} is not under /run/secrets/"
     secret = match.group(1)
@@ -352,7 +353,7 @@ def test_every_secret_file_is_made_by_the_first_run_target_and_documented(
         tokens = parse_token_map(name, path.read_text())
         assert tokens and all(len(token) >= 32 for token in tokens), tokens
     assert Settings.from_env(
-        {"COVERAGE_REGULATOR_TOKENS_FILE": str(made / "regulator-tokens.json")}
+        {PREFIX + "COVERAGE_REGULATOR_TOKENS_FILE": str(made / "regulator-tokens.json")}
     ).regulator_token_map()
     assert "make compose-secrets" in COMPOSE_FILE.read_text(encoding="utf-8").split("\nname:")[0]
     operations = (REPO / "docs" / "operations.md").read_text(encoding="utf-8")
@@ -382,8 +383,8 @@ def test_the_observability_profile_scrapes_every_service_and_mounts_what_the_rep
         for dns in job.get("dns_sd_configs", []):
             scraped.update(dict.fromkeys(dns["names"], dns["port"]))
     assert scraped == {
-        "ingest": int(defaults["INGEST_PORT"]),
-        "coverage": int(defaults["COVERAGE_PORT"]),
+        "ingest": int(defaults[PREFIX + "INGEST_PORT"]),
+        "coverage": int(defaults[PREFIX + "COVERAGE_PORT"]),
         "worker": int(effective(services["worker"], "WORKER_HTTP_PORT")),
     }
     (alertmanager,) = config["alerting"]["alertmanagers"][0]["static_configs"][0]["targets"]
@@ -396,7 +397,7 @@ def test_the_observability_profile_scrapes_every_service_and_mounts_what_the_rep
 def test_apis_publish_their_default_ports(services: dict[str, Any]) -> None:
     defaults = documented_defaults()
     for name, setting in API_PORT_SETTING.items():
-        port = int(defaults[setting])
+        port = int(defaults[PREFIX + setting])
         assert int(effective(services[name], setting)) == port, f"{name}: {setting} is not its default {port}"
         assert [(h, c) for _ip, h, c in published(services[name])] == [(port, port)], (
             f"{name} publishes {published(services[name])}, expected {port}:{port}"
@@ -410,8 +411,8 @@ def test_worker_and_init_publish_nothing(services: dict[str, Any]) -> None:
 
 def test_infra_is_published_on_loopback_at_the_settings_defaults(services: dict[str, Any]) -> None:
     defaults = documented_defaults()
-    (kafka_default,) = [host_port(s) for s in defaults["KAFKA_BOOTSTRAP_SERVERS"].split(",")]
-    redis_default = urlsplit(defaults["REDIS_URL"]).port or 6379
+    (kafka_default,) = [host_port(s) for s in defaults[PREFIX + "KAFKA_BOOTSTRAP_SERVERS"].split(",")]
+    redis_default = urlsplit(defaults[PREFIX + "REDIS_URL"]).port or 6379
     kafka_env = environment(services["kafka"])
     advertised = listeners(kafka_env["KAFKA_ADVERTISED_LISTENERS"])
     bound = listeners(kafka_env["KAFKA_LISTENERS"])
@@ -576,7 +577,7 @@ def test_the_cluster_profile_names_its_nodes_as_the_settings_read_them(services:
     nodes = Settings.from_env({"REDIS_CLUSTER_NODES": value}).redis_cluster  # raises SettingsError if unusable
     assert nodes == [(name, 6379) for name in CLUSTER_NODES], value
     for name in LASTMILE_SERVICES:  # handed on from the host, empty (the single redis) by default
-        assert raw_environment(services[name]).get("REDIS_CLUSTER_NODES") == "${REDIS_CLUSTER_NODES:-}", name
+        assert raw_environment(services[name]).get(PREFIX + "REDIS_CLUSTER_NODES") == "${REDIS_CLUSTER_NODES:-}", name
 
 
 @pytest.mark.parametrize("name", CLUSTER_NODES)

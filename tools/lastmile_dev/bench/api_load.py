@@ -331,7 +331,7 @@ async def run(ctx: Context) -> Result:
     if settings.coverage_rate_limit_per_second > 0:
         note += f"; rate limit on ({settings.coverage_rate_limit_per_second:g}/s per token): expect 429s"
     else:
-        note += "; rate limit off (COVERAGE_RATE_LIMIT_PER_SECOND=0: one token is the whole load)"
+        note += "; rate limit off (LASTMILE_COVERAGE_RATE_LIMIT_PER_SECOND=0: one token is the whole load)"
     p = run.percentiles_ms
     figures = [
         Figure(

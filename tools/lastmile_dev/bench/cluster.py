@@ -1,7 +1,7 @@
 """Scenario: the read model on a Redis Cluster of 3 masters, and how evenly the masters share its work.
 
 A fresh cluster (real ``redis-server --cluster-enabled``) gets the run's registry; a worker on it
-(REDIS_CLUSTER_NODES) folds the run's whole scan topic from its start, everything the scenarios before posted.
+(LASTMILE_REDIS_CLUSTER_NODES) folds the run's whole scan topic from its start, everything the scenarios before posted.
 Its figures are checked against the generator's count, and each master's CPU (INFO cpu) is measured over the fold.
 """
 

@@ -424,7 +424,8 @@ def _ledger_figures(ledger: dict[str, Any], dedup: dict[str, Any], window_days: 
             "GiB",
             "reported",
             None,
-            note=f"{per_day or 0:,.2f} GiB a day of acceptance, kept {window_days} days (CORRECTION_WINDOW_DAYS) "
-            "and one more, then settled into each location's floor; plus the keys' overhead per location",
+            note=f"{per_day or 0:,.2f} GiB a day of acceptance, kept {window_days} days "
+            "(LASTMILE_CORRECTION_WINDOW_DAYS) and one more, then settled into each location's floor; plus the keys' "
+            "overhead per location",
         ),
     ]

@@ -18,7 +18,7 @@ from typing import Final
 import httpx
 from aiokafka.admin import AIOKafkaAdminClient
 
-from lastmile.settings import Settings
+from lastmile.settings import PREFIX, Settings, lookup
 from lastmile_dev import devstack
 from lastmile_dev.bench.core import Stack
 from lastmile_dev.devstack import Proc, StackError
@@ -77,8 +77,8 @@ class BenchStack:
         self.workdir = workdir.resolve()
         self.logs = self.workdir / "logs"
         self.carriers = carriers
-        self.kafka = kafka if kafka is not None else os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or None
-        self.redis = redis if redis is not None else os.environ.get("REDIS_URL") or None
+        self.kafka = kafka if kafka is not None else lookup(os.environ, "KAFKA_BOOTSTRAP_SERVERS")
+        self.redis = redis if redis is not None else lookup(os.environ, "REDIS_URL")
         self.infra: list[Proc] = []
         self.services: dict[str, Proc] = {}
         self.workers: list[Proc] = []
@@ -158,7 +158,7 @@ class BenchStack:
     def start_worker(self, settings: Settings | None = None) -> Proc:
         self._worker_seq += 1
         # Several workers on one host: each its own health endpoint port.
-        env = {**settings_env(settings or self.settings), "WORKER_HTTP_PORT": str(devstack.free_port())}
+        env = {**settings_env(settings or self.settings), PREFIX + "WORKER_HTTP_PORT": str(devstack.free_port())}
         log = self.logs / f"worker-{self._worker_seq}.log"
         proc = Proc(f"worker-{self._worker_seq}", devstack.lastmile_command("worker"), log, env=env).start()
         self.workers.append(proc)

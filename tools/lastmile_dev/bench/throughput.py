@@ -269,7 +269,7 @@ def _cpu_figures(usage: cpu.Usage, events: int, save_seconds: float) -> list[Fig
                 "reported",
                 None,
                 note=f"{calls:,} calls, {events / calls:,.0f} events each: a reader arriving meanwhile waits for it "
-                "(WORKER_APPLY_EVENTS bounds a call)",
+                "(LASTMILE_WORKER_APPLY_EVENTS bounds a call)",
             )
         )
     for role in ROLES:
