@@ -13,6 +13,7 @@ run: $(STAMP)  ## everything up locally (embedded broker, redis-server, the serv
 
 test: $(STAMP)  ## the whole suite: unit, integration and end-to-end, against a real broker and Redis
 	$(BIN)/pytest
+	bash scripts/other-pythons
 
 venv: $(STAMP)
 
