@@ -25,9 +25,10 @@ log = logging.getLogger("lastmile.coverage.freshness")
 CHECK_EVERY_S: Final = 1.0
 
 
-def is_stale(waiting: int, applied_ms: int | None, now_ms: int, after_s: float) -> bool:
-    """Records wait to be folded and no worker applied a batch for ``after_s``: the figures are behind."""
-    return waiting > 0 and (applied_ms is None or now_ms - applied_ms > after_s * 1000)
+def is_stale(waiting: int, applied_ms: int | None, waiting_since_ms: int, now_ms: int, after_s: float) -> bool:
+    """Records wait to be folded and no worker applied a batch for ``after_s``, counted from the later of the last
+    batch and ``waiting_since_ms`` (when records were first seen waiting): a scan after a quiet night is not late."""
+    return waiting > 0 and now_ms - max(applied_ms or 0, waiting_since_ms) > after_s * 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +55,7 @@ class Watcher:
         self.after_s, self.every_s = after_s, every_s
         self.state = Freshness(stale=False, waiting=None, applied_ms=None)
         self._ends: dict[int, int] | None = None
+        self._waiting_since_ms: int | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -70,7 +72,14 @@ class Watcher:
             log.debug("freshness: broker: %s", logs.describe(exc))
         applied_ms = progress["stats"].get(stat.APPLIED_AT_MS)
         waiting = None if self._ends is None else backlog.records_behind(self.topic, self._ends, progress["offsets"])
-        stale = waiting is not None and is_stale(waiting, applied_ms, int(time.time() * 1000), self.after_s)
+        now_ms = int(time.time() * 1000)
+        if not waiting:
+            self._waiting_since_ms = None
+        elif self._waiting_since_ms is None:
+            self._waiting_since_ms = now_ms
+        stale = self._waiting_since_ms is not None and is_stale(
+            waiting or 0, applied_ms, self._waiting_since_ms, now_ms, self.after_s
+        )
         if stale != self.state.stale:
             log.warning("read model %s", "stale: records wait and none was applied lately" if stale else "caught up")
         self.state = Freshness(stale, waiting, applied_ms)

@@ -32,16 +32,19 @@ class State:
     totals: Mapping[str, int]  # the folder's counters since start
 
 
-def readiness(state: State, stall_s: float, now_s: float) -> tuple[bool, str]:
-    """Ready, and why not: no partitions, or records waiting and nothing applied for ``stall_s`` seconds."""
+def readiness(state: State, stall_s: float, now_s: float, waiting_since_s: float | None = None) -> tuple[bool, str]:
+    """Ready, and why not: no partitions, or records waiting and nothing applied for ``stall_s`` seconds, counted from
+    the later of the last batch applied and ``waiting_since_s`` (when records were first seen waiting), so a record
+    arriving after a quiet hour is not taken for a stall."""
     if state.assigned == 0:
         return False, "no partitions of the scan topic are assigned to this worker"
     waiting = sum(state.behind.values())
     if waiting == 0:
         return True, "caught up"
-    since = None if state.last_applied_s is None else now_s - state.last_applied_s
-    if since is not None and since <= stall_s:
+    moments = [t for t in (state.last_applied_s, waiting_since_s) if t is not None]
+    if moments and now_s - max(moments) <= stall_s:
         return True, f"folding: {waiting:,} records to apply"
+    since = None if state.last_applied_s is None else now_s - state.last_applied_s
     ago = "nothing applied since the start" if since is None else f"the last batch was applied {since:.0f} s ago"
     return (
         False,
@@ -65,6 +68,15 @@ class Health:
         )
         self.registry.register(_Collector(self))
         self._runner: web.AppRunner | None = None
+        self._waiting_since: float | None = None  # when records were first seen waiting (None: none wait)
+
+    def ready(self, state: State, now_s: float) -> tuple[bool, str]:
+        """:func:`readiness`, with the moment records were first seen waiting remembered between requests."""
+        if not sum(state.behind.values()):
+            self._waiting_since = None
+        elif self._waiting_since is None:
+            self._waiting_since = now_s
+        return readiness(state, self.settings.worker_ready_stall_seconds, now_s, self._waiting_since)
 
     async def start(self) -> None:
         if not self.settings.worker_http_port:
@@ -96,7 +108,7 @@ class Health:
 
     async def _readyz(self, _: web.Request) -> web.Response:
         state = self.state()
-        ready, why = readiness(state, self.settings.worker_ready_stall_seconds, time.time())
+        ready, why = self.ready(state, time.time())
         body: dict[str, Any] = {
             "partitions_assigned": state.assigned,
             "records_behind": sum(state.behind.values()),
@@ -119,7 +131,7 @@ class _Collector:
 
     def collect(self) -> list[Metric]:
         state = self.health.state()
-        ready, _ = readiness(state, self.health.settings.worker_ready_stall_seconds, time.time())
+        ready, _ = self.health.ready(state, time.time())
         out: list[Metric] = []
         up = GaugeMetricFamily("lastmile_worker_ready", "1 while the worker is ready (/readyz)")
         up.add_metric([], int(ready))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import signal
 import struct
 import subprocess
 import time
@@ -25,6 +26,7 @@ import pytest
 from playwright.async_api import Page
 
 from lastmile_dev import devstack
+from lastmile_dev.devstack import Proc
 from tests.support import isolated
 from tests.support.services import (
     load_sample_registry,
@@ -64,6 +66,7 @@ class Stack:
     status: dict[str, str]  # village -> active / lapsed / unreached, as the scans posted so far make it
     snapshot_day: str
     snapshot_reached: int  # 盂县's reached villages in that snapshot
+    worker: Proc
 
 
 _events = iter(range(1, 10**6))
@@ -115,6 +118,7 @@ def stack(broker_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFact
         INGEST_CARRIER_TOKENS=json.dumps({CARRIER_TOKEN: "sf"}),
         COVERAGE_REGULATOR_TOKENS=json.dumps({NATIONAL_TOKEN: "", COUNTY_TOKEN: COUNTY}),
         COVERAGE_STREAM_POLL_SECONDS="0.2",
+        COVERAGE_STALE_AFTER_SECONDS="2",  # the stale badge's test stops the worker for a few seconds
     )
     load_sample_registry(env, logs)
     procs = [start(name, env, logs) for name in ("ingest", "worker", "coverage")]
@@ -142,7 +146,7 @@ def stack(broker_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFact
         status = dict.fromkeys(villages, "unreached")
         status.update({villages[0]: "active", villages[1]: "active", villages[2]: "lapsed"})
         status.update(dict.fromkeys(later, "active"))
-        yield Stack(ingest, coverage, env, villages, status, yesterday, 3)
+        yield Stack(ingest, coverage, env, villages, status, yesterday, 3, procs[1])
     finally:
         for proc in procs:
             proc.stop()
@@ -390,4 +394,28 @@ async def test_the_page_works_at_375_px_in_english(
     overflow = await page.evaluate("document.documentElement.scrollWidth - document.documentElement.clientWidth")
     assert overflow <= 0  # nothing wider than the phone: tables scroll inside their own box
     assert await serious_violations(page) == []
+    assert console_errors == []
+
+
+async def test_the_page_says_when_the_figures_are_behind_the_scans(
+    page: Page, console_errors: list[str], stack: Stack, artefacts: Path
+) -> None:
+    """A worker stopped while carriers post: the header says the figures are behind, and stops saying it once the
+    worker has caught up (the API's `stale`, docs/reading-coverage.md)."""
+    await sign_in(page, stack, NATIONAL_TOKEN, f"#/{COUNTY}")
+    await ready(page, COUNTY)
+    assert await page.is_hidden("#stale")
+    target = next(v for v in stack.villages if stack.status[v] == "unreached")
+    stack.worker.signal(signal.SIGSTOP)
+    try:
+        post(stack.ingest, [scan(target, datetime.now(UTC) - timedelta(minutes=5))])
+        await page.wait_for_selector("#stale", state="visible", timeout=30_000)
+        assert national(stack.coverage, f"/v1/coverage/{COUNTY}")["stale"] is True
+        await page.screenshot(path=artefacts / "stale.png")
+    finally:
+        stack.worker.signal(signal.SIGCONT)
+    stack.status[target] = "active"
+    await page.wait_for_selector("#stale", state="hidden", timeout=90_000)
+    await page.wait_for_selector(f"#map rect.cell[data-code='{target}'][data-status=active]", timeout=60_000)
+    assert national(stack.coverage, f"/v1/coverage/{COUNTY}")["stale"] is False
     assert console_errors == []

@@ -20,6 +20,9 @@ from lastmile_dev import devstack
 
 pytestmark = pytest.mark.e2e
 
+# What would point `make run` at servers of one's own, under the settings' names old and new.
+NAMED_SERVERS = {f"{p}{n}" for p in ("", "LASTMILE_") for n in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")}
+
 SAMPLE = BUNDLED["sample"]
 
 # The README's example post: two villages of 盂县 reached, one event refused.
@@ -89,12 +92,12 @@ def wait(condition: Callable[[], Any], within: float, what: str) -> Any:
 
 def test_local_run_serves_the_readme_example_survives_a_killed_worker_and_stops_clean(tmp_path: Path) -> None:
     ingest_port, coverage_port = devstack.free_port(), devstack.free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")}
+    env = {k: v for k, v in os.environ.items() if k not in NAMED_SERVERS}
     env.update(
-        INGEST_PORT=str(ingest_port),
-        COVERAGE_PORT=str(coverage_port),
-        LOG_FORMAT="console",
-        WORKER_SESSION_TIMEOUT_SECONDS="6",
+        LASTMILE_INGEST_PORT=str(ingest_port),
+        LASTMILE_COVERAGE_PORT=str(coverage_port),
+        LASTMILE_LOG_FORMAT="console",
+        LASTMILE_WORKER_SESSION_TIMEOUT_SECONDS="6",
     )
     out = tmp_path / "run.out"
     with open(out, "wb") as sink:
@@ -197,8 +200,10 @@ def test_a_second_run_keeps_a_registry_loaded_into_its_redis_since(tmp_path: Pat
     with open(extended / "villages.csv", "a", encoding="utf-8") as f:
         f.write(f'{extra},"新增村委会",140322205,14,1403,140322\n')
     ingest_port, coverage_port = devstack.free_port(), devstack.free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")}
-    env.update(INGEST_PORT=str(ingest_port), COVERAGE_PORT=str(coverage_port), LOG_FORMAT="console")
+    env = {k: v for k, v in os.environ.items() if k not in NAMED_SERVERS}
+    env.update(
+        LASTMILE_INGEST_PORT=str(ingest_port), LASTMILE_COVERAGE_PORT=str(coverage_port), LASTMILE_LOG_FORMAT="console"
+    )
     data = tmp_path / "data"
 
     def start(out: Path) -> subprocess.Popen[bytes]:

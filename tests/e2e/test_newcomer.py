@@ -48,7 +48,8 @@ def test_make_run_then_the_bare_cli_loads_the_national_registry_and_a_scan_there
     for name in LINKED:
         (clone / name).symlink_to(REPO / name)
     ingest_port, coverage_port = devstack.free_port(), devstack.free_port()
-    bare = {k: v for k, v in os.environ.items() if k not in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL", "CI")}
+    named = {f"{p}{n}" for p in ("", "LASTMILE_") for n in ("KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL")}
+    bare = {k: v for k, v in os.environ.items() if k not in {*named, "CI"}}
     out = tmp_path / "make-run.out"
     with open(out, "wb") as sink:
         run = subprocess.Popen(
@@ -56,7 +57,12 @@ def test_make_run_then_the_bare_cli_loads_the_national_registry_and_a_scan_there
             cwd=clone,
             stdout=sink,
             stderr=subprocess.STDOUT,
-            env={**bare, "INGEST_PORT": str(ingest_port), "COVERAGE_PORT": str(coverage_port), "LOG_FORMAT": "console"},
+            env={
+                **bare,
+                "LASTMILE_INGEST_PORT": str(ingest_port),
+                "LASTMILE_COVERAGE_PORT": str(coverage_port),
+                "LASTMILE_LOG_FORMAT": "console",
+            },
             start_new_session=True,
         )
     try:
@@ -76,7 +82,8 @@ def test_make_run_then_the_bare_cli_loads_the_national_registry_and_a_scan_there
             timeout=300,
         )
         assert load.returncode == 0, load.stdout + load.stderr
-        assert f"Redis {stack['REDIS_URL']}, broker {stack['KAFKA_BOOTSTRAP_SERVERS']}" in load.stderr, load.stderr
+        assert f"Redis {stack['LASTMILE_REDIS_URL']}, broker {stack['LASTMILE_KAFKA_BOOTSTRAP_SERVERS']}" in load.stderr
+        assert "deprecated" not in load.stderr, load.stderr
         assert ".run/lastmile.env" in load.stderr
         assert "620,573" in load.stdout, load.stdout
 

@@ -228,7 +228,11 @@ async def test_the_worker_takes_the_snapshot_from_the_configured_hour(
 
 async def test_the_snapshot_command(redis: aioredis.Redis, settings: Settings, tmp_path: Path) -> None:
     await County(redis, settings).load(tmp_path / "reg")
-    env = {**os.environ, "REDIS_URL": settings.redis_url, "REDIS_KEY_PREFIX": settings.redis_key_prefix}
+    env = {
+        **os.environ,
+        "LASTMILE_REDIS_URL": settings.redis_url,
+        "LASTMILE_REDIS_KEY_PREFIX": settings.redis_key_prefix,
+    }
     command = [str(LASTMILE), "snapshot", "--date", "2024-05-01"]
 
     async def run(*args: str) -> subprocess.CompletedProcess[str]:

@@ -116,7 +116,7 @@ async def test_three_editions_in_turn_keep_every_figure_exact_and_show_their_cha
         await writer.apply([fold.Record("t", 0, offset, batch)])
     assert await recount_differs(redis, p, e2021, reached) == []
 
-    env = {**os.environ, "REDIS_URL": settings.redis_url, "REDIS_KEY_PREFIX": p}
+    env = {**os.environ, "LASTMILE_REDIS_URL": settings.redis_url, "LASTMILE_REDIS_KEY_PREFIX": p}
 
     def run(edition: str, *extra: str) -> subprocess.CompletedProcess[str]:
         folder = str(EDITIONS / f"cn-divisions-{edition}")
@@ -208,7 +208,7 @@ async def test_applying_an_edition_takes_removed_units_out_of_every_figure(
 
     gone = edition_b(first, tmp_path / "B", removed_village, {renamed: "孙家新村委会", to_community: "秀水三社区"})
     second = tmp_path / "B"
-    env = {**os.environ, "REDIS_URL": settings.redis_url, "REDIS_KEY_PREFIX": p}
+    env = {**os.environ, "LASTMILE_REDIS_URL": settings.redis_url, "LASTMILE_REDIS_KEY_PREFIX": p}
     command = [*devstack.lastmile_command("registry", "load"), str(second), "--edition", "B", "--no-progress", "--yes"]
     done = await asyncio.to_thread(subprocess.run, command, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -1,7 +1,8 @@
 // Words of the page in Chinese (the default) and English, and how numbers and times are shown.
 const WORDS = {
   title: ["快递进村 覆盖作战图", "Express-to-villages coverage map"],
-  offline: ["未连接", "offline"], live: ["实时", "live"], logout: ["退出", "Sign out"],
+  offline: ["未连接", "offline"], live: ["实时", "live"],
+  stale: ["数据滞后：已受理的扫描尚未计入", "Figures behind: accepted scans not yet counted"], logout: ["退出", "Sign out"],
   login_title: ["输入监管令牌", "Enter your regulator token"],
   login_help: ["令牌由管理员发放，只在本浏览器中保存，仅用于读取本辖区的覆盖数据。",
     "Your administrator issues the token. It stays in this browser and only reads your region's coverage."],

@@ -296,6 +296,7 @@ function follow(code) {
   streaming = key;
   stopStream = api.stream(code === "CN" ? "/v1/stream" : `/v1/stream/${code}`, filters(), (f) => {
     $("as-of").textContent = `${t("as_of")} ${beijing(f.as_of)} · ${t("updated")} ${new Date().toLocaleTimeString("zh-CN", { timeZone: "Asia/Shanghai", hour12: false })}`;
+    $("stale").hidden = !f.stale; // the pipeline is behind the scans accepted (docs/reading-coverage.md)
     if (state.day || state.code !== code) return;
     clearTimeout(timer);
     timer = setTimeout(() => queue(() => refresh(code)), Math.max(0, lastMap + LIVE_REFRESH_MS - Date.now()));
