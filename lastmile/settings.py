@@ -238,7 +238,7 @@ class Settings(BaseSettings):
     coverage_stale_after_seconds: Positive = _env(
         "COVERAGE_STALE_AFTER_SECONDS",
         60.0,
-        "Records waiting and no batch applied for this long: the read model is stale (lastmile_read_model_stale)",
+        "Records have waited this long with no batch applied: documents say stale (lastmile_read_model_stale)",
     )
     coverage_audit_log: bool = _env(
         "COVERAGE_AUDIT_LOG",
