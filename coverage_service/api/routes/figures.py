@@ -68,7 +68,11 @@ async def region_coverage(request: Request, who: Caller, code: CodePath, flt: Fi
     return await _coverage(request, who, region_code(code), flt)
 
 
-@router.get("/v1/coverage/{code}/unreached", response_model=unreached.Page, responses=_ERRORS)
+class UnreachedPage(unreached.Page):
+    stale: bool  # as in coverage documents: records wait and none was applied lately
+
+
+@router.get("/v1/coverage/{code}/unreached", response_model=UnreachedPage, responses=_ERRORS)
 async def unreached_villages(
     request: Request,
     who: Caller,
@@ -112,7 +116,8 @@ async def unreached_villages(
     if page is None:
         raise unknown(code)
     table = Table(unreached.COLUMNS, [unreached.cells(row) for row in page["items"]])
-    return respond(request, page, table=table, filename=f"unreached-{code}.csv")
+    body: UnreachedPage = {**page, "stale": documents_of(request).stale()}
+    return respond(request, body, table=table, filename=f"unreached-{code}.csv")
 
 
 @router.get("/v1/villages/{code}", response_model=VillageDocument, responses=_ERRORS)

@@ -24,6 +24,7 @@ from coverage_service.api.params import (
     REGION_PATTERN,
     FilterParams,
     documented_pattern,
+    documents_of,
     invalid,
     now_ms,
     reader_of,
@@ -125,6 +126,7 @@ class PaceDoc(TypedDict):
 
 
 class TargetsReport(queries.Figures):
+    stale: bool  # as in coverage documents: records wait and none was applied lately
     today: str
     targets_from: str
     pace: PaceDoc
@@ -177,6 +179,7 @@ async def coverage_targets(
     rows = [targets.status(m, current, today, at_deadline=at_deadline.get(m.deadline), pace=pace) for m in milestones]
     body: TargetsReport = {
         **figures,
+        "stale": documents_of(request).stale(),
         "today": today.isoformat(),
         "targets_from": source,
         "pace": {
@@ -223,6 +226,7 @@ class LaggardsReport(TypedDict):
     name: str | None
     level: str
     as_of: str | None
+    stale: bool  # as in coverage documents: records wait and none was applied lately
     unit_level: str
     units_ranked: int
     units_without_villages: int
@@ -277,6 +281,7 @@ async def laggards(
         "name": head["name"],
         "level": head["level"],
         "as_of": head["as_of"],
+        "stale": documents_of(request).stale(),
         "unit_level": level,
         "units_ranked": len(present) - left_out,
         "units_without_villages": left_out,

@@ -286,21 +286,30 @@ async def test_rate_limit_is_429_with_retry_after_then_recovers(world: World, se
 # -- settings ------------------------------------------------------------------------------------------
 
 
+TOKENS = "LASTMILE_COVERAGE_REGULATOR_TOKENS"
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"regulator_tokens": '{"national-token-0123456789": "1403229"}'}, "COVERAGE_REGULATOR_TOKENS: region prefix"),
-        ({"regulator_tokens": '{"national-token-0123456789": "CN"}'}, "COVERAGE_REGULATOR_TOKENS: region prefix"),
-        ({"regulator_tokens": '{"short": ""}'}, "COVERAGE_REGULATOR_TOKENS: the token for '' is shorter"),
-        ({"regulator_tokens": '["x"]'}, "COVERAGE_REGULATOR_TOKENS: expected a JSON object"),
-        ({"regulator_tokens": "{"}, "COVERAGE_REGULATOR_TOKENS: not a JSON object"),
-        ({"regulator_tokens_file": "/nonexistent/tokens.json"}, "COVERAGE_REGULATOR_TOKENS_FILE: cannot read"),
+        (
+            {"regulator_tokens": '{"national-token-0123456789": "1403229"}'},
+            "LASTMILE_COVERAGE_REGULATOR_TOKENS: region prefix",
+        ),
+        (
+            {"regulator_tokens": '{"national-token-0123456789": "CN"}'},
+            "LASTMILE_COVERAGE_REGULATOR_TOKENS: region prefix",
+        ),
+        ({"regulator_tokens": '{"short": ""}'}, "LASTMILE_COVERAGE_REGULATOR_TOKENS: the token for '' is shorter"),
+        ({"regulator_tokens": '["x"]'}, "LASTMILE_COVERAGE_REGULATOR_TOKENS: expected a JSON object"),
+        ({"regulator_tokens": "{"}, "LASTMILE_COVERAGE_REGULATOR_TOKENS: not a JSON object"),
+        ({"regulator_tokens_file": "/nonexistent/tokens.json"}, "LASTMILE_COVERAGE_REGULATOR_TOKENS_FILE: cannot read"),
         (
             {"regulator_tokens": json.dumps({SAME: ""}), "carrier_tokens": json.dumps({SAME: "sf"})},
-            "COVERAGE_REGULATOR_TOKENS: also a carrier",
+            "LASTMILE_COVERAGE_REGULATOR_TOKENS: also a carrier",
         ),
-        ({"coverage_rate_limit_burst": 0}, "COVERAGE_RATE_LIMIT_BURST"),
-        ({"coverage_rate_limit_per_second": -1.0}, "COVERAGE_RATE_LIMIT_PER_SECOND"),
+        ({"coverage_rate_limit_burst": 0}, "LASTMILE_COVERAGE_RATE_LIMIT_BURST"),
+        ({"coverage_rate_limit_per_second": -1.0}, "LASTMILE_COVERAGE_RATE_LIMIT_PER_SECOND"),
     ],
 )
 def test_unusable_token_settings_name_the_variable(settings: Settings, changes: dict[str, Any], message: str) -> None:

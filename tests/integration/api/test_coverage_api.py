@@ -491,8 +491,16 @@ async def test_metrics(settings: Settings, redis: aioredis.Redis, client: httpx.
                 break
             await asyncio.sleep(0.1)
         assert samples((await strict.get("/metrics")).text)[("lastmile_read_model_stale", ())] == 1
-        # Every coverage document says so too, the fast path's and the app's, and the live stream's figures.
-        for path in ("/v1/coverage", "/v1/coverage/14", "/v1/coverage/14?carrier=sf", "/v1/villages/140322100201"):
+        # Every document of current figures says so too: the fast path's, the app's and the reports'.
+        for path in (
+            "/v1/coverage",
+            "/v1/coverage/14",
+            "/v1/coverage/14?carrier=sf",
+            "/v1/villages/140322100201",
+            "/v1/coverage/14/targets",
+            "/v1/laggards/14?level=county",
+            "/v1/coverage/140322/unreached",
+        ):
             assert (await strict.get(path)).json()["stale"] is True, path
     route = "/v1/coverage/{code}"
     for status in ("200", "404"):

@@ -511,6 +511,7 @@ async def test_unreached_and_lapsed(client: httpx.AsyncClient) -> None:
         ],
         "next_cursor": None,
         "count": 3,
+        "stale": False,  # nothing waits on the topic of these tests
     }
     page = await get(client, "/v1/coverage/140322/unreached", lapsed="true")
     assert page["items"] == [

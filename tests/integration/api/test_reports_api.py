@@ -420,7 +420,7 @@ async def test_subsidy_report_with_a_rules_file(redis: aioredis.Redis, settings:
     path.write_text(json.dumps(rules, ensure_ascii=False), encoding="utf-8")
     async with serving(app_for(settings, subsidy_rules_file=str(path))) as client:
         body = (await client.get(f"/v1/reports/{YUXIAN}/subsidies", params={"year": 2024})).json()
-        assert body["rules_source"] == "SUBSIDY_RULES_FILE (rules.json)"
+        assert body["rules_source"] == "LASTMILE_SUBSIDY_RULES_FILE (rules.json)"
         assert body["rules_description"] == "a small county's rules"
         got = {r["id"]: [u["code"] for u in r["units"] if u["eligible"]] for r in body["rules"]}
         # 5 parcels >= 5 and 5 of 19 >= ceil(0.25 * 19) = 5; 孙家庄镇: 1 parcel, stations in 2 of 2;
@@ -435,6 +435,6 @@ async def test_subsidy_report_with_a_rules_file(redis: aioredis.Redis, settings:
         assert no_parcel["reason"] == "parcels in 2024: 0 < 1"
 
     path.write_text('{"rules": [{"id": "x", "name": "x", "level": "city", "amount_yuan": 1, "conditions": {}}]}')
-    with pytest.raises(SettingsError, match=r"SUBSIDY_RULES_FILE \(.*\): rules\[0\] \(x\).level: \"city\""):
+    with pytest.raises(SettingsError, match=r"LASTMILE_SUBSIDY_RULES_FILE \(.*\): rules\[0\] \(x\).level: \"city\""):
         async with serving(app_for(settings, subsidy_rules_file=str(path))):
             pass
