@@ -53,7 +53,8 @@ def _token_json(text: str) -> str:
 
 
 PREFIX: Final = "LASTMILE_"
-# What Kubernetes sets for a service named like a setting (COVERAGE_PORT=tcp://10.0.0.7:8001): not a value of ours.
+# What Kubernetes sets for a Service named like a setting: COVERAGE_PORT=tcp://10.0.0.7:8001 for `coverage`, and
+# LASTMILE_COVERAGE_PORT for `lastmile-coverage`. Never a port of ours, so it is ignored under either name.
 _SERVICE_LINK: Final = re.compile(r"^(tcp|udp|sctp)://")
 
 
@@ -76,14 +77,17 @@ def resolve(environ: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str],
     for info in Settings.model_fields.values():
         name = str(info.validation_alias)
         old = name.removeprefix(PREFIX)
-        if environ.get(name, "") != "":
-            values[name], source[name] = environ[name], name
-        elif environ.get(old, "") != "":
-            if old.endswith("_PORT") and _SERVICE_LINK.match(environ[old]):
-                notices.append(f"{old}={environ[old]!r} ignored: a Kubernetes service link, not a port (set {name})")
+        for given in (name, old):
+            value = environ.get(given, "")
+            if value == "":
                 continue
-            values[name], source[name] = environ[old], old
-            notices.append(f"{old} is deprecated: set {name} instead (the old name is read until the next release)")
+            if given.endswith("_PORT") and _SERVICE_LINK.match(value):
+                notices.append(f"{given}={value!r} ignored: a Kubernetes service link, not a port (set {name})")
+                continue
+            values[name], source[name] = value, given
+            if given == old:
+                notices.append(f"{old} is deprecated: set {name} instead (the old name is read until the next release)")
+            break
     return values, source, notices
 
 

@@ -120,7 +120,7 @@ def test_the_old_names_still_work_with_a_deprecation_notice_and_the_new_ones_win
         Settings.from_env({"LASTMILE_SNAPSHOT_HOUR": "99"})
 
 
-def test_kubernetes_service_links_under_the_old_port_names_are_ignored() -> None:
+def test_kubernetes_service_links_under_port_names_old_or_new_are_ignored() -> None:
     """A Service named `coverage` gives every pod COVERAGE_PORT=tcp://10.0.0.7:8001; it is not our port."""
     env = {"COVERAGE_PORT": "tcp://10.0.0.7:8001", "INGEST_PORT": "udp://10.0.0.8:8000", "LASTMILE_INGEST_PORT": "9000"}
     settings = Settings.from_env(env)
@@ -130,8 +130,11 @@ def test_kubernetes_service_links_under_the_old_port_names_are_ignored() -> None
         "COVERAGE_PORT='tcp://10.0.0.7:8001' ignored: a Kubernetes service link, not a port (set "
         "LASTMILE_COVERAGE_PORT)"
     ]
-    with pytest.raises(SettingsError, match="LASTMILE_COVERAGE_PORT"):
-        Settings.from_env({"LASTMILE_COVERAGE_PORT": "tcp://10.0.0.7:8001"})
+    # A Service named `lastmile-coverage` gives LASTMILE_COVERAGE_PORT=tcp://…: ignored too, the old name then read.
+    env = {"LASTMILE_COVERAGE_PORT": "tcp://10.0.0.7:8001", "COVERAGE_PORT": "9001"}
+    assert Settings.from_env(env).coverage_port == 9001
+    assert resolve(env)[2][0].startswith("LASTMILE_COVERAGE_PORT='tcp://10.0.0.7:8001' ignored")
+    assert Settings.from_env({"LASTMILE_INGEST_PORT": "tcp://10.0.0.8:8000"}).ingest_port == 8000
 
 
 def test_a_password_in_redis_url_is_never_shown() -> None:
