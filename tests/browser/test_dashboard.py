@@ -67,6 +67,7 @@ class Stack:
     snapshot_day: str
     snapshot_reached: int  # 盂县's reached villages in that snapshot
     worker: Proc
+    before: list[dict[str, Any]]  # the scans counted in that snapshot, as posted
 
 
 _events = iter(range(1, 10**6))
@@ -105,6 +106,29 @@ def wait_reached(coverage: str, code: str, reached: int) -> None:
         time.sleep(0.2)
 
 
+def take_snapshot(env: dict[str, str], day: str) -> None:
+    done = subprocess.run(devstack.lastmile_command("snapshot", "--date", day), env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+
+
+def withdraw_and_wait_for_restatement(stack: Stack, event: dict[str, Any], day: str) -> dict[str, Any]:
+    """Withdraws ``event`` over HTTP; ``day``'s history entry once the withdrawal has restated it."""
+    r = httpx.post(
+        f"{stack.ingest}/v1/scans/corrections",
+        json={"corrections": [{"event": event, "reason": "a test batch sent to production"}]},
+        headers={"Authorization": f"Bearer {CARRIER_TOKEN}"},
+    )
+    assert r.status_code == 202 and r.json()["accepted"] == 1, r.text
+    deadline = time.monotonic() + 60
+    while True:
+        series = national(stack.coverage, f"/v1/coverage/{COUNTY}/history")["series"]
+        entry: dict[str, Any] = next(e for e in series if e["date"] == day)
+        if entry["restated"] is not None:
+            return entry
+        assert time.monotonic() < deadline, "the withdrawal never restated the snapshot"
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def stack(broker_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     unique = f"b{int(time.time() * 1000) % 10**9}"
@@ -133,9 +157,7 @@ def stack(broker_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFact
         post(ingest, before)
         wait_reached(coverage, COUNTY, 3)
         yesterday = (now + timedelta(hours=8) - timedelta(days=1)).date().isoformat()
-        snapshot = devstack.lastmile_command("snapshot", "--date", yesterday)
-        done = subprocess.run(snapshot, env=env, capture_output=True, text=True, timeout=60)
-        assert done.returncode == 0, done.stderr
+        take_snapshot(env, yesterday)
         # After it: two more villages in other townships, and one in 正镶白旗 (内蒙古).
         later = [villages[-1], villages[len(villages) // 2]]
         post(ingest, [scan(v, now - timedelta(hours=1)) for v in later])
@@ -146,7 +168,7 @@ def stack(broker_url: str, redis_url: str, tmp_path_factory: pytest.TempPathFact
         status = dict.fromkeys(villages, "unreached")
         status.update({villages[0]: "active", villages[1]: "active", villages[2]: "lapsed"})
         status.update(dict.fromkeys(later, "active"))
-        yield Stack(ingest, coverage, env, villages, status, yesterday, 3, procs[1])
+        yield Stack(ingest, coverage, env, villages, status, yesterday, 3, procs[1], before)
     finally:
         for proc in procs:
             proc.stop()
@@ -418,4 +440,28 @@ async def test_the_page_says_when_the_figures_are_behind_the_scans(
     await page.wait_for_selector("#stale", state="hidden", timeout=90_000)
     await page.wait_for_selector(f"#map rect.cell[data-code='{target}'][data-status=active]", timeout=60_000)
     assert national(stack.coverage, f"/v1/coverage/{COUNTY}")["stale"] is False
+    assert console_errors == []
+
+
+async def test_the_history_chart_marks_a_day_that_later_corrections_restate(
+    page: Page, console_errors: list[str], stack: Stack, artefacts: Path
+) -> None:
+    """Today's snapshot is taken, then a scan it counted is withdrawn: the chart keeps the published point and draws
+    the restated figure beside it (docs/corrections.md#restatements)."""
+    today = (datetime.now(UTC) + timedelta(hours=8)).date().isoformat()  # China Standard Time
+    take_snapshot(stack.env, today)
+    reached = sum(1 for s in stack.status.values() if s != "unreached")
+    withdrawn = stack.before[1]  # the only scan at its village
+    entry = withdraw_and_wait_for_restatement(stack, withdrawn, today)
+    assert (entry["villages_reached"], entry["restated"]["villages_reached"]) == (reached, reached - 1)
+    stack.status[withdrawn["location_code"]] = "unreached"
+    expected = reached - 1
+
+    await sign_in(page, stack, NATIONAL_TOKEN, f"#/{COUNTY}")
+    await ready(page, COUNTY)
+    mark = page.locator(f"#chart path.restated[data-day='{today}']")
+    await mark.wait_for(timeout=30_000)
+    assert await mark.get_attribute("data-reached") == str(expected)
+    assert await page.locator("#chart path.restated").count() == 1  # only the day the correction changed
+    await page.locator("#chart").screenshot(path=artefacts / "restated.png")
     assert console_errors == []

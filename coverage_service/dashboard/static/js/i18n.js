@@ -2,6 +2,7 @@
 const WORDS = {
   title: ["快递进村 覆盖作战图", "Express-to-villages coverage map"],
   offline: ["未连接", "offline"], live: ["实时", "live"],
+  restated: ["更正后", "restated"], as_published: ["原公布", "as published"], corrections: ["项更正", "corrections"],
   stale: ["数据滞后：已受理的扫描尚未计入", "Figures behind: accepted scans not yet counted"], logout: ["退出", "Sign out"],
   login_title: ["输入监管令牌", "Enter your regulator token"],
   login_help: ["令牌由管理员发放，只在本浏览器中保存，仅用于读取本辖区的覆盖数据。",

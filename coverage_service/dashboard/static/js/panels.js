@@ -135,6 +135,18 @@ export function chart(root, series, chosen) {
     svg.append("line").attr("class", "edition").attr("x1", at).attr("x2", at).attr("y1", m.t).attr("y2", H - m.b);
     svg.append("text").attr("class", "edition").attr("x", at + 3).attr("y", m.t + 10).text(`${t("edition")} ${e.registry_edition ?? "—"}`);
   }
+  // A day that corrections made after it restate (docs/corrections.md#restatements): the published point stays, the
+  // restated coverage rate is drawn beside it as an open diamond.
+  const restated = series.filter((e) => e.restated);
+  svg.selectAll("path.restated").data(restated).join("path").attr("class", "restated")
+    .attr("d", d3.symbol(d3.symbolDiamond, 48)())
+    .attr("transform", (e) => `translate(${x(new Date(e.date))},${y(e.restated.coverage_rate ?? 0)})`)
+    .attr("data-day", (e) => e.date).attr("data-reached", (e) => e.restated.villages_reached)
+    .append("title").text((e) => `${e.date} ${t("restated")} ${percent(e.restated.coverage_rate)} · ${t("as_published")} ${percent(rate(e))} · ${e.restated.corrections} ${t("corrections")}`);
+  if (restated.length) {
+    svg.append("text").attr("class", "restated-note").attr("x", W - m.r).attr("y", m.t + 10).attr("text-anchor", "end")
+      .text(`◇ ${t("restated")}`);
+  }
   if (chosen) svg.append("line").attr("class", "marker").attr("x1", x(new Date(chosen))).attr("x2", x(new Date(chosen))).attr("y1", m.t).attr("y2", H - m.b);
   root.replaceChildren(svg.node());
 }
