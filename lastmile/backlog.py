@@ -85,6 +85,29 @@ def records_behind(topic: str, ends: Mapping[int, int], applied: Mapping[str, in
     return sum(lag(topic, ends, applied).values())
 
 
+def stalled(
+    waiting: int, last_applied_s: float | None, waiting_since_s: float | None, now_s: float, bound_s: float
+) -> bool:
+    """Records wait and none was applied for ``bound_s``, counted from the later of the last batch applied and
+    ``waiting_since_s`` (when records were first seen waiting): a record after a quiet hour is not a stall."""
+    moments = [t for t in (last_applied_s, waiting_since_s) if t is not None]
+    return waiting > 0 and (not moments or now_s - max(moments) > bound_s)
+
+
+class WaitingSince:
+    """When records were first seen waiting, remembered between checks (None while none wait)."""
+
+    def __init__(self) -> None:
+        self.since: float | None = None
+
+    def seen(self, waiting: int, now: float) -> float | None:
+        if not waiting:
+            self.since = None
+        elif self.since is None:
+            self.since = now
+        return self.since
+
+
 def memory_metrics(memory: Memory) -> list[GaugeMetricFamily]:
     """Redis's memory as both services export it on /metrics."""
     full = "1 when Redis is at maxmemory and refuses the worker's writes: figures are not updated"

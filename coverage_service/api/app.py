@@ -167,7 +167,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     async def prometheus() -> Response:
         """Prometheus metrics; consumer lag, event ages and worker counters are computed per scrape."""
-        families = await metrics.scrape(app.state.redis, prefix, app.state.broker, topic, app.state.freshness.state)
+        families = await metrics.scrape(app.state.redis, prefix, app.state.broker, topic, app.state.freshness.stale)
         scraped.families = families  # no await between this and rendering: scrapes cannot interleave
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 

@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
 from typing import Final
 
 import redis.asyncio as aioredis
@@ -26,20 +25,13 @@ CHECK_EVERY_S: Final = 1.0
 
 
 def is_stale(waiting: int, applied_ms: int | None, waiting_since_ms: int, now_ms: int, after_s: float) -> bool:
-    """Records wait to be folded and no worker applied a batch for ``after_s``, counted from the later of the last
-    batch and ``waiting_since_ms`` (when records were first seen waiting): a scan after a quiet night is not late."""
-    return waiting > 0 and now_ms - max(applied_ms or 0, waiting_since_ms) > after_s * 1000
-
-
-@dataclass(frozen=True, slots=True)
-class Freshness:
-    stale: bool
-    waiting: int | None  # records on the topic not yet applied; None before the broker first answered
-    applied_ms: int | None  # when a worker last applied a batch
+    """:func:`lastmile.backlog.stalled` in the read model's milliseconds: a scan after a quiet night is not late."""
+    applied_s = None if applied_ms is None else applied_ms / 1000
+    return backlog.stalled(waiting, applied_s, waiting_since_ms / 1000, now_ms / 1000, after_s)
 
 
 class Watcher:
-    """Keeps :attr:`state` current. The topic's end offsets only grow, so while the broker is unreachable the last
+    """Keeps :attr:`stale` current. The topic's end offsets only grow, so while the broker is unreachable the last
     ones known still give a lower bound of what waits."""
 
     def __init__(
@@ -53,17 +45,13 @@ class Watcher:
     ) -> None:
         self.redis, self.prefix, self.broker, self.topic = redis, prefix, broker, topic
         self.after_s, self.every_s = after_s, every_s
-        self.state = Freshness(stale=False, waiting=None, applied_ms=None)
+        self.stale = False
         self._ends: dict[int, int] | None = None
-        self._waiting_since_ms: int | None = None
+        self._waiting = backlog.WaitingSince()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
 
-    @property
-    def stale(self) -> bool:
-        return self.state.stale
-
-    async def check(self) -> Freshness:
+    async def check(self) -> None:
         """Check once (a progress read, and the topic's end offsets if the broker answers) and keep the result."""
         progress = await queries.progress(self.redis, self.prefix)
         try:
@@ -73,17 +61,11 @@ class Watcher:
         applied_ms = progress["stats"].get(stat.APPLIED_AT_MS)
         waiting = None if self._ends is None else backlog.records_behind(self.topic, self._ends, progress["offsets"])
         now_ms = int(time.time() * 1000)
-        if not waiting:
-            self._waiting_since_ms = None
-        elif self._waiting_since_ms is None:
-            self._waiting_since_ms = now_ms
-        stale = self._waiting_since_ms is not None and is_stale(
-            waiting or 0, applied_ms, self._waiting_since_ms, now_ms, self.after_s
-        )
-        if stale != self.state.stale:
+        since = self._waiting.seen(waiting or 0, now_ms)
+        stale = since is not None and is_stale(waiting or 0, applied_ms, int(since), now_ms, self.after_s)
+        if stale != self.stale:
             log.warning("read model %s", "stale: records wait and none was applied lately" if stale else "caught up")
-        self.state = Freshness(stale, waiting, applied_ms)
-        return self.state
+        self.stale = stale
 
     def start(self) -> None:
         self._task = asyncio.ensure_future(self._run())

@@ -11,7 +11,6 @@ import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from coverage_service.api.freshness import Freshness
 from coverage_service.readmodel import queries
 from lastmile import backlog, logs
 from lastmile.broker import Broker
@@ -73,8 +72,8 @@ _STAT_HELP: Final = {
 }
 
 
-async def scrape(redis: aioredis.Redis, prefix: str, broker: Broker, topic: str, fresh: Freshness) -> list[Metric]:
-    """The pipeline's metrics, read now; ``fresh`` is the watcher's verdict the documents carry too."""
+async def scrape(redis: aioredis.Redis, prefix: str, broker: Broker, topic: str, stale: bool) -> list[Metric]:
+    """The pipeline's metrics, read now; ``stale`` is the freshness watcher's verdict, as the documents carry it."""
     (progress, redis_err), (ends, broker_err), (memory, _) = await asyncio.gather(
         _attempt(queries.progress(redis, prefix)), _attempt(broker.end_offsets(topic)), _attempt(backlog.memory(redis))
     )
@@ -96,8 +95,8 @@ async def scrape(redis: aioredis.Redis, prefix: str, broker: Broker, topic: str,
             lag.add_metric([topic, str(part)], behind)
         out.append(lag)
     as_of_ms, applied_ms = progress["national_as_of_ms"], progress["stats"].get(stat.APPLIED_AT_MS)
-    help_ = "1 when records wait on the topic and no batch was applied for LASTMILE_COVERAGE_STALE_AFTER_SECONDS"
-    out.append(GaugeMetricFamily("lastmile_read_model_stale", help_, value=int(fresh.stale)))
+    help_ = "1 when records have waited LASTMILE_COVERAGE_STALE_AFTER_SECONDS with no batch applied (documents: stale)"
+    out.append(GaugeMetricFamily("lastmile_read_model_stale", help_, value=int(stale)))
     # Times, not ages: an alert takes time() - the timestamp, and a scrape that stops shows as stale.
     if as_of_ms is not None:
         help_ = "The newest event time applied, national as_of (Unix time)"

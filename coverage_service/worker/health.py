@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.process_collector import ProcessCollector
 
-from lastmile import logs, problem
+from lastmile import backlog, logs, problem
 from lastmile.settings import Settings
 
 log = logging.getLogger("lastmile.worker.health")
@@ -41,8 +41,7 @@ def readiness(state: State, stall_s: float, now_s: float, waiting_since_s: float
     waiting = sum(state.behind.values())
     if waiting == 0:
         return True, "caught up"
-    moments = [t for t in (state.last_applied_s, waiting_since_s) if t is not None]
-    if moments and now_s - max(moments) <= stall_s:
+    if not backlog.stalled(waiting, state.last_applied_s, waiting_since_s, now_s, stall_s):
         return True, f"folding: {waiting:,} records to apply"
     since = None if state.last_applied_s is None else now_s - state.last_applied_s
     ago = "nothing applied since the start" if since is None else f"the last batch was applied {since:.0f} s ago"
@@ -68,15 +67,12 @@ class Health:
         )
         self.registry.register(_Collector(self))
         self._runner: web.AppRunner | None = None
-        self._waiting_since: float | None = None  # when records were first seen waiting (None: none wait)
+        self._waiting = backlog.WaitingSince()
 
     def ready(self, state: State, now_s: float) -> tuple[bool, str]:
         """:func:`readiness`, with the moment records were first seen waiting remembered between requests."""
-        if not sum(state.behind.values()):
-            self._waiting_since = None
-        elif self._waiting_since is None:
-            self._waiting_since = now_s
-        return readiness(state, self.settings.worker_ready_stall_seconds, now_s, self._waiting_since)
+        since = self._waiting.seen(sum(state.behind.values()), now_s)
+        return readiness(state, self.settings.worker_ready_stall_seconds, now_s, since)
 
     async def start(self) -> None:
         if not self.settings.worker_http_port:

@@ -21,9 +21,8 @@ import pytest
 
 from lastmile.registry import BUNDLED
 from lastmile_dev import devstack
-from tests.e2e.test_local_run import wait
 from tests.support import REPO
-from tests.support.services import is_administrative_village
+from tests.support.services import is_administrative_village, wait
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,7 @@ import signal
 import subprocess
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -32,7 +32,7 @@ from lastmile.topics import ensure_topics
 from lastmile_dev import devstack
 from lastmile_dev.devstack import Proc
 from tests.support import REPO, isolated
-from tests.support.services import load_sample_registry, sample_villages, service_env, start, wait_ready
+from tests.support.services import load_sample_registry, sample_villages, service_env, start, wait, wait_ready
 
 pytestmark = pytest.mark.e2e
 
@@ -50,15 +50,6 @@ def binary(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} is not installed: scripts/bootstrap installs Debian's prometheus and alertmanager")
     return path
-
-
-def wait(condition: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {within:.0f}s waiting for {what}")
 
 
 @dataclass

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import os
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -78,6 +80,17 @@ def start(name: str, env: dict[str, str], logs: Path, *args: str) -> Proc:
 def load_sample_registry(env: dict[str, str], logs: Path) -> None:
     load = start("registry", env, logs, "load", str(SAMPLE), "--no-progress")
     assert load.popen is not None and load.popen.wait(120) == 0, load.log_tail()
+
+
+def wait(condition: Callable[[], Any], within: float, what: str) -> Any:
+    """Polls ``condition`` until it gives something truthy, and returns that; fails the test after ``within`` s."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.25)
+    raise AssertionError(f"timed out after {within:.0f}s waiting for {what}")
 
 
 def wait_ready(services: Iterable[tuple[Proc, str]]) -> None:

@@ -139,7 +139,7 @@ async def _figures(app: FastAPI, code: str, flt: Filter) -> dict[str, Any] | Non
     reader: queries.Reader = app.state.documents.reader
     many = await reader.figures([code], flt, now_ms=now_ms(), lapse_days=settings.lapse_window_days)
     figures = many.get(code)
-    return None if figures is None else documents.marked(figures, app.state.freshness.stale)
+    return None if figures is None else documents.marked(figures, app.state.documents.stale())
 
 
 async def _events(request: Request, channel: Channel, seen: tuple[int, str] | None) -> AsyncIterator[bytes]:

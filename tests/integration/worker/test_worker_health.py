@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -19,18 +17,9 @@ from lastmile import problem, scan
 from lastmile.settings import Settings
 from lastmile.topics import ensure_topics
 from lastmile_dev import devstack
-from tests.support.services import load_sample_registry, sample_villages, service_env, start
+from tests.support.services import load_sample_registry, sample_villages, service_env, start, wait
 
 pytestmark = pytest.mark.integration
-
-
-def wait(condition: Callable[[], bool], within: float, what: str) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def status(url: str) -> int | None:
