@@ -63,9 +63,9 @@ def _env(name: str, default: Any, help: str, **constraints: Any) -> Any:
 
 
 def lookup(environ: Mapping[str, str], name: str) -> str | None:
-    """The value ``environ`` gives setting ``name`` (``REDIS_URL``): under its ``LASTMILE_`` name, else the old one;
-    None when neither is set (or empty)."""
-    return environ.get(PREFIX + name) or environ.get(name) or None
+    """The value ``environ`` gives setting ``name`` (``REDIS_URL``), read as :func:`resolve` reads it; None when it
+    sets none."""
+    return resolve(environ)[0].get(PREFIX + name)
 
 
 def resolve(environ: Mapping[str, str]) -> tuple[dict[str, str], dict[str, str], list[str]]:
